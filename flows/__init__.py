@@ -1,0 +1,1 @@
+"""Thin Prefect flows that orchestrate the DVC stages of radops."""

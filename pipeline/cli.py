@@ -1,0 +1,150 @@
+"""The ``radops`` command line: one subcommand per stage, each a thin call to ``<stage>.run``.
+
+Stage modules (and their heavy libraries) are imported only when their command runs, so
+``radops --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.errors import RadopsError
+
+app = typer.Typer(
+    help="radops: DICOM folder in; validated data, tuned model, evaluation and registry out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.lr=3e-4 (repeatable)."),
+]
+log = logging.getLogger("radops")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` pairs; values are read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def run_stage(
+    stage: str,
+    params_path: Path,
+    sets: list[str] | None,
+    param_overrides: dict[str, Any] | None = None,
+    **path_overrides: Any,
+) -> Any:
+    """Load params, build the stage's paths (with overrides), run it and print its summary."""
+    from pipeline.config import load_params
+
+    overrides = parse_overrides(sets) | {
+        k: v for k, v in (param_overrides or {}).items() if v is not None
+    }
+    params = load_params(params_path, overrides)
+    module = importlib.import_module(f"pipeline.{stage}")
+    paths = module.Paths.from_params(params)
+    changes = {k: v for k, v in path_overrides.items() if v is not None}
+    if changes:
+        paths = dataclasses.replace(paths, **changes)
+    result = module.run(params, paths)
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        typer.echo(summary())
+    return result
+
+
+@app.command()
+def synth(
+    out: Annotated[Path | None, typer.Option(help="Output folder (dicom/ and labels.csv).")] = None,
+    patients: Annotated[int | None, typer.Option(help="Number of patients.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same bytes).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Write a synthetic DICOM cohort and its labels file."""
+    run_stage(
+        "synth", params, set_, {"synth.patients": patients, "synth.seed": seed}, out_dir=out
+    )
+
+
+@app.command()
+def ingest(
+    input: Annotated[Path | None, typer.Option("--input", help="DICOM folder.")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Read, de-identify and store every image; quarantine every file that cannot be used."""
+    run_stage(
+        "ingest",
+        params,
+        set_,
+        {"ingest.workers": workers},
+        input_dir=input,
+        labels_csv=labels,
+        out_dir=out,
+    )
+
+
+def _simple_stage(stage: str, doc: str) -> None:
+    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+        run_stage(stage, params, set_)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+for _stage, _doc in [
+    ("validate", "Check the data contracts (Great Expectations); non-zero exit on failure."),
+    ("split", "Patient-grouped, label-stratified train/val/test split with a leakage check."),
+    ("preprocess", "Window, resize, denoise and normalise (statistics from train only)."),
+    ("tune", "Optuna study over the search space in params.yaml, on the validation split."),
+    ("train", "Train the CNN with early stopping; save it without pickle; log to MLflow."),
+    ("baseline", "Hand-crafted features, feature selection and a kernel SVM."),
+    ("evaluate", "Test-set evaluation of the CNN and the baseline, once; plots and metrics."),
+    ("register", "Register the evaluated model in the MLflow registry; decide promotion."),
+]:
+    _simple_stage(_stage, _doc)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/radops-classifier@champion.")],
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder to score.")],
+    out: Annotated[Path, typer.Option(help="Predictions CSV.")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Score new DICOMs with a registered model (same ingest and preprocessing as training)."""
+    run_stage("predict", params, set_, model_uri=model, input_dir=input, out_csv=out)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app()
+    except RadopsError as exc:
+        typer.echo(f"radops: error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,205 @@
+"""MLflow set-up and run lifecycle, in one place.
+
+* The store is SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` unless
+  ``base.tracking_uri`` or ``MLFLOW_TRACKING_URI`` names another (e.g. a tracking server).
+* ``tracked_run`` guarantees that no run is left RUNNING: an exception marks it FAILED, a
+  SIGTERM/SIGINT marks it KILLED, and runs left RUNNING by dead processes are marked FAILED
+  the next time any stage starts.
+* Tags carry the git commit, the data version and the stage, never a patient identifier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from pipeline.config import Params
+
+MLRUNS_DIR = Path("mlruns")
+PID_TAG = "radops.pid"
+HOST_TAG = "radops.host"
+
+
+class RunTerminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM during a tracked run."""
+
+
+def tracking_uri(params: Params) -> str:
+    """The tracking URI in force: env var, then params, then the local SQLite store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.base.tracking_uri
+    if uri:
+        return uri
+    MLRUNS_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{(MLRUNS_DIR / 'mlflow.db').resolve()}"
+
+
+def artifact_root() -> str:
+    return (MLRUNS_DIR / "artifacts").resolve().as_uri()
+
+
+def configure(params: Params) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = params.base.experiment_name
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        location = artifact_root() if uri.startswith("sqlite:") else None
+        try:
+            experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # another process created it first
+            existing = mlflow.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            experiment_id = existing.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return str(experiment_id)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def data_version(lock_path: Path = Path("dvc.lock")) -> str:
+    """A short hash of the ingested data as recorded in ``dvc.lock`` ('unversioned' if absent)."""
+    if not lock_path.exists():
+        return "unversioned"
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    outs = (lock.get("stages", {}).get("ingest") or {}).get("outs", [])
+    digests = sorted(f"{o.get('path')}:{o.get('md5')}" for o in outs)
+    if not digests:
+        return "unversioned"
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()[:12]
+
+
+def base_tags(stage: str) -> dict[str, str]:
+    return {
+        "radops.stage": stage,
+        "mlflow.source.git.commit": git_commit(),
+        "radops.data_version": data_version(),
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_runs(experiment_id: str) -> list[str]:
+    """Mark RUNNING runs whose process on this host is gone as FAILED; return their ids."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    stale: list[str] = []
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG)
+        if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_tag(run.info.run_id, "radops.failure", "process died while running")
+            stale.append(run.info.run_id)
+    return stale
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into ``RunTerminated`` in the main thread for the duration of a run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RunTerminated(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def tracked_run(
+    params: Params,
+    stage: str,
+    run_name: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with ``run_id``, reopen) an MLflow run that always ends FINISHED, FAILED or
+    KILLED, never RUNNING."""
+    import mlflow
+
+    if not nested:
+        experiment_id = configure(params)
+        fail_stale_runs(experiment_id)
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, tags={PID_TAG: str(os.getpid())} | (tags or {}))
+    else:
+        all_tags = base_tags(stage) | (tags or {})
+        run = mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags)
+    try:
+        with _sigterm_raises():
+            yield run
+    except (RunTerminated, KeyboardInterrupt):
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            mlflow.set_tag("radops.failure", f"{type(exc).__name__}: {exc}"[:500])
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_params_flat(prefix: str, values: dict[str, Any]) -> None:
+    """Log a (possibly nested) dict of parameters with dotted names."""
+    import mlflow
+
+    flat: dict[str, Any] = {}
+
+    def walk(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{key}.{k}" if key else str(k), v)
+        else:
+            flat[key] = value
+
+    walk(prefix, values)
+    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
