@@ -5,9 +5,13 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.radops-installed
+# Prefect's state (local server database, settings) stays inside the project.
+export PREFECT_HOME ?= $(abspath .radops/prefect)
+MLFLOW_PORT ?= 5000
+PREFECT_PORT ?= 4200
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast lint format push pull clean
+.PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,8 +26,25 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $@
 
-run: setup ## Run the whole pipeline on the bundled synthetic cohort.
+run: setup ## Run the whole pipeline (Prefect flow over the DVC graph) on the bundled synthetic cohort.
+	python -m flows.pipeline_flow
+
+repro: setup ## Run the DVC graph without Prefect (`dvc repro`).
 	dvc repro
+
+ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/.
+	mkdir -p mlruns
+	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
+	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+server: setup ## Local Prefect server and UI on http://127.0.0.1:4200.
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+schedule: setup ## Serve the scheduled retraining deployment (cron from params.yaml).
+	PREFECT_PORT=$(PREFECT_PORT) bash scripts/schedule.sh
+
+bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
+	python -m bench.run
 
 test: setup ## Run the test suite.
 	pytest

@@ -122,7 +122,8 @@ for _stage, _doc in [
     ("train", "Train the CNN with early stopping; save it without pickle; log to MLflow."),
     ("baseline", "Hand-crafted features, feature selection and a kernel SVM."),
     ("evaluate", "Test-set evaluation of the CNN and the baseline, once; plots and metrics."),
-    ("register", "Register the evaluated model in the MLflow registry; decide promotion."),
+    ("register", "Register the evaluated model as a new version in the MLflow registry."),
+    ("promote", "Alias the registered version champion if it beats the champion, else challenger."),
 ]:
     _simple_stage(_stage, _doc)
 

@@ -238,3 +238,30 @@ def with_updates(params: Params, **sections: dict[str, Any]) -> Params:
         key = name.rstrip("_")
         data[key].update(updates)
     return Params.model_validate(data)
+
+
+def write_overrides(path: Path | str, overrides: dict[str, Any]) -> None:
+    """Apply dotted-key overrides to a params file in place, keeping its comments.
+
+    This is what ``dvc exp run -S key=value`` does to the workspace before it runs, so DVC
+    sees the change and reruns exactly the stages that read those keys. The result is
+    validated before the file is replaced.
+    """
+    import io
+
+    from ruamel.yaml import YAML
+
+    from pipeline.io import write_text
+
+    path = Path(path)
+    rt = YAML()
+    tree = rt.load(path.read_text())
+    for dotted, value in overrides.items():
+        set_dotted(tree, dotted, value)
+    Params.model_validate(yaml.safe_load(_dump(rt, tree, io.StringIO())))
+    write_text(path, _dump(rt, tree, io.StringIO()))
+
+
+def _dump(rt: Any, tree: Any, buffer: Any) -> str:
+    rt.dump(tree, buffer)
+    return str(buffer.getvalue())

@@ -1,0 +1,111 @@
+"""The radops pipeline as a Prefect flow: every DVC stage a retried task, then promotion.
+
+Run it with ``make run`` or ``python -m flows.pipeline_flow [--no-promote] [-S key=value]``.
+The flow only orchestrates: stages do the work (via DVC), ``pipeline.promote`` decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.logging import get_run_logger
+
+from flows.dvc_tasks import repro_stage, stage_order
+
+LOCK_FILE = Path(".radops/pipeline.lock")
+
+
+@contextlib.contextmanager
+def pipeline_lock(workdir: Path) -> Iterator[None]:
+    """One pipeline run per workspace: a second one stops with 'pipeline busy'."""
+    from filelock import FileLock, Timeout
+
+    from pipeline.errors import PipelineBusy
+
+    lock_path = workdir / LOCK_FILE
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise PipelineBusy(
+            f"pipeline busy: another run holds {lock_path}; wait for it to finish"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@task(retries=1, retry_delay_seconds=5, task_run_name="promote")
+def promote_task(params_file: str, workdir: str) -> dict[str, Any]:
+    """Decide and apply champion/challenger for the registered version (pipeline.promote)."""
+    from pipeline import promote
+    from pipeline.config import load_params
+
+    with contextlib.chdir(workdir):
+        params = load_params(params_file)
+        return promote.run(params, promote.Paths.from_params(params)).as_dict()
+
+
+@flow(name="radops-pipeline", log_prints=True)
+def pipeline_flow(
+    params_file: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
+    promote: bool = True,
+    workdir: str = ".",
+) -> dict[str, Any]:
+    """Run the DVC graph stage by stage, promote the new model if asked, print a summary."""
+    from pipeline import summary
+    from pipeline.config import load_params, write_overrides
+
+    logger = get_run_logger()
+    root = Path(workdir).resolve()
+    with pipeline_lock(root):
+        target = root / "params.yaml"
+        source = (root / params_file).resolve()
+        if source != target.resolve():
+            logger.info("using %s as params.yaml (copied, as dvc exp run would)", params_file)
+            shutil.copyfile(source, target)
+        if overrides:
+            logger.info("overriding parameters: %s", overrides)
+            write_overrides(target, overrides)
+        outcomes = [repro_stage(stage, str(root)) for stage in stage_order(root)]
+        decision = promote_task("params.yaml", str(root)) if promote else None
+        with contextlib.chdir(root):
+            result = summary.collect(load_params(target), [o["stage"] for o in outcomes if o["ran"]])
+        result.promotion = decision
+        print(result.format())
+        return {
+            "stages_run": result.stages_run,
+            "cnn": result.cnn,
+            "baseline": result.baseline,
+            "data_version": result.data_version,
+            "train_run_id": result.train_run_id,
+            "promotion": decision,
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import yaml
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--no-promote", action="store_true")
+    parser.add_argument("-S", "--set", action="append", default=[], help="key=value override")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    pipeline_flow(args.params, overrides or None, not args.no_promote)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""A run summary for people: data version, both models' test AUCs, the MLflow run, promotion.
+
+Read from the stages' output files, so it describes exactly what DVC recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params
+from pipeline.tracking import data_version
+
+UI_URL = "http://127.0.0.1:5000"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class RunSummary:
+    data_version: str
+    cnn: dict[str, Any]
+    baseline: dict[str, Any]
+    train_run_id: str | None
+    experiment_id: str | None
+    registration: dict[str, Any]
+    promotion: dict[str, Any] | None = None
+    stages_run: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        def auc(m: dict[str, Any]) -> str:
+            if "test_auc" not in m:
+                return "not evaluated"
+            return (
+                f"{m['test_auc']:.3f} (95% CI {m['test_auc_ci_low']:.3f}–{m['test_auc_ci_high']:.3f}),"
+                f" sensitivity {m.get('test_sensitivity', float('nan')):.3f},"
+                f" specificity {m.get('test_specificity', float('nan')):.3f}"
+            )
+
+        lines = [
+            "radops run summary",
+            f"  data version     {self.data_version}",
+            f"  stages rerun     {', '.join(self.stages_run) or 'none (everything up to date)'}",
+            f"  CNN test AUC     {auc(self.cnn)}",
+            f"  baseline AUC     {auc(self.baseline)}",
+        ]
+        if self.train_run_id and self.experiment_id:
+            lines.append(f"  MLflow run       {self.train_run_id}")
+            lines.append(
+                f"  open it          make ui, then {UI_URL}/#/experiments/"
+                f"{self.experiment_id}/runs/{self.train_run_id}"
+            )
+        if self.registration:
+            lines.append(
+                f"  registered       {self.registration.get('name')} "
+                f"version {self.registration.get('version')}"
+            )
+        if self.promotion:
+            lines.append(
+                f"  promotion        {self.promotion.get('alias')}: {self.promotion.get('reason')}"
+            )
+        return "\n".join(lines)
+
+
+def collect(params: Params, stages_run: list[str] | None = None) -> RunSummary:
+    """Gather the summary from the evaluate, train and register outputs."""
+    train_run = _read(params.train.out_dir / "run.json")
+    experiment_id = None
+    if train_run.get("run_id"):
+        import mlflow
+
+        from pipeline.tracking import configure
+
+        configure(params)
+        experiment_id = mlflow.get_run(train_run["run_id"]).info.experiment_id
+    return RunSummary(
+        data_version=data_version(),
+        cnn=_read(params.evaluate.out_dir / "metrics_cnn.json"),
+        baseline=_read(params.evaluate.out_dir / "metrics_baseline.json"),
+        train_run_id=train_run.get("run_id"),
+        experiment_id=experiment_id,
+        registration=_read(params.register_.out_dir / "registration.json"),
+        stages_run=stages_run or [],
+    )
