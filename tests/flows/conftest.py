@@ -1,0 +1,78 @@
+"""A tiny radops project in a temp folder, run once through the real Prefect flow.
+
+The project is a copy of the repository's dvc.yaml, params.yaml and stage code (DVC hashes
+the code as dependencies) with parameters shrunk so the whole graph runs in about a minute.
+Prefect runs against a temporary server (``prefect_test_harness``), MLflow against SQLite
+in the project's mlruns/, DVC for real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import write_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY: dict[str, Any] = {
+    "synth.patients": 24,
+    "synth.image_size": 64,
+    "preprocess.image_size": 32,
+    "tune.n_trials": 2,
+    "tune.max_epochs": 2,
+    "tune.storage": "sqlite:///optuna/radops.db",
+    "train.max_epochs": 3,
+    "train.batch_size": 16,
+    "baseline.search": False,
+    "baseline.k_features": 5,
+    "evaluate.bootstrap_iterations": 50,
+    "validate.min_positive_fraction": 0.05,
+    "validate.max_positive_fraction": 0.95,
+}
+
+
+def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Copy the pipeline definition and code into ``root`` and initialise DVC there."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for package in ("pipeline", "flows"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    write_overrides(root / "params.yaml", TINY | (overrides or {}))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _radops_on_path() -> None:
+    """DVC stages call `radops`; make sure the one of this interpreter is found."""
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def flow_project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> dict[str, Any]:
+    """The tiny project after one full pipeline flow run (shared by the flow tests)."""
+    from flows.pipeline_flow import pipeline_flow
+
+    root = make_project(tmp_path_factory.mktemp("project"))
+    result = pipeline_flow("params.yaml", None, True, str(root))
+    return {"root": root, "first": result}
