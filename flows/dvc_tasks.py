@@ -26,7 +26,11 @@ class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; ``permanent`` says whether a retry could help."""
 
     def __init__(self, stage: str, returncode: int, tail: str, permanent: bool) -> None:
-        kind = "failed (not retried: the input or configuration is at fault)" if permanent else "failed"
+        kind = (
+            "failed (not retried: the input or configuration is at fault)"
+            if permanent
+            else "failed"
+        )
         super().__init__(f"stage '{stage}' {kind}, exit code {returncode}:\n{tail}")
         self.stage = stage
         self.permanent = permanent

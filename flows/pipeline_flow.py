@@ -79,7 +79,9 @@ def pipeline_flow(
         outcomes = [repro_stage(stage, str(root)) for stage in stage_order(root)]
         decision = promote_task("params.yaml", str(root)) if promote else None
         with contextlib.chdir(root):
-            result = summary.collect(load_params(target), [o["stage"] for o in outcomes if o["ran"]])
+            result = summary.collect(
+                load_params(target), [o["stage"] for o in outcomes if o["ran"]]
+            )
         result.promotion = decision
         print(result.format())
         return {

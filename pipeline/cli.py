@@ -80,9 +80,7 @@ def synth(
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort and its labels file."""
-    run_stage(
-        "synth", params, set_, {"synth.patients": patients, "synth.seed": seed}, out_dir=out
-    )
+    run_stage("synth", params, set_, {"synth.patients": patients, "synth.seed": seed}, out_dir=out)
 
 
 @app.command()

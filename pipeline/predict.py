@@ -105,7 +105,9 @@ def run(params: Params, paths: Paths) -> PredictResult:
             threshold = float(meta.get("threshold", 0.5))
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
         ingested = work / "ingested"
-        ingest.run(params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested))
+        ingest.run(
+            params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)
+        )
         manifest = pd.read_parquet(ingested / "manifest.parquet")
         quarantine = pd.read_csv(ingested / "quarantine.csv")
         stats: dict[str, Any] = meta["preprocessing"]

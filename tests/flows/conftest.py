@@ -9,8 +9,6 @@ in the project's mlruns/, DVC for real.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import write_overrides
+from bench import project as bench_project
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = bench_project.REPO
 
 TINY: dict[str, Any] = {
     "synth.patients": 24,
@@ -40,16 +38,8 @@ TINY: dict[str, Any] = {
 
 
 def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
-    """Copy the pipeline definition and code into ``root`` and initialise DVC there."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for package in ("pipeline", "flows"):
-        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
-    write_overrides(root / "params.yaml", TINY | (overrides or {}))
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
-    subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=root, check=True)
-    return root
+    """A tiny project: the repository's pipeline with the TINY parameters (plus overrides)."""
+    return bench_project.make_project(root, TINY | (overrides or {}))
 
 
 @pytest.fixture(scope="session", autouse=True)

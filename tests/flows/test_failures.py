@@ -20,9 +20,11 @@ def test_failed_contract_stops_flow_then_rerun_continues(
     from flows.pipeline_flow import pipeline_flow
 
     # An impossible class-balance contract: validate must fail, permanently (no retries).
-    root = make_project(tmp_path / "p", {"validate.min_positive_fraction": 0.99,
-                                         "validate.max_positive_fraction": 1.0})
-    with pytest.raises(StageFailed, match="stage 'validate' failed .not retried"):
+    root = make_project(
+        tmp_path / "p",
+        {"validate.min_positive_fraction": 0.99, "validate.max_positive_fraction": 1.0},
+    )
+    with pytest.raises(StageFailed, match=r"stage 'validate' failed \(not retried"):
         pipeline_flow("params.yaml", None, False, str(root))
     assert (root / "data" / "ingested" / "manifest.parquet").exists()
     assert not (root / "data" / "split").exists()

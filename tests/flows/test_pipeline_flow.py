@@ -22,8 +22,18 @@ def _mlflow_client(root: Path) -> Any:
 def test_first_run_covers_every_stage_and_crowns_a_champion(flow_project: dict[str, Any]) -> None:
     root, first = flow_project["root"], flow_project["first"]
     lock = (root / "dvc.lock").read_text()
-    for stage in ("synth", "ingest", "validate", "split", "preprocess", "tune", "train",
-                  "baseline", "evaluate", "register"):
+    for stage in (
+        "synth",
+        "ingest",
+        "validate",
+        "split",
+        "preprocess",
+        "tune",
+        "train",
+        "baseline",
+        "evaluate",
+        "register",
+    ):
         assert stage in first["stages_run"]
         assert f"  {stage}:" in lock
     metrics = json.loads((root / "reports" / "metrics_cnn.json").read_text())
@@ -84,7 +94,9 @@ def test_predict_scores_new_dicoms_and_lists_broken_files(
     root = flow_project["root"]
     cohort = tmp_path / "new"
     with contextlib.chdir(root):
-        run_stage("synth", Path("params.yaml"), ["synth.patients=3", "synth.seed=99"], out_dir=cohort)
+        run_stage(
+            "synth", Path("params.yaml"), ["synth.patients=3", "synth.seed=99"], out_dir=cohort
+        )
         (cohort / "dicom" / "broken.dcm").write_bytes(b"DICM but not really")
         out = tmp_path / "preds.csv"
         result = run_stage(

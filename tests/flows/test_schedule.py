@@ -9,15 +9,23 @@ from pipeline.config import write_overrides
 from tests.flows.conftest import REPO
 
 
-def test_deployment_registers_with_schedule_from_params(prefect_harness: None, tmp_path: Path) -> None:
+def test_deployment_registers_with_schedule_from_params(
+    prefect_harness: None, tmp_path: Path
+) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.retrain import deployment
 
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
-    write_overrides(params, {"schedule.cron": "15 3 * * 1-5", "schedule.timezone": "Europe/Paris",
-                             "schedule.deployment_name": "retrain-under-test"})
+    write_overrides(
+        params,
+        {
+            "schedule.cron": "15 3 * * 1-5",
+            "schedule.timezone": "Europe/Paris",
+            "schedule.deployment_name": "retrain-under-test",
+        },
+    )
     deployment_id = deployment("params.yaml", str(tmp_path)).apply()
 
     async def read() -> object:
