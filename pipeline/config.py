@@ -54,6 +54,8 @@ class ValidateSection(Section):
     min_positive_fraction: float = 0.1
     max_positive_fraction: float = 0.9
     ct_hu_range: tuple[float, float] = (-2048.0, 4095.0)
+    # Images whose .npy is re-read to check the manifest's pixel statistics (0: none).
+    pixel_sample: int = Field(64, ge=0)
 
 
 class SplitSection(Section):
@@ -122,6 +124,7 @@ class TrainSection(Section):
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
+    num_threads: int = Field(1, ge=0)
 
 
 class FloatSpace(Section):
@@ -155,6 +158,7 @@ class TuneSection(Section):
     max_epochs: int = Field(8, ge=1)
     pruner: Literal["median", "successive_halving", "none"] = "median"
     n_startup_trials: int = Field(3, ge=0)
+    n_warmup_epochs: int = Field(1, ge=0)
     search_space: dict[str, SearchDimension] = {}
 
 
@@ -168,6 +172,14 @@ class BaselineSection(Section):
     k_features: int = Field(12, ge=1)
     histogram_bins: int = Field(16, ge=2)
     search: bool = True
+    # Grids for the patient-grouped search (gamma only for rbf/poly), folds for search and for
+    # the sigmoid calibration that turns SVM scores into probabilities.
+    C_grid: list[float] = Field([0.1, 1.0, 10.0, 100.0], min_length=1)
+    gamma_grid: list[float | Literal["scale", "auto"]] = Field(
+        ["scale", 0.001, 0.01, 0.1], min_length=1
+    )
+    cv_folds: int = Field(5, ge=2)
+    rfe_estimator: Literal["logistic", "linear_svm"] = "logistic"
 
 
 class EvaluateSection(Section):
@@ -211,7 +223,9 @@ class Params(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
+def load_params(
+    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Params:
     """Read ``params.yaml`` (and optional dotted-key overrides) into a validated ``Params``."""
     path = Path(path)
     if not path.exists():

@@ -1,0 +1,211 @@
+"""Data contracts: the column sets of docs/stages.md and the Great Expectations suites.
+
+The suites live apart from ``validate.py`` so that a reviewer can read the whole contract on
+one screen; ``validate`` only builds the batches and runs them. GX is imported inside the
+functions (it is slow to import).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    from pipeline.config import ValidateSection
+
+MANIFEST_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "patient_id",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "source_file",
+    "frame",
+    "modality",
+    "site",
+    "manufacturer",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+    "rows",
+    "columns",
+    "bits_allocated",
+    "bits_stored",
+    "pixel_representation",
+    "photometric",
+    "label",
+    "official_split",
+    "pixel_path",
+    "pixel_min",
+    "pixel_max",
+    "pixel_mean",
+    "pixel_std",
+    "nonfinite_pixels",
+)
+SPLITS_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "sop_uid",
+    "patient_id",
+    "label",
+    "site",
+    "manufacturer",
+    "modality",
+    "pixel_path",
+    "split",
+)
+INDEX_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "sop_uid",
+    "patient_id",
+    "label",
+    "site",
+    "manufacturer",
+)
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+STATS_KEYS: tuple[str, ...] = (
+    "window_center",
+    "window_width",
+    "image_size",
+    "denoise",
+    "denoise_sigma",
+    "normalization",
+    "mean",
+    "std",
+    "min",
+    "max",
+)
+
+PATIENT_ID_REGEX = r"^P-[0-9a-f]{16}$"
+UID_REGEX = r"^2\.25\.[0-9]+$"
+SITE_REGEX = r"^SITE-([0-9a-f]{8}|unknown)$"
+
+# DICOM attributes that identify a patient, a visit or a place (PS3.15 basic profile, abridged).
+# A manifest column with one of these names (any case, or in snake_case) means de-identification
+# leaked; the contract's own pseudonymous ``patient_id`` is exempt.
+PHI_KEYWORDS: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "MedicalRecordLocator",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "PhysiciansOfRecord",
+    "OperatorsName",
+    "RequestingPhysician",
+    "StationName",
+    "DeviceSerialNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+
+
+def identifying_column_names() -> list[str]:
+    """Lower-case PHI column names (DICOM keyword and snake_case forms), minus contract columns."""
+    names = set()
+    for keyword in PHI_KEYWORDS:
+        names.add(keyword.lower())
+        names.add(re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z]{2})", "_", keyword).lower())
+    return sorted(names - set(MANIFEST_COLUMNS))
+
+
+def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
+    """The four suites, one per batch that ``validate`` builds (see ``validate.batches``)."""
+    import great_expectations as gx
+
+    ex = gx.expectations
+    lo_hu, hi_hu = cfg.ct_hu_range
+    manifest: list[Any] = [
+        ex.ExpectTableRowCountToBeBetween(min_value=1),
+        ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=True),
+        *[
+            ex.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("image_id", "patient_id", "sop_uid", "modality", "label", "pixel_path")
+        ],
+        ex.ExpectColumnValuesToBeUnique(column="image_id"),
+        ex.ExpectCompoundColumnsToBeUnique(column_list=["sop_uid", "frame"]),
+        ex.ExpectColumnValuesToMatchRegex(column="patient_id", regex=PATIENT_ID_REGEX),
+        *[
+            ex.ExpectColumnValuesToMatchRegex(column=c, regex=UID_REGEX)
+            for c in ("study_uid", "series_uid", "sop_uid")
+        ],
+        ex.ExpectColumnValuesToMatchRegex(column="site", regex=SITE_REGEX),
+        ex.ExpectColumnValuesToBeInSet(column="modality", value_set=list(cfg.allowed_modalities)),
+        ex.ExpectColumnValuesToBeInSet(
+            column="photometric", value_set=["MONOCHROME1", "MONOCHROME2"]
+        ),
+        *[
+            ex.ExpectColumnValuesToBeBetween(
+                column=c, min_value=cfg.min_spacing_mm, max_value=cfg.max_spacing_mm
+            )
+            for c in ("pixel_spacing_row", "pixel_spacing_col")
+        ],
+        *[
+            ex.ExpectColumnValuesToBeBetween(
+                column=c, min_value=cfg.min_size, max_value=cfg.max_size
+            )
+            for c in ("rows", "columns")
+        ],
+        ex.ExpectColumnValuesToBeBetween(column="frame", min_value=0),
+        ex.ExpectColumnValuesToBeInSet(column="label", value_set=[-1, 0, 1]),
+        ex.ExpectColumnValuesToBeInSet(
+            column="official_split", value_set=["", "train", "val", "test"]
+        ),
+    ]
+    schema = [
+        ex.ExpectColumnValuesToNotBeInSet(
+            column="column_name", value_set=identifying_column_names()
+        )
+    ]
+    labels = [
+        ex.ExpectTableRowCountToBeBetween(min_value=2),
+        ex.ExpectColumnMeanToBeBetween(
+            column="positive",
+            min_value=cfg.min_positive_fraction,
+            max_value=cfg.max_positive_fraction,
+        ),
+    ]
+    pixels = [
+        ex.ExpectColumnValuesToBeBetween(column="nonfinite_pixels", min_value=0, max_value=0),
+        ex.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, strict_min=True),
+        ex.ExpectColumnValuesToBeBetween(column="ct_pixel_min", min_value=lo_hu, max_value=hi_hu),
+        ex.ExpectColumnValuesToBeBetween(column="ct_pixel_max", min_value=lo_hu, max_value=hi_hu),
+        ex.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="pixel_max", column_B="pixel_mean", or_equal=True
+        ),
+        ex.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="pixel_mean", column_B="pixel_min", or_equal=True
+        ),
+        ex.ExpectColumnValuesToBeInSet(column="pixel_file_ok", value_set=[1]),
+        ex.ExpectColumnValuesToBeInSet(column="sample_stats_match", value_set=[1.0]),
+    ]
+    notes = {
+        "manifest": "Contract of manifest.parquet (docs/stages.md): columns, ids, ranges.",
+        "schema": "No column named after an identifying DICOM attribute.",
+        "labels": "Class balance among labelled images.",
+        "pixels": "Per-image pixel statistics: finite, in range, not blank, match the files.",
+    }
+    groups = {"manifest": manifest, "schema": schema, "labels": labels, "pixels": pixels}
+    return {
+        name: gx.ExpectationSuite(name=f"radops_{name}", expectations=items, notes=notes[name])
+        for name, items in groups.items()
+    }

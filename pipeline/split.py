@@ -1,0 +1,203 @@
+"""Stage ``split``: patient-grouped, label-stratified train/val/test, with a leakage check.
+
+Why grouped: images of one patient are correlated, so a patient in two splits inflates the
+test metrics. Why stratified at patient level: every split must contain both classes for
+AUC and thresholds to mean anything. The leakage check runs on every split, including an
+official one taken from the labels file, because a hand-made split can leak too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import Params
+from pipeline.contracts import SPLIT_NAMES, SPLITS_COLUMNS
+from pipeline.errors import InputError, LeakageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Paths:
+    ingest_dir: Path
+    out_dir: Path
+
+    @classmethod
+    def from_params(cls, params: Params) -> Paths:
+        return cls(ingest_dir=params.ingest.out_dir, out_dir=params.split.out_dir)
+
+
+@dataclass
+class SplitResult:
+    out_dir: Path
+    method: str
+    dropped_unlabelled: int
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"split ({self.method}): {self.dropped_unlabelled} unlabelled images dropped"]
+        lines.append(
+            f"  {'split':<6}{'images':>8}{'patients':>10}{'positives':>11}{'pos.frac':>10}"
+        )
+        for name, s in self.splits.items():
+            lines.append(
+                f"  {name:<6}{s['images']:>8}{s['patients']:>10}{s['positives']:>11}"
+                f"{s['positive_fraction']:>10.3f}"
+            )
+        lines.append(f"  -> {self.out_dir / 'splits.parquet'}")
+        return "\n".join(lines)
+
+
+def run(params: Params, paths: Paths) -> SplitResult:
+    """Assign every labelled image to a split; write ``splits.parquet`` and ``summary.json``."""
+    import pandas as pd
+
+    from pipeline.io import atomic_path, write_json, write_parquet
+
+    manifest_path = paths.ingest_dir / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
+    manifest = pd.read_parquet(manifest_path)
+    required = (set(SPLITS_COLUMNS) - {"split"}) | {"official_split"}
+    missing = sorted(required - set(manifest.columns))
+    if missing:
+        raise InputError(f"manifest lacks column(s) {', '.join(missing)}")
+    labelled = manifest[manifest["label"].isin([0, 1])].reset_index(drop=True)
+    dropped = len(manifest) - len(labelled)
+    if dropped:
+        log.info("dropping %d unlabelled image(s) (label -1)", dropped)
+    if labelled.empty:
+        raise InputError("no labelled images (label 0/1) in the manifest; nothing to split")
+
+    cfg = params.split
+    method, assignment = "stratified_group", None
+    if cfg.use_labels_split:
+        assignment = official_assignment(labelled)
+        if assignment is not None:
+            method = "official"
+    if assignment is None:
+        ratios = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+        assignment = assign_patients(labelled, ratios, params.base.seed)
+    frame = labelled.assign(split=assignment)[list(SPLITS_COLUMNS)]
+    frame["label"] = frame["label"].astype("int64")
+    check_leakage(frame)
+    stats = split_stats(frame)
+    check_usable(stats)
+
+    summary = {
+        "method": method,
+        "seed": params.base.seed,
+        "ratios": {"train": cfg.train, "val": cfg.val, "test": cfg.test},
+        "dropped_unlabelled": dropped,
+        "splits": stats,
+    }
+    with atomic_path(paths.out_dir) as staged:
+        staged.mkdir(parents=True)
+        write_parquet(staged / "splits.parquet", frame)
+        write_json(staged / "summary.json", summary)
+    return SplitResult(paths.out_dir, method, dropped, stats)
+
+
+def official_assignment(labelled: pd.DataFrame) -> pd.Series | None:
+    """The labels file's split if every labelled row has one, else None (we compute our own)."""
+    official = labelled["official_split"].fillna("").astype(str).str.strip().str.lower()
+    filled = official != ""
+    if not filled.any():
+        return None
+    if not filled.all():
+        log.warning(
+            "official split given for %d of %d labelled images only; ignoring it",
+            int(filled.sum()),
+            len(official),
+        )
+        return None
+    unknown = sorted(set(official) - set(SPLIT_NAMES))
+    if unknown:
+        raise InputError(f"official split values must be train/val/test, got {unknown}")
+    return official
+
+
+def assign_patients(labelled: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
+    """Split label for each row: patients (positive if any image is) shuffled per class by
+    ``seed`` and dealt out in the given ratios, at least one per split and class when possible.
+    """
+    import numpy as np
+
+    patient_label = labelled.groupby("patient_id", sort=True)["label"].max()
+    rng = np.random.default_rng(seed)
+    split_of: dict[str, str] = {}
+    for cls in (0, 1):
+        patients = patient_label.index[patient_label == cls].to_numpy(dtype=object)
+        patients = patients[rng.permutation(len(patients))]
+        counts = _allocate(len(patients), [ratios[s] for s in SPLIT_NAMES])
+        start = 0
+        for name, count in zip(SPLIT_NAMES, counts, strict=True):
+            split_of.update(dict.fromkeys(patients[start : start + count], name))
+            start += count
+    return labelled["patient_id"].map(split_of)
+
+
+def _allocate(n: int, ratios: list[float]) -> list[int]:
+    """Largest-remainder counts summing to ``n``; then every split gets >= 1 if n allows."""
+    exact = [n * r for r in ratios]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(ratios)), key=lambda i: counts[i] - exact[i])[: n - sum(counts)]:
+        counts[i] += 1
+    for i in range(len(counts)):
+        if counts[i] == 0 and n >= len(counts):
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts
+
+
+def check_leakage(frame: pd.DataFrame) -> None:
+    """Raise ``LeakageError`` if a patient (or an image) appears in more than one split."""
+    per_patient = frame.groupby("patient_id")["split"].nunique()
+    leaked = sorted(per_patient.index[per_patient > 1])
+    if leaked:
+        shown = ", ".join(leaked[:10]) + (" ..." if len(leaked) > 10 else "")
+        raise LeakageError(
+            f"patient leakage: {len(leaked)} patient(s) appear in more than one split: {shown}"
+        )
+    per_image = frame.groupby("image_id")["split"].nunique()
+    dup = sorted(per_image.index[per_image > 1])
+    if dup:
+        raise LeakageError(f"image leakage: {len(dup)} image(s) appear in more than one split")
+
+
+def split_stats(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per split: images, patients, positives, positive fraction."""
+    stats: dict[str, dict[str, Any]] = {}
+    for name in SPLIT_NAMES:
+        part = frame[frame["split"] == name]
+        positives = int((part["label"] == 1).sum())
+        stats[name] = {
+            "images": len(part),
+            "patients": int(part["patient_id"].nunique()),
+            "positives": positives,
+            "positive_fraction": round(positives / len(part), 4) if len(part) else 0.0,
+        }
+    return stats
+
+
+def check_usable(stats: dict[str, dict[str, Any]]) -> None:
+    """Fail if a split is empty or has one class only: too few patients for this split."""
+    problems = []
+    for name, s in stats.items():
+        if s["images"] == 0:
+            problems.append(f"{name} is empty")
+        elif s["positives"] in (0, s["images"]):
+            problems.append(f"{name} has one class only ({s['images']} images)")
+    if problems:
+        raise InputError(
+            "unusable split: "
+            + "; ".join(problems)
+            + ". Each split needs both classes: add patients or change the split ratios."
+        )
