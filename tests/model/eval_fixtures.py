@@ -1,0 +1,258 @@
+"""Small, fast stand-ins for the upstream stages, shared by the baseline/evaluate/register tests.
+
+* ``make_preprocessed``: a preprocess-shaped folder of z-scored 1×S×S images in which positive
+  images carry a faint bright blob of random strength (learnable, not trivially separable).
+* ``train_tiny_cnn`` / ``save_cnn``: a tiny ``pipeline.model`` network trained for a few
+  full-batch Adam steps, saved with the same meta keys as ``radops train``.
+* ``log_training_run``: a FINISHED MLflow run holding the model as a pyfunc "models from code"
+  model (as train logs it) or as a plain artifact folder, and a ``run.json`` pointing at it.
+* ``mlflow_env``: a throwaway working directory with its own SQLite tracking store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import Params, with_updates
+
+SIZE = 24
+SITES = ("SITE-0a1b2c3d", "SITE-4e5f6a7b")
+MAKERS = ("ACME", "Globex")
+CODE_MODEL = """
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class RadopsCNN(PythonModel):
+    def load_context(self, context):
+        from pipeline.model import load_model
+
+        self.net, self.meta = load_model(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        import numpy as np
+
+        from pipeline.model import predict_proba
+
+        return predict_proba(self.net, np.asarray(model_input, dtype=np.float32))
+
+
+mlflow.models.set_model(RadopsCNN())
+"""
+
+
+def make_preprocessed(
+    root: Path,
+    size: int = SIZE,
+    patients: dict[str, int] | None = None,
+    per_patient: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write ``{split}_x.npy``, ``_y.npy``, ``_index.parquet`` and ``stats.json`` under root."""
+    patients = patients or {"train": 30, "val": 16, "test": 24}
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    root.mkdir(parents=True, exist_ok=True)
+    counter = 0
+    for split, n_patients in patients.items():
+        images, labels, rows = [], [], []
+        for p in range(n_patients):
+            label = p % 2
+            pid = f"P-{rng.integers(0, 2**63):016x}"
+            site, maker = SITES[p % 3 % 2], MAKERS[(p // 2) % 2]
+            for _ in range(per_patient):
+                img = rng.normal(size=(size, size))
+                if label:
+                    cy, cx = rng.integers(4, size - 4, 2)
+                    img += rng.uniform(0.6, 2.5) * ((yy - cy) ** 2 + (xx - cx) ** 2 <= 6)
+                counter += 1
+                sop = f"2.25.{10**12 + counter}"
+                images.append(img)
+                labels.append(label)
+                rows.append(
+                    {
+                        "image_id": sop,
+                        "sop_uid": sop,
+                        "patient_id": pid,
+                        "label": label,
+                        "site": site,
+                        "manufacturer": maker,
+                    }
+                )
+        x = np.asarray(images, dtype=np.float32)[:, None]
+        np.save(root / f"{split}_x.npy", (x - 0.05) / 1.05)
+        np.save(root / f"{split}_y.npy", np.asarray(labels, dtype=np.int64))
+        pd.DataFrame(rows).to_parquet(root / f"{split}_index.parquet", index=False)
+    stats = {
+        "window_center": 40.0,
+        "window_width": 400.0,
+        "image_size": size,
+        "denoise": "none",
+        "denoise_sigma": 0.7,
+        "normalization": "zscore",
+        "mean": 0.05,
+        "std": 1.05,
+        "min": -4.0,
+        "max": 6.0,
+    }
+    (root / "stats.json").write_text(json.dumps(stats))
+    return root
+
+
+def tiny_arch(size: int = SIZE, width: int = 4) -> dict[str, Any]:
+    return {
+        "depth": 2,
+        "base_width": width,
+        "kernel_size": 3,
+        "batch_norm": False,
+        "dropout": 0.0,
+        "activation": "relu",
+        "image_size": size,
+        "in_channels": 1,
+    }
+
+
+def train_tiny_cnn(data_dir: Path, steps: int = 60, seed: int = 0, size: int = SIZE) -> Any:
+    """A tiny CNN; ``steps=0`` leaves it at its (useless) random initialisation."""
+    import torch
+
+    from pipeline.model import build_network
+
+    torch.manual_seed(seed)
+    net = build_network(tiny_arch(size))
+    x = torch.from_numpy(np.load(data_dir / "train_x.npy"))
+    y = torch.from_numpy(np.load(data_dir / "train_y.npy")).float()
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    net.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
+def history(train_auc: float = 0.9, val_auc: float = 0.88, epochs: int = 4) -> dict[str, Any]:
+    """A history.json whose last (best) epoch has the given AUCs and healthy losses."""
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 0.7 - 0.1 * e,
+            "train_auc": train_auc - 0.01 * (epochs - 1 - e),
+            "val_loss": 0.72 - 0.1 * e,
+            "val_auc": val_auc - 0.01 * (epochs - 1 - e),
+        }
+        for e in range(epochs)
+    ]
+    return {"epochs": rows, "stopped_epoch": epochs - 1, "best_epoch": epochs - 1, "resumed": False}
+
+
+def save_cnn(net: Any, out_dir: Path, size: int = SIZE, hist: dict[str, Any] | None = None) -> Path:
+    from pipeline.model import save_model
+
+    meta = {
+        "architecture": tiny_arch(size),
+        "preprocessing": {
+            "image_size": size,
+            "window_center": 40.0,
+            "window_width": 400.0,
+            "normalization": "zscore",
+            "denoise": "none",
+            "mean": 0.05,
+            "std": 1.05,
+        },
+        "hyperparameters": {"lr": 0.02, "optimizer": "adam"},
+        "best_val_auc": 0.88,
+    }
+    save_model(net, meta, out_dir)
+    (out_dir / "history.json").write_text(json.dumps(hist or history()))
+    return out_dir
+
+
+def log_training_run(
+    params: Params, model_dir: Path, pyfunc: bool = True, status: str = "FINISHED"
+) -> dict[str, str]:
+    """A training run holding the model; writes and returns ``run.json``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import tracked_run
+
+    with tracked_run(params, "train", run_name="cnn-fixture") as active:
+        run_id = active.info.run_id
+        mlflow.log_metric("best_val_auc", 0.88)
+        if pyfunc:
+            code = model_dir.parent / "code_model.py"
+            code.write_text(CODE_MODEL)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "add type hints to predict"
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(code),
+                    artifacts={"model_dir": str(model_dir)},
+                    pip_requirements=[],
+                )
+            uri = info.model_uri
+        else:
+            mlflow.log_artifacts(str(model_dir), artifact_path="model_files")
+            uri = f"runs:/{run_id}/model_files"
+    if status != "FINISHED":
+        MlflowClient().set_terminated(run_id, status=status)
+    run = {"run_id": run_id, "model_uri": uri}
+    (model_dir / "run.json").write_text(json.dumps(run))
+    return run
+
+
+def params_for(root: Path, **sections: dict[str, Any]) -> Params:
+    """Params pointing every stage at folders under ``root`` and a SQLite store there."""
+    base: dict[str, dict[str, Any]] = {
+        "base": {
+            "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "experiment_name": "radops-test",
+        },
+        "preprocess": {"out_dir": str(root / "data"), "image_size": SIZE},
+        "train": {"out_dir": str(root / "cnn")},
+        "baseline": {
+            "out_dir": str(root / "baseline"),
+            "cv_folds": 3,
+            "C_grid": [0.1, 1.0, 10.0],
+            "gamma_grid": ["scale", 0.01],
+            "k_features": 10,
+        },
+        "evaluate": {"out_dir": str(root / "reports"), "bootstrap_iterations": 200},
+        "register": {"out_dir": str(root / "registry")},
+    }
+    for name, updates in sections.items():
+        base.setdefault(name, {}).update(updates)
+    return with_updates(Params(), **base)
+
+
+@contextlib.contextmanager
+def mlflow_env(root: Path) -> Iterator[Path]:
+    """Run with ``root`` as working directory (so ``mlruns/`` artifacts land there) and no
+    ambient MLFLOW_TRACKING_URI; restore MLflow's URIs afterwards."""
+    import mlflow
+
+    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+        try:
+            yield root
+        finally:
+            with contextlib.suppress(Exception):
+                while mlflow.active_run() is not None:
+                    mlflow.end_run()
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
