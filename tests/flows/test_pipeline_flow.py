@@ -41,7 +41,7 @@ def test_first_run_covers_every_stage_and_crowns_a_champion(flow_project: dict[s
     assert first["promotion"]["alias"] == "champion"
     client = _mlflow_client(root)
     champion = client.get_model_version_by_alias("radops-classifier", "champion")
-    assert champion.version == str(first["promotion"]["version"])
+    assert str(champion.version) == str(first["promotion"]["version"])
 
 
 def test_no_mlflow_run_left_running(flow_project: dict[str, Any]) -> None:
