@@ -242,7 +242,7 @@ def _run_gx(
                 "show_how_to_buttons": False,
                 "store_backend": {
                     "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(site_dir),
+                    "base_directory": str(site_dir.resolve()),
                 },
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             }
