@@ -2,9 +2,13 @@
 
 The network is built from MONAI convolution blocks (conv → norm → dropout → activation),
 with max-pooling between levels and a global max+average pooled head, so a small lesion
-anywhere in the image can drive the prediction. A saved model is two files:
-``model.safetensors`` (weights) and ``model.json`` (architecture, preprocessing statistics
-and anything else needed to use it), so loading never unpickles anything.
+anywhere in the image can drive the prediction. Dropout in the blocks is channel-wise (2-D):
+neighbouring pixels are correlated, so element-wise dropout regularises feature maps little,
+and its per-pixel Bernoulli draws took about half of every CPU training step.
+
+A saved model is two files: ``model.safetensors`` (weights) and ``model.json``
+(architecture, preprocessing statistics and anything else needed to use it), so loading
+never unpickles anything.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
                         act=arch["activation"],
                         norm="batch" if arch["batch_norm"] else None,
                         dropout=float(arch["dropout"]) or None,
+                        dropout_dim=2,
                     )
                 )
                 layers.append(nn.MaxPool2d(2))
@@ -116,13 +121,17 @@ def load_model(model_dir: Path | str) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Positive-class probabilities for an N×C×H×W float32 array."""
+    """Positive-class probabilities for an N×C×H×W array (e.g. a read-only memmap).
+
+    Each batch is copied into a writable float32 array: torch refuses to share memory with a
+    read-only memmap without a warning, and the copy is negligible next to the forward pass.
+    """
     import torch
 
     network.eval()
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-            out.append(torch.sigmoid(network(batch.float())).numpy())
+            batch = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
+            out.append(torch.sigmoid(network(batch)).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

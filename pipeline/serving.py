@@ -1,0 +1,44 @@
+"""The CNN as an MLflow pyfunc model, logged as *code* (MLflow "models from code").
+
+Why: a pyfunc logged as an object is pickled (cloudpickle), and loading it would unpickle
+whatever the artifact store holds. Logged from this file instead, the model is this source
+plus the ``model_dir`` artifact (safetensors weights + JSON metadata), and loading runs this
+code and ``load_model``, never ``pickle``.
+
+``train`` logs it with a copy of ``pipeline/model.py`` as the code path module
+``radops_cnn_model``, so the logged model does not depend on the installed radops version
+(nor shadow the ``pipeline`` package of a process that loads it); without that copy (e.g.
+when this file is imported directly) it falls back to ``pipeline.model``.
+
+Input: float32 array N×1×S×S, preprocessed as in ``model.json``'s ``preprocessing``.
+Output: float32 array of N positive-class probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc.model import PythonModel
+
+try:  # the copy logged with the model (see the module docstring)
+    from radops_cnn_model import load_model, predict_proba
+except ImportError:  # pragma: no cover - used when radops itself is importable
+    from pipeline.model import load_model, predict_proba
+
+
+class RadopsCNN(PythonModel):
+    """Positive-class probabilities from the saved CNN (no pickle anywhere)."""
+
+    def load_context(self, context: Any) -> None:
+        self.network, self.meta = load_model(context.artifacts["model_dir"])
+
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
+        x = np.asarray(model_input, dtype=np.float32)
+        return predict_proba(self.network, x)
+
+
+mlflow.models.set_model(RadopsCNN())

@@ -1,0 +1,417 @@
+"""Stage ``tune``: an Optuna study (seeded TPE + pruning) over ``tune.search_space``.
+
+* Each trial trains the CNN for at most ``tune.max_epochs`` epochs on the training split and
+  is scored on the validation split only (best epoch's ``val_auc``); the test split is never
+  opened. Optuna's Lightning pruning callback reports ``val_auc`` every epoch and stops
+  trials the pruner gives up on.
+* The study lives in ``tune.storage`` (SQLite by default, a PostgreSQL URL for several
+  workers) and is resumed by name: trials already COMPLETE or PRUNED count towards
+  ``n_trials``. If the data, base training config or search space changed since, its trials
+  are stale, and the study ``<name>-<fingerprint>`` is used (and resumed) instead.
+* A trial that raises is recorded as FAIL and the study goes on (failed trials do not count
+  towards ``n_trials``). RUNNING trials left by a killed process are failed by Optuna's
+  heartbeat once they go stale.
+* MLflow: a parent run ``tune`` with one nested run per trial (params, per-epoch curves,
+  value, and the trial's state as the ``optuna.state`` tag).
+* Writes ``models/tune/best_params.json`` for ``train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ConfigError, RadopsError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from pipeline.config import Params, SearchDimension, TrainSection
+
+log = logging.getLogger("radops.tune")
+EPOCHS_ATTR = "epochs"
+FINGERPRINT_ATTR = "radops.fingerprint"
+STATE_TAG = "optuna.state"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data_dir: Path
+    out_dir: Path
+
+    @property
+    def best_params(self) -> Path:
+        return self.out_dir / "best_params.json"
+
+    @classmethod
+    def from_params(cls, params: Params) -> Paths:
+        return cls(data_dir=params.preprocess.out_dir, out_dir=params.tune.out_dir)
+
+
+@dataclass(frozen=True)
+class StudyStats:
+    """What a (possibly resumed) study holds after ``run_study``."""
+
+    study_name: str
+    best_value: float
+    best_params: dict[str, Any]
+    total_epochs: int  # epochs trained by the trials run in this call
+    study_epochs: int  # epochs trained by every trial of the study, earlier calls included
+    n_run: int  # trials run in this call
+    n_trials: int  # finished trials in the study (complete + pruned + failed)
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    epochs_per_trial: list[int] = field(default_factory=list)  # this call's trials, in order
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    stats: StudyStats
+    run_id: str
+    best_params_path: Path
+
+    def summary(self) -> str:
+        s = self.stats
+        return "\n".join(
+            [
+                f"tune: study {s.study_name!r}: {s.n_trials} trials "
+                f"({s.n_complete} complete, {s.n_pruned} pruned, {s.n_failed} failed); "
+                f"{s.n_run} run now, {s.total_epochs} epochs",
+                f"  best val AUC {s.best_value:.4f} with {s.best_params}",
+                f"  written: {self.best_params_path}  MLflow run {self.run_id}",
+            ]
+        )
+
+
+def _tag(key: str, value: str) -> None:
+    """Tag the active MLflow run, if there is one."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value)
+
+
+def make_pruner(
+    kind: str, n_startup_trials: int = 3, n_warmup_epochs: int = 1
+) -> optuna.pruners.BasePruner:
+    """``median`` (after ``n_startup_trials`` trials and ``n_warmup_epochs`` epochs),
+    ``successive_halving`` (rungs at 1, 3, 9 ... epochs) or ``none``."""
+    import optuna
+
+    if kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_epochs
+        )
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {kind!r}")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``url`` (None = in memory); SQLite's folder is created.
+
+    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL after a
+    grace period instead of staying RUNNING forever.
+    """
+    import optuna
+
+    if url in ("", ":memory:", "memory"):
+        return None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without a password (it is logged to MLflow)."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:
+    """Sample one point of the search space."""
+    values: dict[str, Any] = {}
+    for name, dim in space.items():
+        if dim.type == "float":
+            values[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+        elif dim.type == "int":
+            values[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+        else:
+            values[name] = trial.suggest_categorical(name, dim.choices)
+    return values
+
+
+def check_space(train: TrainSection, space: Mapping[str, SearchDimension]) -> None:
+    """Fail before the study, not in every trial, if a name is not a training hyperparameter
+    or a bound/choice is not a valid value for it."""
+    from pipeline.train import apply_overrides
+
+    if not space:
+        raise ConfigError("tune.search_space is empty")
+    for name, dim in space.items():
+        if dim.type != "categorical" and dim.low > dim.high:
+            raise ConfigError(f"search space {name!r}: low {dim.low} > high {dim.high}")
+        examples = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        if not examples:
+            raise ConfigError(f"search space {name!r} has no choices")
+        for example in examples:
+            apply_overrides(train, {name: example})
+
+
+def study_fingerprint(params: Params, data_dir: Path) -> str:
+    """What the trials' values depend on: data, base training config, seed, search space and
+    epoch cap (not ``n_trials``, the pruner or the timeout, which may change on a resume)."""
+    import hashlib
+    import json
+
+    from pipeline.train import fingerprint
+
+    space = {k: v.model_dump(mode="json") for k, v in params.tune.search_space.items()}
+    parts = {
+        "train": fingerprint(params.train, params.base.seed, data_dir),
+        "space": space,
+        "max_epochs": params.tune.max_epochs,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def trial_config(params: Params, values: Mapping[str, Any]) -> TrainSection:
+    """The training config of one trial: params.train + sampled values, tune's epoch cap."""
+    from pipeline.train import apply_overrides
+
+    cfg = apply_overrides(params.train, values)
+    devices = 1 if cfg.devices == "auto" else cfg.devices  # one process per trial
+    return cfg.model_copy(update={"max_epochs": params.tune.max_epochs, "devices": devices})
+
+
+def fit_trial(params: Params, data_dir: Path, trial: optuna.Trial, cfg: TrainSection) -> Any:
+    """Train one trial (pruning callback attached); return its ``EpochHistory``.
+
+    ``optuna.TrialPruned`` propagates; the history is attached to it as ``history``.
+    """
+    import lightning as L
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from pipeline.datamodule import make_datamodule
+    from pipeline.lit_module import CNNClassifier, EpochHistory, make_trainer
+
+    L.seed_everything(params.base.seed, workers=True, verbose=False)
+    data = make_datamodule(data_dir, cfg, params.base.seed)
+    shape = data.image_shape
+    module = CNNClassifier(cfg, shape[-1], shape[0], pos_weight=data.pos_weight())
+    history = EpochHistory(log_to_mlflow=True)
+    pruning = PyTorchLightningPruningCallback(trial, monitor="val_auc")
+    with tempfile.TemporaryDirectory(prefix="radops-trial-") as root:
+        trainer = make_trainer(
+            cfg,
+            max_epochs=cfg.max_epochs,
+            callbacks=[history, pruning],
+            checkpointing=False,
+            root_dir=root,
+        )
+        try:
+            trainer.fit(module, datamodule=data)
+        except optuna.TrialPruned as exc:
+            exc.history = history  # type: ignore[attr-defined]
+            raise
+    return history
+
+
+def run_study(
+    params: Params,
+    paths: Paths,
+    pruner: str | optuna.pruners.BasePruner | None = None,
+    n_trials: int | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    timeout_s: float | None = None,
+) -> StudyStats:
+    """Create or resume the study and run ``n_trials`` minus its finished trials.
+
+    Usable in-process (benchmarks compare pruners by ``total_epochs``); MLflow logging goes
+    to nested runs when a run is active. Arguments default to ``params.tune``; ``storage``
+    may be ``":memory:"`` for a throw-away study.
+    """
+    import mlflow
+    import optuna
+
+    from pipeline.datamodule import load_split
+    from pipeline.lit_module import quiet_lightning
+    from pipeline.tracking import log_params_flat, tracked_run
+    from pipeline.train import set_threads
+
+    tune = params.tune
+    n_trials = tune.n_trials if n_trials is None else n_trials
+    study_name = study_name or tune.study_name
+    if pruner is None or isinstance(pruner, str):
+        kind = pruner or tune.pruner
+        pruner = make_pruner(kind, tune.n_startup_trials, tune.n_warmup_epochs)
+    check_space(params.train, tune.search_space)
+    for split in ("train", "val"):
+        load_split(paths.data_dir, split)  # fail here, not in every trial
+    set_threads(params.train)
+    quiet_lightning()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def open_study(name: str) -> optuna.Study:
+        sampler = optuna.samplers.TPESampler(
+            seed=params.base.seed, n_startup_trials=max(1, tune.n_startup_trials)
+        )
+        return optuna.create_study(
+            storage=backend,
+            sampler=sampler,
+            pruner=pruner,
+            study_name=name,
+            direction="maximize",
+            load_if_exists=True,
+        )
+
+    # A study only resumes for the same data, base config and search space: after a change
+    # (e.g. `dvc repro` on new data) its old trials would be stale, so a study named after
+    # the fingerprint takes over, and is itself resumed by later runs with the same inputs.
+    backend = open_storage(tune.storage if storage is None else storage)
+    fp = study_fingerprint(params, paths.data_dir)
+    study = open_study(study_name)
+    if study.user_attrs.get(FINGERPRINT_ATTR, fp) != fp:
+        log.info(
+            "study %r was run on other data or settings; using %r",
+            study_name,
+            f"{study_name}-{fp[:8]}",
+        )
+        study_name = f"{study_name}-{fp[:8]}"
+        study = open_study(study_name)
+    study.set_user_attr(FINGERPRINT_ATTR, fp)
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    already = len(study.get_trials(deepcopy=False, states=done_states))
+    remaining = max(0, n_trials - already)
+    if already:
+        log.info("study %r resumed: %d trials done, %d to run", study_name, already, remaining)
+    epochs_run: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, tune.search_space)
+        cfg = trial_config(params, values)
+        name = f"trial-{trial.number}"
+        tags = {"optuna.study": study_name, "optuna.trial_number": str(trial.number)}
+        pruned: optuna.TrialPruned | None = None
+        history: Any = None
+        tracking: Any = (
+            tracked_run(params, "tune", run_name=name, nested=True, tags=tags)
+            if mlflow.active_run() is not None
+            else contextlib.nullcontext()
+        )
+        with tracking:
+            if mlflow.active_run() is not None:
+                log_params_flat("", values)
+            try:
+                history = fit_trial(params, paths.data_dir, trial, cfg)
+            except optuna.TrialPruned as exc:
+                pruned, history = exc, getattr(exc, "history", None)
+                _tag(STATE_TAG, "pruned")
+            except Exception:
+                _tag(STATE_TAG, "failed")
+                raise
+            finally:
+                epochs = history.epochs_run if history is not None else 0
+                trial.set_user_attr(EPOCHS_ATTR, epochs)
+                epochs_run.append(epochs)
+            if pruned is None:
+                _, value = history.best("val_auc")
+                if value != value:  # NaN: val AUC undefined
+                    _tag(STATE_TAG, "failed")
+                    raise RadopsError("validation AUC is undefined (one class in val?)")
+                _tag(STATE_TAG, "complete")
+                if mlflow.active_run() is not None:
+                    mlflow.log_metric("value", value)
+        log.info(
+            "%s %s after %d epochs: %s",
+            name,
+            "pruned" if pruned else f"val_auc={value:.4f}",
+            epochs,
+            values,
+        )
+        if pruned is not None:
+            raise pruned
+        return value
+
+    if remaining:
+        # Stop once `n_trials` trials are COMPLETE or PRUNED (failed ones are replaced, as on
+        # a rerun), but give up after as many failures as trials were wanted.
+        enough = optuna.study.MaxTrialsCallback(n_trials, states=done_states)
+        study.optimize(
+            objective,
+            n_trials=2 * remaining,
+            timeout=tune.timeout_s if timeout_s is None else timeout_s,
+            catch=(Exception,),
+            callbacks=[enough],
+        )
+    return summarize(study, epochs_run)
+
+
+def summarize(study: optuna.Study, epochs_run: list[int]) -> StudyStats:
+    """Counts, best trial and epoch spend of a study."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in state}
+    if count[state.COMPLETE] == 0:
+        failures = [t.system_attrs.get("fail_reason", "") for t in trials if t.state == state.FAIL]
+        hint = f"; last failure: {failures[-1]}" if failures and failures[-1] else ""
+        raise RadopsError(f"study {study.study_name!r} has no complete trial{hint}")
+    best = study.best_trial
+    return StudyStats(
+        study_name=study.study_name,
+        best_value=float(best.value) if best.value is not None else float("nan"),
+        best_params=dict(best.params),
+        total_epochs=sum(epochs_run),
+        study_epochs=sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in trials),
+        n_run=len(epochs_run),
+        n_trials=count[state.COMPLETE] + count[state.PRUNED] + count[state.FAIL],
+        n_complete=count[state.COMPLETE],
+        n_pruned=count[state.PRUNED],
+        n_failed=count[state.FAIL],
+        epochs_per_trial=list(epochs_run),
+    )
+
+
+def run(params: Params, paths: Paths) -> TuneResult:
+    """Run (or resume) the study under an MLflow parent run; write ``best_params.json``."""
+    import mlflow
+
+    from pipeline.io import write_json
+    from pipeline.tracking import log_params_flat, tracked_run
+
+    tune = params.tune
+    with tracked_run(params, "tune", run_name="tune") as parent:
+        settings = tune.model_dump(mode="json", exclude={"out_dir", "search_space", "storage"})
+        log_params_flat("", settings | {"storage": redact_url(tune.storage)})
+        stats = run_study(params, paths)
+        log_params_flat("best", stats.best_params)
+        counts = {k: getattr(stats, k) for k in ("n_trials", "n_complete", "n_pruned", "n_failed")}
+        mlflow.log_metrics(
+            counts
+            | {
+                "best_value": stats.best_value,
+                "total_epochs": stats.total_epochs,
+                "study_epochs": stats.study_epochs,
+            }
+        )
+        best = {"params": stats.best_params, "value": stats.best_value, **counts}
+        best |= {"study_name": stats.study_name, "total_epochs": stats.study_epochs}
+        write_json(paths.best_params, best | {"epochs_this_run": stats.total_epochs})
+        mlflow.log_artifact(str(paths.best_params))
+        run_id = parent.info.run_id
+    return TuneResult(stats=stats, run_id=run_id, best_params_path=paths.best_params)
