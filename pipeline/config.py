@@ -42,6 +42,8 @@ class SynthSection(Section):
 class IngestSection(Section):
     out_dir: Path = Path("data/ingested")
     workers: int = Field(1, ge=1)
+    # false: a missing data.labels_csv means unlabelled images (label -1), not an error.
+    require_labels: bool = True
 
 
 class ValidateSection(Section):

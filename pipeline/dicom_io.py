@@ -1,0 +1,417 @@
+"""DICOM reading for ingest: one file in, image rows (and ``.npy`` files) or a reason out.
+
+Imported by ``pipeline.ingest`` inside its functions only (it imports numpy and pydicom).
+
+Why not simply ``ds.Keyword`` and ``ds.pixel_array``: for the small images of a typical
+export, pydicom's generic element conversion and pixel pipeline cost more than reading the
+file. Header values are parsed from the raw elements and checked with pydicom's own VR
+validators in RAISE mode (strict: an invalid value quarantines the file); anything that is
+not plain ASCII (character sets) goes through pydicom's conversion, also strictly.
+Uncompressed little-endian pixel data is read with ``numpy.frombuffer`` exactly as pydicom
+reads it (unused high bits corrected); everything else goes through pydicom's decoders.
+
+Quarantine reasons come from fixed templates and never quote a header value, because a value
+may be an identifier.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import re
+import struct
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+from pydicom import config, dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
+
+from pipeline.deid import Pseudonymizer, identifier_tokens, redact_path
+
+# keyword -> (tag, VR) of every attribute ingest reads.
+TAGS: dict[str, tuple[BaseTag, str]] = {
+    k: (BaseTag(t), vr)
+    for k, t, vr in (
+        ("PatientName", 0x00100010, "PN"), ("PatientID", 0x00100020, "LO"),
+        ("PatientBirthDate", 0x00100030, "DA"), ("AccessionNumber", 0x00080050, "SH"),
+        ("InstitutionName", 0x00080080, "LO"), ("StudyDate", 0x00080020, "DA"),
+        ("Manufacturer", 0x00080070, "LO"), ("Modality", 0x00080060, "CS"),
+        ("SOPClassUID", 0x00080016, "UI"), ("SOPInstanceUID", 0x00080018, "UI"),
+        ("StudyInstanceUID", 0x0020000D, "UI"), ("SeriesInstanceUID", 0x0020000E, "UI"),
+        ("PixelSpacing", 0x00280030, "DS"), ("ImagerPixelSpacing", 0x00181164, "DS"),
+        ("SamplesPerPixel", 0x00280002, "US"), ("PhotometricInterpretation", 0x00280004, "CS"),
+        ("NumberOfFrames", 0x00280008, "IS"), ("Rows", 0x00280010, "US"),
+        ("Columns", 0x00280011, "US"), ("BitsAllocated", 0x00280100, "US"),
+        ("BitsStored", 0x00280101, "US"), ("PixelRepresentation", 0x00280103, "US"),
+        ("BurnedInAnnotation", 0x00280301, "CS"), ("RescaleIntercept", 0x00281052, "DS"),
+        ("RescaleSlope", 0x00281053, "DS"), ("TransferSyntaxUID", 0x00020010, "UI"),
+        ("MediaStorageSOPClassUID", 0x00020002, "UI"),
+    )
+}  # fmt: skip
+# Read leniently (only to find identifiers in paths; never stored).
+IDENTIFIERS = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate",
+               "InstitutionName", "StudyDate")  # fmt: skip
+# Read strictly: what the manifest is computed from.
+STRICT = ("PatientID", "InstitutionName", "Manufacturer", "Modality", "SOPInstanceUID",
+          "StudyInstanceUID", "SeriesInstanceUID", "PixelSpacing", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns",
+          "BitsAllocated", "BitsStored", "PixelRepresentation", "BurnedInAnnotation",
+          "RescaleIntercept", "RescaleSlope")  # fmt: skip
+PIXEL_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
+MODALITY_LUT_SEQUENCE = BaseTag(0x00283000)
+GREY = ("MONOCHROME1", "MONOCHROME2")
+KNOWN_COLOUR = frozenset(
+    ("RGB", "ARGB", "CMYK", "HSV", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+     "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_RCT")
+)  # fmt: skip
+BURNED_IN = "burned-in annotation: may show identifiers"
+TRUNCATED = "truncated DICOM file: data ends early"
+# Row layout produced here; ingest adds ``label`` and ``official_split`` (docs/stages.md).
+ROW_FIELDS: tuple[str, ...] = (
+    "image_id", "patient_id", "study_uid", "series_uid", "sop_uid", "source_file", "frame",
+    "modality", "site", "manufacturer", "pixel_spacing_row", "pixel_spacing_col", "rows",
+    "columns", "bits_allocated", "bits_stored", "pixel_representation", "photometric",
+    "pixel_path", "pixel_min", "pixel_max", "pixel_mean", "pixel_std", "nonfinite_pixels",
+)  # fmt: skip
+
+
+class Unusable(Exception):
+    """The file cannot be ingested; ``reason`` is for people and names no identifier."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Outcome(NamedTuple):
+    """What one file gave: image rows, or a quarantine reason (never both)."""
+
+    order: int  # position of the file in sorted path order
+    source_file: str  # relative path, identifiers redacted
+    rows: list[tuple[Any, ...]]
+    reason: str | None
+    sop_uid: str | None  # remapped, when the header could be read (duplicates, labels)
+    tokens: frozenset[str]  # identifiers seen (kept in memory only, to redact other paths)
+
+
+def value(ds: Dataset, keyword: str, strict: bool = True) -> Any:
+    """A header value: ``str`` or ``list[str]`` for text VRs, ``int`` for US, or None.
+
+    ``strict``: validate with pydicom's VR rules; a bad value raises ``Unusable``.
+    """
+    tag, vr = TAGS[keyword]
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if not isinstance(elem, RawDataElement):  # converted (and validated) by pydicom already
+        return _normalised(elem.value, vr)
+    raw = elem.value
+    if not isinstance(raw, bytes) or not raw.isascii() or b"\x1b" in raw:
+        return _converted(ds, tag, keyword, vr, strict)  # character sets: pydicom decodes
+    if not raw:
+        return None
+    if vr == "US":
+        if len(raw) != 2:
+            raise Unusable(f"invalid {keyword} in header (VR US)")
+        return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
+    items = [v.strip(" \x00") for v in raw.decode("ascii").split("\\")]
+    if strict and not all(map(_checker(vr), items)):
+        raise Unusable(f"invalid {keyword} in header (VR {vr})")
+    return items[0] if len(items) == 1 else items
+
+
+@functools.cache
+def _checker(vr: str) -> Callable[[str], bool]:
+    """pydicom's VR rules (length, regex) as one precompiled test (RAISE-mode strictness)."""
+    regex, limit = VR_REGEXES.get(vr), MAX_VALUE_LEN.get(vr)
+    if regex is not None:
+        match = re.compile(regex).match
+        return lambda s: not s or ((limit is None or len(s) <= limit) and match(s) is not None)
+    validator = VALIDATORS.get(vr)
+    return (lambda s: validator(vr, s)[0]) if validator else (lambda s: True)
+
+
+def _converted(ds: Dataset, tag: BaseTag, keyword: str, vr: str, strict: bool) -> Any:
+    try:
+        with config.strict_reading() if strict else config.disable_value_validation():
+            return _normalised(ds[tag].value, vr)
+    except Exception:
+        if not strict:
+            return None
+        raise Unusable(f"invalid {keyword} in header (VR {vr})") from None
+
+
+def _normalised(val: Any, vr: str) -> Any:
+    if val is None or val == "":
+        return None
+    if isinstance(val, list | tuple) or type(val).__name__ == "MultiValue":
+        if vr == "US":
+            return int(val[0])
+        items = [str(v) for v in val]
+        return items[0] if len(items) == 1 else items
+    return int(val) if vr == "US" else str(val)
+
+
+def _first(val: Any) -> Any:
+    return (val[0] if val else None) if isinstance(val, list) else val
+
+
+def header(ds: Dataset) -> tuple[dict[str, Any], frozenset[str], str | None]:
+    """The validated values ingest uses, the patient's identifier tokens, and the first
+    invalid value's reason (then the tokens are read leniently: the path is still redacted)."""
+    h: dict[str, Any] = {}
+    problem = None
+    try:
+        for keyword in STRICT:
+            h[keyword] = value(ds, keyword)
+    except Unusable as exc:
+        problem = exc.reason
+    ids = [
+        _first(h[k]) if problem is None and k in h else _first(value(ds, k, strict=False))
+        for k in IDENTIFIERS
+    ]
+    if isinstance(ids[0], list):
+        ids[0] = " ".join(ids[0])
+    return h, _tokens(*ids), problem
+
+
+_tokens = functools.lru_cache(maxsize=4096)(identifier_tokens)  # files of a study share them
+
+
+def read(path: str) -> tuple[Dataset, int]:
+    """``dcmread`` without ``force`` (a file must be DICOM Part 10) and the file's size."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            return dcmread(fh, force=False), size
+    except InvalidDicomError as exc:
+        if "DICM" in str(exc) or "File Meta" in str(exc):
+            raise Unusable("not a DICOM file (no DICM preamble and file meta)") from None
+        raise Unusable("unreadable DICOM header (malformed encoding)") from None
+    except (EOFError, struct.error):
+        raise Unusable(TRUNCATED) from None
+    except Exception as exc:
+        raise Unusable(f"unreadable DICOM header ({type(exc).__name__})") from None
+
+
+def truncated(ds: Dataset, size: int) -> bool:
+    """Whether the data set stops early (pydicom reads a cut-off file without complaint)."""
+    end, empty = 0, True
+    for elem in ds.elements():
+        empty = False
+        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+            if elem.length != 0xFFFFFFFF and len(elem.value) < elem.length:
+                return True
+            end = max(end, elem.value_tell + len(elem.value))
+    return empty or (end > 0 and 0 < size - end < 8)
+
+
+def sop_class_name(ds: Dataset) -> str:
+    uid = _first(value(ds, "SOPClassUID", strict=False))
+    if uid is None:
+        uid = _first(value(ds.file_meta, "MediaStorageSOPClassUID", strict=False))
+    if uid is None:
+        return "SOP class not stated"
+    name = UID(uid).name
+    return name if name != uid else f"unknown SOP class {uid}"
+
+
+def check_image(ds: Dataset, h: dict[str, Any], size: int) -> tuple[str, int, int, int]:
+    """Raise ``Unusable`` unless this is a grey-scale image; (photometric, rows, cols, frames)."""
+    if not any(t in ds for t in PIXEL_TAGS):
+        raise Unusable(
+            TRUNCATED if truncated(ds, size) else f"no pixel data ({sop_class_name(ds)})"
+        )
+    if h["BurnedInAnnotation"] == "YES":
+        raise Unusable(BURNED_IN)
+    photometric = _first(h["PhotometricInterpretation"])
+    if photometric is None:
+        raise Unusable("missing Photometric Interpretation")
+    if photometric not in GREY:
+        shown = photometric if photometric in KNOWN_COLOUR else "(non-standard value)"
+        raise Unusable(f"unsupported photometric interpretation {shown}")
+    if (h["SamplesPerPixel"] or 1) != 1:
+        raise Unusable(f"unsupported: {h['SamplesPerPixel']} samples per pixel (grey-scale)")
+    for keyword in ("Rows", "Columns", "BitsAllocated"):
+        if not h[keyword]:
+            raise Unusable(f"missing or zero {keyword}")
+    if not h["SOPInstanceUID"]:
+        raise Unusable("missing SOP Instance UID")
+    frames = int(_first(h["NumberOfFrames"]) or 1)
+    if frames < 1:
+        raise Unusable("invalid NumberOfFrames (less than 1)")
+    return photometric, h["Rows"], h["Columns"], frames
+
+
+def decode(ds: Dataset, h: dict[str, Any], rows: int, cols: int, frames: int) -> np.ndarray:
+    """Stored pixel values as (frames, rows, cols), before any LUT."""
+    ts_text = _first(value(ds.file_meta, "TransferSyntaxUID"))
+    if ts_text is None:
+        raise Unusable("file meta has no Transfer Syntax UID")
+    ts = UID(ts_text)
+    if not ts.is_transfer_syntax:
+        raise Unusable(f"unknown transfer syntax {ts}")
+    bits = h["BitsAllocated"]
+    stored = h["BitsStored"] or bits
+    pixel = ds.get_item(PIXEL_TAGS[0])
+    if not ts.is_compressed:
+        data = getattr(pixel, "value", None)
+        if isinstance(data, bytes):
+            if isinstance(pixel, RawDataElement) and len(data) < pixel.length != 0xFFFFFFFF:
+                raise Unusable(TRUNCATED)
+            expected = (frames * rows * cols * bits + 7) // 8
+            if len(data) < expected:
+                raise Unusable(
+                    f"pixel data shorter than the header says ({len(data)} of {expected} bytes)"
+                )
+            if ts.is_little_endian and bits in (8, 16, 32) and stored <= bits:
+                kind = "i" if h["PixelRepresentation"] == 1 else "u"
+                arr = np.frombuffer(data, f"<{kind}{bits // 8}", frames * rows * cols)
+                arr = arr.reshape(frames, rows, cols)
+                if stored < bits:  # as pydicom does: ignore the unused high bits
+                    arr = (arr << (bits - stored)) >> (bits - stored)
+                return arr
+    else:
+        from pydicom.pixels import get_decoder
+
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            raise Unusable(f"no installed decoder for transfer syntax {ts.name}")
+    try:
+        arr = ds.pixel_array
+    except Exception:
+        raise Unusable(f"pixel data could not be decoded ({ts.name})") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape != (frames, rows, cols):
+        raise Unusable("decoded pixel data does not match Rows/Columns/NumberOfFrames")
+    return arr
+
+
+def modality_values(ds: Dataset, h: dict[str, Any], arr: np.ndarray, mono1: bool) -> np.ndarray:
+    """float32 modality values (HU for CT); MONOCHROME1 inverted so that higher is brighter."""
+    if arr.dtype.kind == "f":
+        stored_range = np.zeros(2)
+    else:
+        bits = h["BitsStored"] or h["BitsAllocated"]
+        signed = h["PixelRepresentation"] == 1
+        stored_range = np.array(
+            [-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2**bits - 1]
+        )
+    if MODALITY_LUT_SEQUENCE in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        lo, hi = (float(v) for v in apply_modality_lut(stored_range, ds))
+    else:
+        slope = float(_first(h["RescaleSlope"]) or 1.0)
+        intercept = float(_first(h["RescaleIntercept"]) or 0.0)
+        out = arr.astype(np.float32)
+        if slope != 1.0:
+            out *= np.float32(slope)
+        if intercept != 0.0:
+            out += np.float32(intercept)
+        lo, hi = (float(v) * slope + intercept for v in stored_range)
+    if mono1:
+        if arr.dtype.kind == "f":
+            np.negative(out, out=out)
+        else:  # mirror within the range the stored bits can express
+            np.subtract(np.float32(lo + hi), out, out=out)
+    return out
+
+
+def spacing(ds: Dataset, h: dict[str, Any]) -> tuple[float, float]:
+    """(row, column) spacing in mm: PixelSpacing, else ImagerPixelSpacing, else NaN."""
+    val = h["PixelSpacing"] or value(ds, "ImagerPixelSpacing")
+    if not val:
+        return float("nan"), float("nan")
+    items = val if isinstance(val, list) else [val]
+    return float(items[0]), float(items[-1])
+
+
+def process_file(order: int, path: str, rel: str, out_dir: str, pseudo: Pseudonymizer) -> Outcome:
+    """Read, check and store one file. Only a problem with the output folder escapes."""
+    tokens: frozenset[str] = frozenset()
+    source, sop = rel, None
+    try:
+        ds, size = read(path)
+        h, tokens, problem = header(ds)
+        source = redact_path(rel, tokens)
+        if problem:
+            raise Unusable(problem)
+        photometric, rows, cols, frames = check_image(ds, h, size)
+        sop = pseudo.uid(_first(h["SOPInstanceUID"]))
+        arr = decode(ds, h, rows, cols, frames)
+        mono1 = photometric == "MONOCHROME1"
+        first = modality_values(ds, h, arr[:1], mono1)  # frame by frame: bounded memory
+        fixed = (
+            pseudo.patient(_first(h["PatientID"])), pseudo.uid(_first(h["StudyInstanceUID"])),
+            pseudo.uid(_first(h["SeriesInstanceUID"])), sop, source,
+        )  # fmt: skip
+        meta = (
+            _first(h["Modality"]) or "unknown", pseudo.site(_first(h["InstitutionName"])),
+            _first(h["Manufacturer"]) or "unknown", *spacing(ds, h), rows, cols,
+            h["BitsAllocated"], h["BitsStored"] or h["BitsAllocated"],
+            h["PixelRepresentation"] or 0, photometric,
+        )  # fmt: skip
+    except Unusable as exc:
+        return Outcome(order, source, [], exc.reason, sop, tokens)
+    except Exception as exc:  # a bad file never stops the batch (KeyboardInterrupt still does)
+        reason = f"unexpected error while reading ({type(exc).__name__})"
+        return Outcome(order, source, [], reason, sop, tokens)
+    out_rows = []
+    floats = arr.dtype.kind == "f"  # only float pixel data can hold NaN or inf
+    for f in range(frames):
+        image_id = f"{sop}.f{f}" if frames > 1 else sop
+        plane = (first if f == 0 else modality_values(ds, h, arr[f : f + 1], mono1))[0]
+        pixel_path = write_npy(out_dir, image_id, order, plane)
+        out_rows.append((image_id, *fixed, f, *meta, pixel_path, *plane_stats(plane, floats)))
+    return Outcome(order, source, out_rows, None, sop, tokens)
+
+
+def plane_stats(plane: np.ndarray, check: bool = True) -> tuple[float, float, float, float, int]:
+    """min, max, mean, std of the finite pixels, and the count of the others."""
+    values, nonfinite = plane, 0
+    if check:
+        finite = np.isfinite(plane)
+        nonfinite = int(plane.size - np.count_nonzero(finite))
+        values = plane[finite] if nonfinite else plane
+    if not values.size:
+        return float("nan"), float("nan"), float("nan"), float("nan"), nonfinite
+    # float32 with numpy's pairwise sums and a two-pass std: accurate to ~1e-6 relative.
+    stats = values.min(), values.max(), values.mean(), values.std()
+    return float(stats[0]), float(stats[1]), float(stats[2]), float(stats[3]), nonfinite
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue()
+
+
+def write_npy(out_dir: str, image_id: str, order: int, plane: np.ndarray) -> str:
+    """Write ``pixels/<image_id>.npy``; a second file with the same SOP UID gets a side name."""
+    plane = np.ascontiguousarray(plane, dtype="<f4")
+    rel = f"pixels/{image_id}.npy"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(os.path.join(out_dir, rel), flags, 0o644)
+    except FileExistsError:
+        rel = f"pixels/{image_id}.dup{order}.npy"
+        fd = os.open(os.path.join(out_dir, rel), flags, 0o644)
+    with open(fd, "wb") as fh:
+        fh.write(_npy_header(plane.shape, "<f4"))
+        fh.write(plane.data)
+    return rel

@@ -1,0 +1,392 @@
+"""Stage ``ingest``: DICOM folder (+ labels CSV) → de-identified manifest, pixel store, quarantine.
+
+Every file under the input folder ends in exactly one place: as rows of ``manifest.parquet``
+(one per image; a multi-frame file gives one per frame) or as a line of ``quarantine.csv``
+with a reason a person understands. A bad file never stops the batch; a problem with the
+output folder does (and, as everything is staged in a temporary sibling and renamed at the
+end, leaves no half-written output). Nothing identifying is written or logged: ids and UIDs
+are keyed pseudonyms (``pipeline.deid``), dates are dropped, paths are redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.dicom_io import Outcome
+
+log = logging.getLogger(__name__)
+
+SYMLINK_OUT = "symbolic link pointing outside the input folder (not followed)"
+SYMLINK_DIR = "symbolic link to a folder (not followed)"
+DUPLICATE = "duplicate SOP instance (same SOP Instance UID as an earlier file)"
+MAX_CHUNK = 64
+_SOURCE, _PIXEL_PATH = 5, 18  # positions in dicom_io.ROW_FIELDS (checked by the tests)
+
+
+@dataclass(frozen=True)
+class Paths:
+    input_dir: Path
+    labels_csv: Path | None
+    out_dir: Path
+    key_path: Path | None = None  # None: params.base.secret_key_path
+
+    @classmethod
+    def from_params(cls, params: Params) -> Paths:
+        return cls(
+            input_dir=params.data.dicom_dir,
+            labels_csv=params.data.labels_csv,
+            out_dir=params.ingest.out_dir,
+            key_path=params.base.secret_key_path,
+        )
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    out_dir: Path
+    files_seen: int
+    files_ingested: int
+    rows: int
+    quarantined: int
+    reasons: dict[str, int]
+    labels: dict[str, int] | None
+    seconds: float
+    workers: int
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files_seen / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> str:
+        lines = [
+            f"ingest: {self.files_seen} files -> {self.files_ingested} ingested "
+            f"({self.rows} images), {self.quarantined} quarantined in {self.seconds:.2f} s "
+            f"({self.files_per_second:.0f} files/s, {self.workers} worker(s)) -> {self.out_dir}"
+        ]
+        lines += [f"  quarantined {n:>5}  {reason}" for reason, n in self.reasons.items()]
+        if self.labels is None:
+            lines.append("  no labels file: every label is -1")
+        else:
+            lab = self.labels
+            lines.append(
+                f"  labels: {lab['matched_images']} images labelled, "
+                f"{lab['images_without_label']} images without a label, "
+                f"{lab['labels_without_image']} label rows without an image "
+                f"({lab['labels_of_quarantined_files']} of them for quarantined files)"
+            )
+            for key in ("invalid_label", "conflicting", "patient_mismatch", "paths_outside_input"):
+                if lab.get(key):
+                    lines.append(f"  labels: {lab[key]} rows {key.replace('_', ' ')}")
+        return "\n".join(lines)
+
+
+def run(params: Params, paths: Paths) -> IngestResult:
+    """Ingest ``paths.input_dir`` into ``paths.out_dir`` (atomically)."""
+    from pipeline.deid import load_or_create_key
+
+    labels = paths.labels_csv
+    if labels is not None and not Path(labels).is_file():
+        if params.ingest.require_labels:
+            raise InputError(
+                f"labels file not found: {labels} (pass --labels, or -S "
+                "ingest.require_labels=false to ingest without labels)"
+            )
+        log.warning("no labels file at %s: every label is -1", labels)
+        labels = None
+    key = load_or_create_key(paths.key_path or params.base.secret_key_path)
+    return ingest_folder(paths.input_dir, paths.out_dir, key, labels, params.ingest.workers)
+
+
+def ingest_folder(
+    input_dir: Path | str,
+    out_dir: Path | str,
+    key: bytes,
+    labels_csv: Path | str | None = None,
+    workers: int = 1,
+) -> IngestResult:
+    """The whole stage with explicit arguments (``predict`` calls it without labels)."""
+    from pipeline.io import atomic_path
+
+    start = time.perf_counter()
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError(f"input folder not found: {root}")
+    if labels_csv is not None and not Path(labels_csv).is_file():
+        raise InputError(f"labels file not found: {labels_csv}")
+    files, early = walk(root)
+    if not files and not early:
+        raise InputError(f"no files under {root}")
+    with atomic_path(out_dir) as staged:
+        (staged / "pixels").mkdir(parents=True)
+        outcomes = _process_all(files, str(staged), key, workers)
+        outcomes += early
+        outcomes.sort(key=lambda o: o.order)
+        result = _write_outputs(staged, outcomes, key, root, labels_csv)
+    seconds = time.perf_counter() - start
+    final = IngestResult(
+        Path(out_dir), result["files_seen"], result["files_ingested"], result["rows"],
+        result["quarantined"], result["quarantine_reasons"], result["labels"], seconds, workers,
+    )  # fmt: skip
+    log.info(
+        "ingest: %d files, %d ingested, %d quarantined",
+        final.files_seen, final.files_ingested, final.quarantined,
+    )  # fmt: skip
+    return final
+
+
+def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
+    """Every entry under ``root`` in sorted order: (index, absolute, relative) to read, plus
+    outcomes for the ones never opened (symlinks out of the root or to folders, odd files)."""
+    from pipeline.dicom_io import Outcome
+
+    real_root = os.path.realpath(root)
+    found: list[tuple[str, str, str | None]] = []  # (relative, absolute, early reason)
+    stack = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:  # e.g. no permission: account for the folder, go on
+            found.append(
+                (prefix or ".", folder, f"folder could not be listed ({type(exc).__name__})")
+            )
+            continue
+        for entry in entries:
+            rel = f"{prefix}{_printable(entry.name)}"
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.isdir(target):
+                    found.append((rel, entry.path, SYMLINK_DIR))
+                elif os.path.commonpath([real_root, target]) != real_root:
+                    found.append((rel, entry.path, SYMLINK_OUT))
+                elif not os.path.isfile(target):
+                    found.append((rel, entry.path, "broken symbolic link"))
+                else:
+                    found.append((rel, target, None))
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, rel + "/"))
+            elif entry.is_file(follow_symlinks=False):
+                found.append((rel, entry.path, None))
+            else:
+                found.append((rel, entry.path, "not a regular file (device, socket or pipe)"))
+    found.sort(key=lambda f: f[0])
+    to_read, early = [], []
+    for index, (rel, absolute, reason) in enumerate(found):
+        if reason is None:
+            to_read.append((index, absolute, rel))
+        else:
+            early.append(Outcome(index, rel, [], reason, None, frozenset()))
+    return to_read, early
+
+
+def _printable(name: str) -> str:
+    """A file name as text that any output can hold (undecodable bytes shown as escapes)."""
+    return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def process_chunk(items: list[tuple[int, str, str]], out_dir: str, key: bytes) -> list[Outcome]:
+    """Process files in this process, strictly, with pydicom's warnings and logs silenced
+    (their messages may quote header values)."""
+    import warnings
+
+    from pydicom import config
+
+    from pipeline.deid import Pseudonymizer
+    from pipeline.dicom_io import process_file
+
+    pseudo = _PSEUDO.get(key) or _PSEUDO.setdefault(key, Pseudonymizer(key))
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)
+    try:
+        with config.strict_reading(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return [process_file(i, path, rel, out_dir, pseudo) for i, path, rel in items]
+    finally:
+        pydicom_log.setLevel(level)
+
+
+_PSEUDO: dict[bytes, Any] = {}
+
+
+def _process_all(
+    files: list[tuple[int, str, str]], out_dir: str, key: bytes, workers: int
+) -> list[Outcome]:
+    if workers <= 1 or len(files) < 2:
+        return process_chunk(files, out_dir, key)
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline import dicom_io  # noqa: F401  (imported once here; forked workers inherit it)
+
+    # fork starts workers in milliseconds; with other threads running (e.g. under Prefect) a
+    # forked child could inherit a held lock, so then forkserver (or spawn) is used instead.
+    methods = mp.get_all_start_methods()
+    threaded = threading.active_count() > 1
+    method = "fork" if "fork" in methods and not threaded else "forkserver"
+    method = method if method in methods else "spawn"
+    size = max(4, min(MAX_CHUNK, len(files) // (workers * 16)))  # small tail, low IPC cost
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    out: list[Outcome] = []
+    context = mp.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["pipeline.dicom_io"])
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for got in pool.map(process_chunk, chunks, [out_dir] * len(chunks), [key] * len(chunks)):
+            out.extend(got)
+    return out
+
+
+def _write_outputs(
+    staged: Path, outcomes: list[Outcome], key: bytes, root: Path, labels_csv: Path | str | None
+) -> dict[str, Any]:
+    """Write manifest, quarantine list and summary into ``staged``; return the summary."""
+    import csv
+    import json
+
+    import pandas as pd
+
+    from pipeline.dicom_io import ROW_FIELDS
+
+    outcomes = _finish_paths(_resolve_duplicates(staged, outcomes))
+    rows = [row for o in outcomes for row in o.rows]
+    manifest = pd.DataFrame({name: [r[i] for r in rows] for i, name in enumerate(ROW_FIELDS)})
+    manifest = manifest.astype({c: _dtype(c) for c in ROW_FIELDS})
+    quarantine = [(o.source_file, o.reason) for o in outcomes if o.reason is not None]
+    for source, reason in quarantine:
+        log.debug("quarantined %s: %s", source, reason)  # redacted path, templated reason
+    quarantined_sops = {o.sop_uid for o in outcomes if o.reason is not None and o.sop_uid}
+    labels = attach_labels(manifest, labels_csv, key, root, quarantined_sops)
+    manifest = manifest.astype({"label": "int64", "official_split": "str"})
+    order = [*ROW_FIELDS[:_PIXEL_PATH], "label", "official_split", *ROW_FIELDS[_PIXEL_PATH:]]
+    manifest[order].to_parquet(staged / "manifest.parquet", index=False)  # docs/stages.md order
+    with (staged / "quarantine.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["source_file", "reason"])
+        writer.writerows(quarantine)
+    summary = {
+        "files_seen": len(outcomes),
+        "files_ingested": sum(1 for o in outcomes if o.reason is None),
+        "rows": len(manifest),
+        "quarantined": len(quarantine),
+        "quarantine_reasons": dict(Counter(r for _, r in quarantine).most_common()),
+        "labels": labels,
+        "modalities": dict(Counter(manifest["modality"]).most_common()),
+        "sites": int(manifest["site"].nunique()),
+        "patients": int(manifest["patient_id"].nunique()),
+        "dates": "not stored",
+    }
+    (staged / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _dtype(column: str) -> str:
+    if column.startswith(("pixel_spacing", "pixel_m", "pixel_std")):
+        return "float64"
+    if column in _INT_COLUMNS:
+        return "int64"
+    return "str"
+
+
+_INT_COLUMNS = frozenset(
+    ("frame", "rows", "columns", "bits_allocated", "bits_stored", "pixel_representation",
+     "label", "nonfinite_pixels")
+)  # fmt: skip
+
+
+def _resolve_duplicates(staged: Path, outcomes: list[Outcome]) -> list[Outcome]:
+    """The first file (path order) of a SOP UID keeps it; later ones go to quarantine."""
+    first: dict[str, Outcome] = {}
+    out = []
+    for o in outcomes:
+        if o.reason is not None or o.sop_uid is None:
+            out.append(o)
+            continue
+        if o.sop_uid not in first:
+            first[o.sop_uid] = o
+            out.append(o)
+            continue
+        for row in o.rows:  # the loser's pixels, wherever the worker put them
+            (staged / row[_PIXEL_PATH]).unlink(missing_ok=True)
+        out.append(o._replace(rows=[], reason=DUPLICATE))
+    for o in first.values():  # a keeper whose pixels landed on a side name takes the real one
+        for i, row in enumerate(o.rows):
+            canonical = f"pixels/{row[0]}.npy"
+            if row[_PIXEL_PATH] != canonical:
+                os.replace(staged / row[_PIXEL_PATH], staged / canonical)
+                o.rows[i] = (*row[:_PIXEL_PATH], canonical, *row[_PIXEL_PATH + 1 :])
+    return out
+
+
+def _finish_paths(outcomes: list[Outcome]) -> list[Outcome]:
+    """Redact unread files' paths with every identifier seen in the batch; keep names unique."""
+    from pipeline.deid import redact_path
+
+    seen_tokens = frozenset().union(*(o.tokens for o in outcomes))
+    used: Counter[str] = Counter()
+    out = []
+    for o in outcomes:
+        source = redact_path(o.source_file, seen_tokens) if not o.tokens else o.source_file
+        used[source] += 1
+        if used[source] > 1:  # two redacted paths collided: number the later ones
+            source = f"{source}#{used[source]}"
+        if source != o.source_file:
+            rows = [(*r[:_SOURCE], source, *r[_SOURCE + 1 :]) for r in o.rows]
+            o = o._replace(source_file=source, rows=rows)
+        out.append(o)
+    return out
+
+
+def attach_labels(
+    manifest: Any, labels_csv: Path | str | None, key: bytes, root: Path, quarantined: set[str]
+) -> dict[str, int] | None:
+    """Add ``label`` and ``official_split`` to ``manifest`` (in place); return the accounting.
+
+    Rows are matched on pseudonymised SOP Instance UIDs (``deid.read_labels``); a label whose
+    ``patient_id`` disagrees with the image's patient is dropped, as are conflicting ones.
+    """
+    from pipeline.deid import Pseudonymizer, read_labels
+
+    manifest["label"] = -1
+    manifest["official_split"] = ""
+    if labels_csv is None:
+        return None
+    table = read_labels(labels_csv, Pseudonymizer(key), root)
+    labels, splits, mismatched = [], [], 0
+    for sop, patient in zip(manifest["sop_uid"], manifest["patient_id"], strict=True):
+        hit = table.wanted.get(sop)
+        mismatch = hit is not None and hit[2] is not None and hit[2] != patient
+        mismatched += mismatch
+        usable = hit is not None and sop not in table.conflicting and not mismatch
+        labels.append(hit[0] if usable and hit else -1)
+        splits.append(hit[1] if usable and hit else "")
+    manifest["label"] = labels
+    manifest["official_split"] = splits
+    missing = set(table.wanted) - set(manifest["sop_uid"])
+    stats = {
+        "rows": table.rows,
+        "matched_images": int((manifest["label"] >= 0).sum()),
+        "positives": int((manifest["label"] == 1).sum()),
+        "negatives": int((manifest["label"] == 0).sum()),
+        "images_without_label": int((manifest["label"] < 0).sum()),
+        "labels_without_image": len(missing),
+        "labels_of_quarantined_files": len(missing & quarantined),
+        "conflicting": len(table.conflicting),
+        "patient_mismatch": mismatched,
+        **{k: table.counts[k] for k in ("invalid_label", "invalid_split", "paths_outside_input")},
+    }
+    for name in ("conflicting", "patient_mismatch", "paths_outside_input"):
+        if stats[name]:
+            log.warning("labels: %d %s (see summary.json)", stats[name], name.replace("_", " "))
+    return stats

@@ -1,0 +1,144 @@
+"""Root fixtures, shared by every test package.
+
+``make_params(root, **sections)``
+    Params whose every output folder, pseudonym key, MLflow store and Optuna storage lie under
+    ``root``; keyword arguments update sections, e.g.
+    ``make_params(tmp_path, synth={"patients": 4}, ingest={"workers": 2})``.
+    (tests/model overrides this fixture name with its own factory.)
+
+``small_cohort``
+    A synthetic DICOM cohort (16 patients, 64×64 pixels), written once per session by the real
+    ``synth`` stage. Read-only: copy it (``shutil.copytree``) before changing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from pipeline.config import Params, with_updates
+
+# section -> its path fields, relative to the root handed to build_params.
+_PATH_FIELDS: dict[str, dict[str, str]] = {
+    "data": {"dicom_dir": "data/synthetic/dicom", "labels_csv": "data/synthetic/labels.csv"},
+    "synth": {"out_dir": "data/synthetic"},
+    "ingest": {"out_dir": "data/ingested"},
+    "validate": {"out_dir": "data/validation"},
+    "split": {"out_dir": "data/split"},
+    "preprocess": {"out_dir": "data/preprocessed"},
+    "train": {"out_dir": "models/cnn", "checkpoint_dir": "models/checkpoints"},
+    "tune": {"out_dir": "models/tune"},
+    "baseline": {"out_dir": "models/baseline"},
+    "evaluate": {"out_dir": "reports"},
+    "register": {"out_dir": "models/registry"},
+}
+
+
+def build_params(root: Path, **sections: dict[str, Any]) -> Params:
+    """Default Params with every path under ``root``, then ``sections`` applied on top."""
+    root = Path(root)
+    updates: dict[str, dict[str, Any]] = {
+        name: {key: str(root / rel) for key, rel in fields.items()}
+        for name, fields in _PATH_FIELDS.items()
+    }
+    updates["base"] = {
+        "secret_key_path": str(root / ".radops/pseudonym.key"),
+        "tracking_uri": f"sqlite:///{root / 'mlruns/mlflow.db'}",
+    }
+    updates["tune"]["storage"] = f"sqlite:///{root / 'optuna/radops.db'}"
+    for name, values in sections.items():
+        updates.setdefault(name.rstrip("_"), {}).update(values)
+    return with_updates(Params(), **updates)
+
+
+@pytest.fixture
+def make_params() -> Callable[..., Params]:
+    """``make_params(root, **sections)``: see :func:`build_params`."""
+    return build_params
+
+
+class SmallCohort(NamedTuple):
+    root: Path  # synth output folder
+    dicom_dir: Path
+    labels_csv: Path
+    params: Params  # the params synth ran with (data.* point at this cohort)
+    result: Any  # pipeline.synth.SynthResult
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> SmallCohort:
+    """16 synthetic patients, 64×64 CT slices, written once per test session."""
+    from pipeline import synth
+
+    base = tmp_path_factory.mktemp("small_cohort")
+    root = base / "data/synthetic"
+    params = build_params(base, synth={"patients": 16, "image_size": 64, "seed": 7})
+    result = synth.run(params, synth.Paths(out_dir=root))
+    return SmallCohort(root, root / "dicom", root / "labels.csv", params, result)
+
+
+SOP_CLASSES = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "MR": "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "CR": "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "OT": "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
+}
+
+
+def write_dicom(
+    path: Path,
+    pixels: Any,
+    modality: str = "CT",
+    transfer_syntax: str = "1.2.840.10008.1.2.1",
+    pixel_bytes: bytes | None = None,
+    **attrs: Any,
+) -> Any:
+    """Write a small, valid grey-scale DICOM file (tests craft odd cases with ``attrs``).
+
+    ``pixels``: 2-D (one frame) or 3-D (frames) integer array; its dtype sets Bits Allocated
+    and Pixel Representation. ``pixel_bytes`` replaces the pixel data as written (for a
+    compressed ``transfer_syntax`` it is encapsulated as one fragment).
+    """
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, generate_uid
+
+    pixels = np.asarray(pixels)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    ds.PatientName, ds.PatientID = "TESTCASE^PATIENT", "TST000001"
+    ds.Manufacturer, ds.InstitutionName = "ACME", "Test Institute"
+    ds.PixelSpacing = ["0.5", "0.5"]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated = ds.BitsStored = pixels.dtype.itemsize * 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    data = (
+        pixel_bytes
+        if pixel_bytes is not None
+        else pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    )
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.PixelData = encapsulate([data])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = data
+        ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds

@@ -1,0 +1,153 @@
+"""The synth stage writes a real, reproducible, PACS-like DICOM cohort with a labels file."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import config
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from pipeline import synth
+from tests.conftest import SmallCohort, build_params
+
+LAYOUT = re.compile(r"^PA\d{6}/ST\d{6}/SE\d{6}/IM\d{6}(\.dcm)?$")
+
+
+def _files(dicom_dir: Path) -> list[Path]:
+    return sorted(p for p in dicom_dir.rglob("*") if p.is_file())
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _run(tmp_path: Path, name: str, **synth_args: int) -> Path:
+    out = tmp_path / name
+    params = build_params(tmp_path, synth={"patients": 5, "image_size": 32} | synth_args)
+    synth.run(params, synth.Paths(out_dir=out))
+    return out
+
+
+def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
+    first = _run(tmp_path, "a", seed=3)
+    second = _run(tmp_path, "b", seed=3)
+    other = _run(tmp_path, "c", seed=4)
+    assert _digest(first) == _digest(second)
+    assert _digest(first) != _digest(other)
+
+
+def test_files_are_strictly_valid_ct_dicom(small_cohort: SmallCohort) -> None:
+    files = _files(small_cohort.dicom_dir)
+    assert len(files) == small_cohort.result.images > 16
+    for path in files:
+        assert path.read_bytes()[128:132] == b"DICM"
+        with config.strict_reading():
+            ds = pydicom.dcmread(path, force=False)
+            for element in ds:  # converting every element validates every value
+                assert element.value is not None or element.VR != "UI"
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ds.SOPClassUID == CTImageStorage == ds.file_meta.MediaStorageSOPClassUID
+        assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+        assert re.fullmatch(r"[A-Z]{5,}\^[A-Z]{5,}", str(ds.PatientName))
+        assert re.fullmatch(r"\d{8}", ds.PatientID)
+        assert re.fullmatch(r"\d{10}", ds.AccessionNumber)
+        for keyword in ("PatientBirthDate", "StudyDate", "StudyTime", "InstitutionName",
+                        "InstitutionAddress", "ReferringPhysicianName", "Manufacturer",
+                        "ManufacturerModelName", "SliceThickness"):  # fmt: skip
+            assert str(ds.data_element(keyword).value), keyword
+        assert (ds.Rows, ds.Columns, ds.BitsAllocated, ds.PixelRepresentation) == (64, 64, 16, 1)
+        assert (float(ds.RescaleSlope), float(ds.RescaleIntercept)) == (1.0, -1024.0)
+        assert ds.PhotometricInterpretation == "MONOCHROME2"
+        hu = ds.pixel_array.astype(np.float32) * 1.0 - 1024.0
+        assert ds.pixel_array.dtype == np.int16
+        assert hu.min() >= -1024 and (hu < -900).mean() > 0.1  # air around the body
+        assert ((hu > -150) & (hu < 150)).mean() > 0.08  # soft tissue
+
+
+def test_cohort_is_multi_site_multi_study_and_pacs_shaped(small_cohort: SmallCohort) -> None:
+    files = _files(small_cohort.dicom_dir)
+    rel = [p.relative_to(small_cohort.dicom_dir).as_posix() for p in files]
+    assert all(LAYOUT.match(r) for r in rel), rel[:3]
+    assert any(r.endswith(".dcm") for r in rel) and not all(r.endswith(".dcm") for r in rel)
+    studies: dict[str, set[str]] = defaultdict(set)
+    series: dict[str, set[str]] = defaultdict(set)
+    sites, makes, spacing_by_site = set(), set(), defaultdict(set)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        studies[ds.PatientID].add(ds.StudyInstanceUID)
+        series[ds.StudyInstanceUID].add(ds.SeriesInstanceUID)
+        sites.add(ds.InstitutionName)
+        makes.add(ds.Manufacturer)
+        spacing_by_site[ds.InstitutionName].add(float(ds.PixelSpacing[0]))
+    assert len(studies) == 16
+    assert all(1 <= len(s) <= 3 for s in studies.values())
+    assert any(len(s) > 1 for s in studies.values())
+    assert all(1 <= len(s) <= 2 for s in series.values())
+    assert len(sites) >= 3 and len(makes) >= 3
+    assert all(len(s) == 1 for s in spacing_by_site.values())  # spacing is a site property
+    assert len(set().union(*spacing_by_site.values())) == len(sites)
+
+
+def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
+    with small_cohort.labels_csv.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == ["sop_instance_uid", "patient_id", "label"]
+        rows = list(reader)
+    by_uid = {r["sop_instance_uid"]: r for r in rows}
+    assert len(by_uid) == len(rows) == small_cohort.result.images
+    for path in _files(small_cohort.dicom_dir):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        row = by_uid.pop(ds.SOPInstanceUID)
+        assert row["patient_id"] == ds.PatientID
+        assert row["label"] in ("0", "1")
+    assert not by_uid
+    assert {r["label"] for r in rows} == {"0", "1"}
+    assert sum(r["label"] == "1" for r in rows) == small_cohort.result.positives
+
+
+def test_labels_cluster_by_patient(tmp_path: Path) -> None:
+    """A patient-level propensity: images of one patient tend to share their label."""
+    out = _run(tmp_path, "cohort", patients=80, seed=11)
+    labels: dict[str, list[int]] = defaultdict(list)
+    with (out / "labels.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            labels[row["patient_id"]].append(int(row["label"]))
+    pairs = [(a, b) for v in labels.values() for i, a in enumerate(v) for b in v[i + 1 :]]
+    agree = np.mean([a == b for a, b in pairs])
+    prevalence = np.mean([x for v in labels.values() for x in v])
+    chance = prevalence**2 + (1 - prevalence) ** 2
+    assert 0.3 < prevalence < 0.6
+    assert agree > chance + 0.2
+
+
+def test_a_lesion_is_a_round_blob_of_the_requested_size() -> None:
+    size = 128
+    img = np.full((size, size), -850.0, dtype=np.float32)
+    lungs = np.ones((size, size), dtype=bool)
+    lesion = synth.Lesion(True, 1, 0.0, 0.0, 5.0, 20.0)
+    geo = [(64.0, 40.0, 40.0, 20.0), (64.0, 88.0, 40.0, 20.0)]
+    synth._add_lesion(img, np.random.default_rng(0), lesion, geo, lungs, 40.0, 1.0)
+    inside = img > -400
+    assert np.pi * 3**2 < inside.sum() < np.pi * 8**2
+    ys, xs = np.nonzero(inside)
+    assert abs(ys.mean() - 64) < 3 and abs(xs.mean() - 88) < 3  # right lung, centre
+    assert -20 < img[inside].max() < 60
+
+
+@pytest.mark.slow
+def test_default_cohort_size_prevalence_and_speed(tmp_path: Path) -> None:
+    params = build_params(tmp_path)
+    result = synth.run(params, synth.Paths(out_dir=tmp_path / "cohort"))
+    assert 800 <= result.images <= 1200
+    assert 0.38 <= result.positives / result.images <= 0.52
+    assert result.seconds < 30
