@@ -55,8 +55,16 @@ def configure(params: Params) -> str:
     import mlflow
 
     uri = tracking_uri(params)
+    # MLflow exports the URI to os.environ, where it would outlive this configuration (and
+    # leak into stage subprocesses of another project); keep the environment as it was.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     name = params.base.experiment_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

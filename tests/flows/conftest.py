@@ -50,6 +50,18 @@ def _radops_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
 
 
+def _forget_mlflow_uri() -> None:
+    """Other tests point MLflow at their own stores (and MLflow exports that to os.environ);
+    a project's stages must use the project's own mlruns/."""
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(key, None)
+
+
+@pytest.fixture(autouse=True)
+def _clean_mlflow_env() -> None:
+    _forget_mlflow_uri()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
@@ -63,6 +75,7 @@ def flow_project(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
     """The tiny project after one full pipeline flow run (shared by the flow tests)."""
     from flows.pipeline_flow import pipeline_flow
 
+    _forget_mlflow_uri()
     root = make_project(tmp_path_factory.mktemp("project"))
     result = pipeline_flow("params.yaml", None, True, str(root))
     return {"root": root, "first": result}
