@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.logging import get_run_logger
 
-from flows.dvc_tasks import repro_stage, stage_order
+from flows.dvc_tasks import changed_stages, repro_stage, stage_order
 
 LOCK_FILE = Path(".radops/pipeline.lock")
 
@@ -76,7 +76,13 @@ def pipeline_flow(
         if overrides:
             logger.info("overriding parameters: %s", overrides)
             write_overrides(target, overrides)
-        outcomes = [repro_stage(stage, str(root)) for stage in stage_order(root)]
+        stages = stage_order(root)
+        # One `dvc status` first: when nothing is out of date, skip the per-stage tasks.
+        if changed_stages(stages, str(root)):
+            outcomes = [repro_stage(stage, str(root)) for stage in stages]
+        else:
+            logger.info("every stage is up to date (dvc status): nothing to rerun")
+            outcomes = []
         decision = promote_task("params.yaml", str(root)) if promote else None
         with contextlib.chdir(root):
             result = summary.collect(

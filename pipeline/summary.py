@@ -60,8 +60,10 @@ class RunSummary:
                 f"version {self.registration.get('version')}"
             )
         if self.promotion:
+            when = "" if self.promotion.get("changed", True) else " (decided in an earlier run)"
             lines.append(
-                f"  promotion        {self.promotion.get('alias')}: {self.promotion.get('reason')}"
+                f"  promotion        {self.promotion.get('alias')}{when}: "
+                f"{self.promotion.get('reason')}"
             )
         return "\n".join(lines)
 

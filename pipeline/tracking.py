@@ -55,6 +55,7 @@ def configure(params: Params) -> str:
     import mlflow
 
     uri = tracking_uri(params)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow exports the URI to os.environ, where it would outlive this configuration (and
     # leak into stage subprocesses of another project); keep the environment as it was.
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
