@@ -56,7 +56,7 @@ class ValidateSection(Section):
     min_positive_fraction: float = 0.1
     max_positive_fraction: float = 0.9
     ct_hu_range: tuple[float, float] = (-2048.0, 4095.0)
-    # Images whose .npy is re-read to check the manifest's pixel statistics (0: none).
+    # Images whose stored pixels are re-read to check the manifest's pixel statistics (0: none).
     pixel_sample: int = Field(64, ge=0)
 
 

@@ -37,6 +37,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "label",
     "official_split",
     "pixel_path",
+    "pixel_offset",
     "pixel_min",
     "pixel_max",
     "pixel_mean",
@@ -139,10 +140,21 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=True),
         *[
             ex.ExpectColumnValuesToNotBeNull(column=c)
-            for c in ("image_id", "patient_id", "sop_uid", "modality", "label", "pixel_path")
+            for c in (
+                "image_id",
+                "patient_id",
+                "sop_uid",
+                "modality",
+                "label",
+                "pixel_path",
+                "pixel_offset",
+            )
         ],
         ex.ExpectColumnValuesToBeUnique(column="image_id"),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["sop_uid", "frame"]),
+        # -1: a legacy per-image .npy; otherwise a byte offset in the shard (pipeline.pixels)
+        ex.ExpectColumnValuesToBeBetween(column="pixel_offset", min_value=-1),
+        ex.ExpectCompoundColumnsToBeUnique(column_list=["pixel_path", "pixel_offset"]),
         ex.ExpectColumnValuesToMatchRegex(column="patient_id", regex=PATIENT_ID_REGEX),
         *[
             ex.ExpectColumnValuesToMatchRegex(column=c, regex=UID_REGEX)
@@ -202,7 +214,11 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         "manifest": "Contract of manifest.parquet (docs/stages.md): columns, ids, ranges.",
         "schema": "No column named after an identifying DICOM attribute.",
         "labels": "Class balance among labelled images.",
-        "pixels": "Per-image pixel statistics: finite, in range, not blank, match the files.",
+        "pixels": (
+            "Per-image pixel statistics: finite, in range, not blank; every image inside its "
+            "shard (offset + rows x columns x 4 bytes within the file); a sample re-read "
+            "matches its statistics."
+        ),
     }
     groups = {"manifest": manifest, "schema": schema, "labels": labels, "pixels": pixels}
     return {

@@ -1,4 +1,4 @@
-"""DICOM reading for ingest: one file in, image rows (and ``.npy`` files) or a reason out.
+"""DICOM reading for ingest: one file in, image rows (pixels appended to a shard) or a reason out.
 
 Imported by ``pipeline.ingest`` inside its functions only (it imports numpy and pydicom).
 
@@ -17,7 +17,6 @@ may be an identifier.
 from __future__ import annotations
 
 import functools
-import io
 import os
 import re
 import struct
@@ -34,6 +33,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 
 from pipeline.deid import Pseudonymizer, identifier_tokens, redact_path
+from pipeline.pixels import ShardWriter
 
 # keyword -> (tag, VR) of every attribute ingest reads.
 TAGS: dict[str, tuple[BaseTag, str]] = {
@@ -77,7 +77,8 @@ ROW_FIELDS: tuple[str, ...] = (
     "image_id", "patient_id", "study_uid", "series_uid", "sop_uid", "source_file", "frame",
     "modality", "site", "manufacturer", "pixel_spacing_row", "pixel_spacing_col", "rows",
     "columns", "bits_allocated", "bits_stored", "pixel_representation", "photometric",
-    "pixel_path", "pixel_min", "pixel_max", "pixel_mean", "pixel_std", "nonfinite_pixels",
+    "pixel_path", "pixel_offset", "pixel_min", "pixel_max", "pixel_mean", "pixel_std",
+    "nonfinite_pixels",
 )  # fmt: skip
 
 
@@ -338,8 +339,11 @@ def spacing(ds: Dataset, h: dict[str, Any]) -> tuple[float, float]:
     return float(items[0]), float(items[-1])
 
 
-def process_file(order: int, path: str, rel: str, out_dir: str, pseudo: Pseudonymizer) -> Outcome:
-    """Read, check and store one file. Only a problem with the output folder escapes."""
+def process_file(
+    order: int, path: str, rel: str, shard: ShardWriter, pseudo: Pseudonymizer
+) -> Outcome:
+    """Read, check and store one file (its images appended to ``shard``). Only a problem with
+    the output folder escapes."""
     tokens: frozenset[str] = frozenset()
     source, sop = rel, None
     try:
@@ -373,8 +377,8 @@ def process_file(order: int, path: str, rel: str, out_dir: str, pseudo: Pseudony
     for f in range(frames):
         image_id = f"{sop}.f{f}" if frames > 1 else sop
         plane = (first if f == 0 else modality_values(ds, h, arr[f : f + 1], mono1))[0]
-        pixel_path = write_npy(out_dir, image_id, order, plane)
-        out_rows.append((image_id, *fixed, f, *meta, pixel_path, *plane_stats(plane, floats)))
+        location = shard.add(plane)
+        out_rows.append((image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats)))
     return Outcome(order, source, out_rows, None, sop, tokens)
 
 
@@ -390,28 +394,3 @@ def plane_stats(plane: np.ndarray, check: bool = True) -> tuple[float, float, fl
     # float32 with numpy's pairwise sums and a two-pass std: accurate to ~1e-6 relative.
     stats = values.min(), values.max(), values.mean(), values.std()
     return float(stats[0]), float(stats[1]), float(stats[2]), float(stats[3]), nonfinite
-
-
-@functools.lru_cache(maxsize=64)
-def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": dtype, "fortran_order": False, "shape": shape}
-    )
-    return buf.getvalue()
-
-
-def write_npy(out_dir: str, image_id: str, order: int, plane: np.ndarray) -> str:
-    """Write ``pixels/<image_id>.npy``; a second file with the same SOP UID gets a side name."""
-    plane = np.ascontiguousarray(plane, dtype="<f4")
-    rel = f"pixels/{image_id}.npy"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(os.path.join(out_dir, rel), flags, 0o644)
-    except FileExistsError:
-        rel = f"pixels/{image_id}.dup{order}.npy"
-        fd = os.open(os.path.join(out_dir, rel), flags, 0o644)
-    with open(fd, "wb") as fh:
-        fh.write(_npy_header(plane.shape, "<f4"))
-        fh.write(plane.data)
-    return rel

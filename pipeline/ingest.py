@@ -6,6 +6,10 @@ with a reason a person understands. A bad file never stops the batch; a problem 
 output folder does (and, as everything is staged in a temporary sibling and renamed at the
 end, leaves no half-written output). Nothing identifying is written or logged: ids and UIDs
 are keyed pseudonyms (``pipeline.deid``), dates are dropped, paths are redacted.
+
+Pixels go to a few shard files (``pipeline.pixels``): the sorted file list is cut into work
+chunks independently of the number of workers, and chunk *k* writes ``pixels/shard-<k>.f32``,
+so the output is the same bytes whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ log = logging.getLogger(__name__)
 SYMLINK_OUT = "symbolic link pointing outside the input folder (not followed)"
 SYMLINK_DIR = "symbolic link to a folder (not followed)"
 DUPLICATE = "duplicate SOP instance (same SOP Instance UID as an earlier file)"
-MAX_CHUNK = 64
-_SOURCE, _PIXEL_PATH = 5, 18  # positions in dicom_io.ROW_FIELDS (checked by the tests)
+# Work chunks: about CHUNKS of them, MIN_CHUNK..MAX_CHUNK files each, cut from the sorted file
+# list whatever the number of workers, so that shard k (written by chunk k) is the same bytes.
+CHUNKS, MIN_CHUNK, MAX_CHUNK = 32, 4, 64
+# positions in dicom_io.ROW_FIELDS (checked by the tests)
+_SOURCE, _ROWS, _COLUMNS, _PIXEL_PATH, _PIXEL_OFFSET = 5, 12, 13, 18, 19
 
 
 @dataclass(frozen=True)
@@ -194,24 +201,37 @@ def _printable(name: str) -> str:
     return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def process_chunk(items: list[tuple[int, str, str]], out_dir: str, key: bytes) -> list[Outcome]:
-    """Process files in this process, strictly, with pydicom's warnings and logs silenced
-    (their messages may quote header values)."""
+def chunks(files: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]:
+    """The work chunks: consecutive runs of the sorted file list, sized by its length only."""
+    size = max(MIN_CHUNK, min(MAX_CHUNK, -(-len(files) // CHUNKS)))
+    return [files[i : i + size] for i in range(0, len(files), size)]
+
+
+def process_chunk(
+    index: int, items: list[tuple[int, str, str]], out_dir: str, key: bytes
+) -> list[Outcome]:
+    """Process work chunk ``index`` in this process, strictly, with pydicom's warnings and logs
+    silenced (their messages may quote header values); its pixels go to shard ``index``."""
     import warnings
 
     from pydicom import config
 
     from pipeline.deid import Pseudonymizer
     from pipeline.dicom_io import process_file
+    from pipeline.pixels import ShardWriter
 
     pseudo = _PSEUDO.get(key) or _PSEUDO.setdefault(key, Pseudonymizer(key))
     pydicom_log = logging.getLogger("pydicom")
     level = pydicom_log.level
     pydicom_log.setLevel(logging.CRITICAL)
     try:
-        with config.strict_reading(), warnings.catch_warnings():
+        with (
+            ShardWriter(out_dir, index) as shard,
+            config.strict_reading(),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
-            return [process_file(i, path, rel, out_dir, pseudo) for i, path, rel in items]
+            return [process_file(i, path, rel, shard, pseudo) for i, path, rel in items]
     finally:
         pydicom_log.setLevel(level)
 
@@ -222,8 +242,9 @@ _PSEUDO: dict[bytes, Any] = {}
 def _process_all(
     files: list[tuple[int, str, str]], out_dir: str, key: bytes, workers: int
 ) -> list[Outcome]:
-    if workers <= 1 or len(files) < 2:
-        return process_chunk(files, out_dir, key)
+    work = chunks(files)
+    if workers <= 1 or len(work) < 2:
+        return [o for i, chunk in enumerate(work) for o in process_chunk(i, chunk, out_dir, key)]
     import multiprocessing as mp
     import threading
     from concurrent.futures import ProcessPoolExecutor
@@ -236,14 +257,13 @@ def _process_all(
     threaded = threading.active_count() > 1
     method = "fork" if "fork" in methods and not threaded else "forkserver"
     method = method if method in methods else "spawn"
-    size = max(4, min(MAX_CHUNK, len(files) // (workers * 16)))  # small tail, low IPC cost
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
     out: list[Outcome] = []
     context = mp.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["pipeline.dicom_io"])
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        for got in pool.map(process_chunk, chunks, [out_dir] * len(chunks), [key] * len(chunks)):
+        n = len(work)
+        for got in pool.map(process_chunk, range(n), work, [out_dir] * n, [key] * n):
             out.extend(got)
     return out
 
@@ -301,14 +321,16 @@ def _dtype(column: str) -> str:
 
 _INT_COLUMNS = frozenset(
     ("frame", "rows", "columns", "bits_allocated", "bits_stored", "pixel_representation",
-     "label", "nonfinite_pixels")
+     "label", "nonfinite_pixels", "pixel_offset")
 )  # fmt: skip
 
 
 def _resolve_duplicates(staged: Path, outcomes: list[Outcome]) -> list[Outcome]:
-    """The first file (path order) of a SOP UID keeps it; later ones go to quarantine."""
+    """The first file (path order) of a SOP UID keeps it; later ones go to quarantine (and
+    their pixels out of their shards)."""
     first: dict[str, Outcome] = {}
     out = []
+    dropped: set[str] = set()  # shards holding a loser's pixels
     for o in outcomes:
         if o.reason is not None or o.sop_uid is None:
             out.append(o)
@@ -317,16 +339,39 @@ def _resolve_duplicates(staged: Path, outcomes: list[Outcome]) -> list[Outcome]:
             first[o.sop_uid] = o
             out.append(o)
             continue
-        for row in o.rows:  # the loser's pixels, wherever the worker put them
-            (staged / row[_PIXEL_PATH]).unlink(missing_ok=True)
+        dropped.update(row[_PIXEL_PATH] for row in o.rows)
         out.append(o._replace(rows=[], reason=DUPLICATE))
-    for o in first.values():  # a keeper whose pixels landed on a side name takes the real one
-        for i, row in enumerate(o.rows):
-            canonical = f"pixels/{row[0]}.npy"
-            if row[_PIXEL_PATH] != canonical:
-                os.replace(staged / row[_PIXEL_PATH], staged / canonical)
-                o.rows[i] = (*row[:_PIXEL_PATH], canonical, *row[_PIXEL_PATH + 1 :])
+    if dropped:
+        _compact(staged, out, dropped)
     return out
+
+
+def _compact(staged: Path, outcomes: list[Outcome], shards: set[str]) -> None:
+    """Rewrite ``shards`` with only the images the manifest keeps (in order, offsets updated
+    in place), so that every byte of a shard belongs to exactly one manifest row."""
+    import mmap
+
+    kept: dict[str, list[tuple[int, list[tuple[Any, ...]], int]]] = {s: [] for s in shards}
+    for o in outcomes:
+        for i, row in enumerate(o.rows):
+            if row[_PIXEL_PATH] in kept:
+                kept[row[_PIXEL_PATH]].append((row[_PIXEL_OFFSET], o.rows, i))
+    for shard, images in sorted(kept.items()):
+        path = staged / shard
+        if not images:
+            path.unlink()
+            continue
+        with path.open("rb") as src, (staged / f"{shard}.tmp").open("xb") as dst:
+            data = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                for offset, rows, i in sorted(images, key=lambda item: item[0]):
+                    row = rows[i]
+                    size = row[_ROWS] * row[_COLUMNS] * 4
+                    rows[i] = (*row[:_PIXEL_OFFSET], dst.tell(), *row[_PIXEL_OFFSET + 1 :])
+                    dst.write(data[offset : offset + size])
+            finally:
+                data.close()
+        os.replace(staged / f"{shard}.tmp", path)
 
 
 def _finish_paths(outcomes: list[Outcome]) -> list[Outcome]:

@@ -93,6 +93,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline import ingest
     from pipeline.io import write_csv
     from pipeline.model import load_model, predict_proba
+    from pipeline.pixels import PixelStore
     from pipeline.preprocess import transform_image
 
     if not paths.input_dir.is_dir():
@@ -112,12 +113,10 @@ def run(params: Params, paths: Paths) -> PredictResult:
         quarantine = pd.read_csv(ingested / "quarantine.csv")
         stats: dict[str, Any] = meta["preprocessing"]
         if len(manifest):
-            batch = np.stack(
-                [
-                    transform_image(np.load(ingested / p, mmap_mode="r"), stats)
-                    for p in manifest["pixel_path"]
-                ]
-            ).astype(np.float32)
+            with PixelStore(ingested) as store:
+                batch = np.stack(
+                    [transform_image(store.load(row), stats) for row in manifest.itertuples()]
+                ).astype(np.float32)
             probs = predict_proba(network, batch)
         else:
             probs = np.zeros(0, dtype=np.float32)

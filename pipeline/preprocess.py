@@ -160,6 +160,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     unknown = sorted(set(splits["split"]) - set(SPLIT_NAMES))
     if unknown:
         raise InputError(f"unknown split name(s) {unknown} in {splits_path}")
+    located = _pixel_locations(paths.ingest_dir)
     stats = stats_from_params(params)
     counts: dict[str, int] = {}
     with atomic_path(paths.out_dir) as staged:
@@ -168,7 +169,9 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
         for name in SPLIT_NAMES:
             part = splits[splits["split"] == name].reset_index(drop=True)
             counts[name] = len(part)
-            arrays[name] = _prepare_split(part, paths.ingest_dir, stats, staged / f"{name}_x.npy")
+            arrays[name] = _prepare_split(
+                part, located, paths.ingest_dir, stats, staged / f"{name}_x.npy"
+            )
             np.save(staged / f"{name}_y.npy", part["label"].to_numpy(dtype=np.int64))
             write_parquet(staged / f"{name}_index.parquet", part[list(INDEX_COLUMNS)])
         if counts["train"] == 0:
@@ -183,23 +186,54 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
 
 
+def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
+    """Where each image's pixels are (``pixel_path``, ``pixel_offset``, ``rows``, ``columns``),
+    indexed by ``image_id``, from the ingest manifest."""
+    import pandas as pd
+
+    manifest_path = ingest_dir / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
+    manifest = pd.read_parquet(manifest_path)
+    wanted = [
+        c for c in ("image_id", "pixel_path", "pixel_offset", "rows", "columns") if c in manifest
+    ]
+    return manifest[wanted].drop_duplicates("image_id").set_index("image_id")
+
+
 def _prepare_split(
-    part: pd.DataFrame, ingest_dir: Path, stats: Mapping[str, Any], target: Path
+    part: pd.DataFrame,
+    located: pd.DataFrame,
+    ingest_dir: Path,
+    stats: Mapping[str, Any],
+    target: Path,
 ) -> np.memmap:
     """Window/resize/denoise each image of a split straight into an N x 1 x S x S .npy memmap."""
     import numpy as np
+
+    from pipeline.pixels import PixelStore
 
     size = int(stats["image_size"])
     out = np.lib.format.open_memmap(
         target, mode="w+", dtype=np.float32, shape=(len(part), 1, size, size)
     )
-    for i, (image_id, rel) in enumerate(zip(part["image_id"], part["pixel_path"], strict=True)):
-        path = ingest_dir / rel
-        try:
-            pixels = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read pixels of image {image_id} at {path}: {exc}") from exc
-        out[i, 0] = prepare_image(pixels, stats)
+    missing = sorted(set(part["image_id"]) - set(located.index))
+    if missing:
+        raise InputError(
+            f"{len(missing)} image(s) of the split are not in the ingest manifest "
+            f"(e.g. {missing[0]}); rerun `radops split`"
+        )
+    with PixelStore(ingest_dir) as store:
+        for i, image_id in enumerate(part["image_id"]):
+            row = located.loc[image_id]
+            try:
+                pixels = store.load(row)
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    f"cannot read pixels of image {image_id} at {ingest_dir / row['pixel_path']}: "
+                    f"{exc}"
+                ) from exc
+            out[i, 0] = prepare_image(pixels, stats)
     return out
 
 

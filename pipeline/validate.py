@@ -24,6 +24,8 @@ from pipeline.errors import InputError, ValidationFailed
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pipeline.pixels import PixelStore
+
 log = logging.getLogger(__name__)
 
 # GX writes neither unexpected values nor rows into results, docs or the report.
@@ -160,7 +162,13 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
     )
     pixels["ct_pixel_min"] = pixels["pixel_min"].where(is_ct)
     pixels["ct_pixel_max"] = pixels["pixel_max"].where(is_ct)
-    pixels["pixel_file_ok"] = [_pixel_file_ok(ingest_dir, p) for p in col("pixel_path", "")]
+    sizes: dict[str, int | None] = {}
+    located = pd.DataFrame(
+        {c: col(c, None) for c in ("pixel_path", "pixel_offset", "rows", "columns")}
+    )
+    pixels["pixel_file_ok"] = [
+        _pixel_file_ok(ingest_dir, row, sizes) for row in located.to_dict("records")
+    ]
     pixels["sample_stats_match"] = _recheck_sample(manifest, ingest_dir, sample)
     return {
         "manifest": manifest,
@@ -170,37 +178,60 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
     }
 
 
-def _pixel_file_ok(ingest_dir: Path, rel: Any) -> int:
+def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> int:
+    """1 if the row's pixels are where the manifest says: a shard inside the ingest folder that
+    holds ``rows`` × ``columns`` float32 values at ``pixel_offset`` (or a legacy ``.npy``)."""
+    from pipeline.pixels import ITEMSIZE, image_shape, pixel_offset
+
+    rel = row.get("pixel_path")
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         return 0
-    return int((ingest_dir / rel).is_file())
+    if rel not in sizes:  # one stat per shard
+        path = ingest_dir / rel
+        sizes[rel] = path.stat().st_size if path.is_file() else None
+    size = sizes[rel]
+    if size is None:
+        return 0
+    try:
+        offset = pixel_offset(row)
+        if offset is None:  # legacy per-image .npy: the file is there
+            return 1
+        rows, columns = image_shape(row)
+    except (TypeError, ValueError):
+        return 0
+    return int(offset + rows * columns * ITEMSIZE <= size)
 
 
 def _recheck_sample(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> Any:
-    """1.0/0.0 for evenly spaced rows whose ``.npy`` matches the manifest's stats, NaN elsewhere.
-
-    Catches an ingest that wrote statistics for other pixels than it stored.
+    """1.0/0.0 for evenly spaced rows whose stored pixels match the manifest's stats, NaN
+    elsewhere. Catches an ingest that wrote statistics for other pixels than it stored.
     """
     import numpy as np
+
+    from pipeline.pixels import PixelStore
 
     out = np.full(len(manifest), np.nan)
     needed = {"pixel_path", "rows", "columns", "nonfinite_pixels", "pixel_min", "pixel_max"}
     if sample <= 0 or manifest.empty or not needed.issubset(manifest.columns):
         return out
     picks = np.unique(np.linspace(0, len(manifest) - 1, min(sample, len(manifest))).astype(int))
-    for i in picks:
-        row = manifest.iloc[i]
-        out[i] = float(_stats_match(row, ingest_dir))
+    sizes: dict[str, int | None] = {}
+    with PixelStore(ingest_dir) as store:
+        for i in picks:
+            row = manifest.iloc[i]
+            out[i] = float(_stats_match(row, ingest_dir, store, sizes))
     return out
 
 
-def _stats_match(row: Any, ingest_dir: Path) -> bool:
+def _stats_match(
+    row: Any, ingest_dir: Path, store: PixelStore, sizes: dict[str, int | None]
+) -> bool:
     import numpy as np
 
-    if not _pixel_file_ok(ingest_dir, row["pixel_path"]):
+    if not _pixel_file_ok(ingest_dir, row.to_dict(), sizes):
         return False
     try:
-        pixels = np.load(ingest_dir / row["pixel_path"], mmap_mode="r")
+        pixels = store.load(row)
     except (OSError, ValueError):
         return False
     if pixels.ndim != 2 or pixels.shape != (int(row["rows"]), int(row["columns"])):

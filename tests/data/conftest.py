@@ -1,7 +1,8 @@
 """Fixtures for the validate / split / preprocess tests: a realistic fake ingest output.
 
 The fake follows the ``manifest.parquet`` contract of docs/stages.md exactly (every column,
-pseudonymous ids, remapped UIDs, HU pixels stored as 2-D float32 ``.npy``), so these stages
+pseudonymous ids, remapped UIDs, HU pixels packed as float32 into ``pixels/shard-*.f32``, or
+with ``layout="legacy"`` one 2-D ``.npy`` per image as older ingests wrote), so these stages
 can be tested without the DICOM reader.
 """
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
+from pipeline.pixels import LEGACY_OFFSET, ShardWriter, pixel_offset
 
 
 def _hex(seed: str, n: int) -> str:
@@ -52,10 +54,18 @@ def build_fake_ingest(
     positive_patient_fraction: float = 0.4,
     unlabelled: int = 2,
     official_split: bool = False,
+    layout: str = "shards",
+    per_shard: int = 8,
 ) -> pd.DataFrame:
-    """Write ``manifest.parquet`` + ``pixels/*.npy`` into ``out_dir`` and return the manifest."""
+    """Write ``manifest.parquet`` + the pixels into ``out_dir`` and return the manifest.
+
+    ``layout``: "shards" (as ingest writes them, ``per_shard`` images a shard) or "legacy"
+    (one ``pixels/<sop>.npy`` per image, ``pixel_offset`` -1).
+    """
+    assert layout in ("shards", "legacy")
     rng = np.random.default_rng(seed)
     (out_dir / "pixels").mkdir(parents=True, exist_ok=True)
+    shard: ShardWriter | None = None
     makes = ["GE MEDICAL SYSTEMS", "SIEMENS", "Philips"]
     rows: list[dict[str, Any]] = []
     n_pos = max(1, round(n_patients * positive_patient_fraction))
@@ -70,8 +80,15 @@ def build_fake_ingest(
         for i, label in enumerate(labels):
             sop = _uid(f"sop{seed}-{p}-{i}")
             pixels = fake_ct(rng, size, bool(label))
-            rel = f"pixels/{sop}.npy"
-            np.save(out_dir / rel, pixels)
+            if layout == "legacy":
+                rel, offset = f"pixels/{sop}.npy", LEGACY_OFFSET
+                np.save(out_dir / rel, pixels)
+            else:
+                if shard is None or len(rows) % per_shard == 0:
+                    if shard is not None:
+                        shard.close()
+                    shard = ShardWriter(out_dir, len(rows) // per_shard)
+                rel, offset = shard.add(pixels)
             spacing = float(rng.choice([0.6, 0.7, 0.8]))
             rows.append(
                 {
@@ -96,6 +113,7 @@ def build_fake_ingest(
                     "label": label,
                     "official_split": "",
                     "pixel_path": rel,
+                    "pixel_offset": offset,
                     "pixel_min": float(pixels.min()),
                     "pixel_max": float(pixels.max()),
                     "pixel_mean": float(pixels.mean()),
@@ -103,6 +121,8 @@ def build_fake_ingest(
                     "nonfinite_pixels": 0,
                 }
             )
+    if shard is not None:
+        shard.close()
     manifest = pd.DataFrame(rows)
     # A few images the labels file does not know (label -1), taken from the last patients.
     if unlabelled:
@@ -120,6 +140,20 @@ def build_fake_ingest(
 
 def write_manifest(out_dir: Path, manifest: pd.DataFrame) -> None:
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
+
+
+def rewrite_pixels(ingest_dir: Path, row: Any, pixels: np.ndarray) -> None:
+    """Overwrite the stored pixels of one manifest row in place (same shape)."""
+    offset = pixel_offset(row)
+    path = ingest_dir / row["pixel_path"]
+    if offset is None:
+        np.save(path, pixels.astype(np.float32))
+        return
+    shape = (int(row["rows"]), int(row["columns"]))
+    stored = np.memmap(path, dtype="<f4", mode="r+", offset=offset, shape=shape)
+    stored[:] = pixels
+    stored.flush()
+    del stored
 
 
 def write_params(tmp_path: Path, **sections: dict[str, Any]) -> Path:

@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from pipeline import ingest
+from pipeline.pixels import load_pixels
 
 KEY = b"decoder tests key, thirty-two b."
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -98,7 +99,7 @@ def test_grey_image_is_ingested_as_pydicom_decodes_it(
     expected = _expected(source)
     assert expected.shape[0] == frames
     for row in manifest.itertuples():
-        got = np.load(out / row.pixel_path, mmap_mode="r")
+        got = load_pixels(out, row)
         assert got.dtype == np.float32 and got.shape == (row.rows, row.columns)
         np.testing.assert_allclose(got, expected[row.frame], rtol=1e-6, atol=1e-6)
         assert np.isclose(row.pixel_max, expected[row.frame].max(), rtol=1e-6)
@@ -132,7 +133,7 @@ def test_ingest_agrees_with_pydicom_on_hard_codestreams(name: str, tmp_path: Pat
         reason = (out / "quarantine.csv").read_text().splitlines()[1]
         assert "pixel data could not be decoded (" in reason and manifest.empty
     else:
-        np.testing.assert_allclose(np.load(out / manifest.loc[0, "pixel_path"]), expected[0])
+        np.testing.assert_allclose(load_pixels(out, manifest.loc[0]), expected[0])
 
 
 def test_the_whole_test_folder_is_accounted_for(tmp_path: Path) -> None:

@@ -104,7 +104,9 @@ def test_no_identifier_reaches_any_output_log_or_summary(
     texts = {"stdout": capsys.readouterr().out, "logs": caplog.text}
     assert result.files_ingested == small_cohort.result.images
     outputs = [p for p in out.rglob("*") if p.is_file()]
-    assert len(outputs) == result.rows + 3
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    shards = {f"pixels/{p.name}" for p in outputs if p.parent.name == "pixels"}
+    assert shards == set(manifest["pixel_path"]) and len(outputs) == len(shards) + 3
     blobs = {str(p): p.read_bytes().lower() for p in outputs}
     blobs |= {k: v.lower().encode() for k, v in texts.items()}
     leaks = [(name, ident) for ident in identifiers for name, blob in blobs.items()
@@ -112,7 +114,6 @@ def test_no_identifier_reaches_any_output_log_or_summary(
     assert not leaks, leaks[:5]
     quarantine = (out / "quarantine.csv").read_text()
     assert "[redacted]/[redacted]/[redacted]" in quarantine  # the notes file, in named folders
-    manifest = pd.read_parquet(out / "manifest.parquet")
     assert (manifest["source_file"] == "[redacted]/[redacted]/[redacted]").sum() == 1
 
 

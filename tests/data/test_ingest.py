@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 
 from pipeline import dicom_io, ingest
 from pipeline.errors import InputError
+from pipeline.pixels import PixelStore, load_pixels
 from tests.conftest import SmallCohort, build_params, write_dicom
 
 KEY = bytes(range(32))
@@ -132,9 +133,11 @@ def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path
     _ingest(small_cohort.dicom_dir, out, small_cohort.labels_csv)
     m = pd.read_parquet(out / "manifest.parquet")
     assert tuple(m.columns) == MANIFEST_COLUMNS
-    assert (dicom_io.ROW_FIELDS[ingest._SOURCE], dicom_io.ROW_FIELDS[ingest._PIXEL_PATH]) == (
-        "source_file", "pixel_path"
-    )  # fmt: skip
+    positions = (ingest._SOURCE, ingest._ROWS, ingest._COLUMNS, ingest._PIXEL_PATH,
+                 ingest._PIXEL_OFFSET)  # fmt: skip
+    assert [dicom_io.ROW_FIELDS[i] for i in positions] == [
+        "source_file", "rows", "columns", "pixel_path", "pixel_offset"
+    ]  # fmt: skip
     assert m["image_id"].is_unique
     assert m["patient_id"].str.fullmatch(PATIENT_ID_REGEX[1:-1]).all()
     for col in ("study_uid", "series_uid", "sop_uid"):
@@ -146,8 +149,11 @@ def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path
     for col, dtype in (("frame", "int64"), ("label", "int64"), ("pixel_mean", "float64")):
         assert str(m[col].dtype) == dtype
     row = m.iloc[0]
-    pixels = np.load(out / row["pixel_path"], mmap_mode="r")
+    assert row["pixel_path"] == "pixels/shard-0000.f32" and row["pixel_offset"] == 0
+    assert str(m["pixel_offset"].dtype) == "int64"
+    pixels = load_pixels(out, row)
     assert isinstance(pixels, np.memmap) and pixels.dtype == np.float32 and pixels.ndim == 2
+    assert not pixels.flags.writeable
     assert pixels.shape == (row["rows"], row["columns"]) == (64, 64)
     assert np.isclose(pixels.mean(dtype=np.float64), row["pixel_mean"], rtol=1e-5)
     assert np.isclose(pixels.std(dtype=np.float64), row["pixel_std"], rtol=1e-4)
@@ -161,11 +167,9 @@ def test_ct_pixels_are_hounsfield_units(tmp_path: Path) -> None:
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out)
     m = pd.read_parquet(out / "manifest.parquet").set_index("source_file")
-    hu = np.load(out / m.loc["ct.dcm", "pixel_path"])
+    hu = load_pixels(out, m.loc["ct.dcm"])
     np.testing.assert_array_equal(hu, stored.astype(np.float32) - 1024)
-    np.testing.assert_array_equal(
-        np.load(out / m.loc["ct2.dcm", "pixel_path"]), stored * 2.0 - 3000
-    )
+    np.testing.assert_array_equal(load_pixels(out, m.loc["ct2.dcm"]), stored * 2.0 - 3000)
     assert m.loc["ct.dcm", "pixel_min"] == stored.min() - 1024
     assert (m["label"] == -1).all()
 
@@ -178,7 +182,7 @@ def test_monochrome1_is_inverted_so_higher_is_brighter(tmp_path: Path) -> None:
     _ingest(tmp_path / "in", out)
     m = pd.read_parquet(out / "manifest.parquet")
     assert m.loc[0, "photometric"] == "MONOCHROME1" and m.loc[0, "modality"] == "CR"
-    np.testing.assert_array_equal(np.load(out / m.loc[0, "pixel_path"]), 4095.0 - stored)
+    np.testing.assert_array_equal(load_pixels(out, m.loc[0]), 4095.0 - stored)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +204,7 @@ def test_integer_encodings_are_read_exactly(
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out)
     m = pd.read_parquet(out / "manifest.parquet")
-    got = np.load(out / m.loc[0, "pixel_path"])
+    got = load_pixels(out, m.loc[0])
     np.testing.assert_array_equal(got, stored.astype(np.float32))
     np.testing.assert_array_equal(got, pydicom.dcmread(path).pixel_array)
     assert (m.loc[0, "bits_allocated"], m.loc[0, "bits_stored"]) == (
@@ -222,7 +226,7 @@ def test_multi_frame_file_gives_one_row_per_frame(tmp_path: Path) -> None:
     assert m["source_file"].eq("multi").all() and m["sop_uid"].nunique() == 1
     assert list(m["image_id"]) == [f"{m.loc[0, 'sop_uid']}.f{i}" for i in range(3)]
     for i in range(3):
-        np.testing.assert_array_equal(np.load(out / m.loc[i, "pixel_path"]), frames[i])
+        np.testing.assert_array_equal(load_pixels(out, m.loc[i]), frames[i])
     assert ds.SOPInstanceUID not in set(m["sop_uid"])  # remapped
 
 
@@ -274,29 +278,89 @@ def test_one_and_two_workers_write_the_same_outputs(
     messy_input: tuple[Path, dict[str, str], int], tmp_path: Path
 ) -> None:
     root = messy_input[0]
-    for workers in (1, 2):
-        _ingest(root, tmp_path / f"w{workers}", workers=workers)
-    for name in ("manifest.parquet", "quarantine.csv", "summary.json"):
-        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
-    pixels = sorted(p.name for p in (tmp_path / "w1/pixels").iterdir())
-    assert pixels == sorted(p.name for p in (tmp_path / "w2/pixels").iterdir())
-    for name in pixels:
-        assert (tmp_path / "w1/pixels" / name).read_bytes() == (
-            tmp_path / "w2/pixels" / name
-        ).read_bytes()
+    for name in ("w1", "w2", "w2-again"):
+        _ingest(root, tmp_path / name, workers=1 if name == "w1" else 2)
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {
+            p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+        }
+
+    w1 = files(tmp_path / "w1")
+    assert {"manifest.parquet", "quarantine.csv", "summary.json"} < set(w1)
+    shards = sorted(pd.read_parquet(tmp_path / "w1/manifest.parquet")["pixel_path"].unique())
+    assert len(shards) > 2 and sorted(n for n in w1 if n.startswith("pixels/")) == shards
+    assert files(tmp_path / "w2") == w1  # every file, byte for byte
+    assert files(tmp_path / "w2-again") == w1
 
 
 def test_duplicate_keeps_the_first_file_and_its_pixels(tmp_path: Path) -> None:
     a = np.full((4, 4), 7, np.int16)
     ds = write_dicom(tmp_path / "in/a.dcm", a)
     write_dicom(tmp_path / "in/b.dcm", a + 1, SOPInstanceUID=ds.SOPInstanceUID)
+    write_dicom(tmp_path / "in/c.dcm", np.full((2, 3), 9, np.int16))
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out, workers=2)
     m = pd.read_parquet(out / "manifest.parquet")
-    assert list(m["source_file"]) == ["a.dcm"]
+    assert list(m["source_file"]) == ["a.dcm", "c.dcm"]
     assert _quarantine(out) == {"b.dcm": ingest.DUPLICATE}
-    np.testing.assert_array_equal(np.load(out / m.loc[0, "pixel_path"]), a)
-    assert len(list((out / "pixels").iterdir())) == 1
+    np.testing.assert_array_equal(load_pixels(out, m.loc[0]), a)
+    np.testing.assert_array_equal(load_pixels(out, m.loc[1]), np.full((2, 3), 9))
+    # The loser's pixels are gone: the one shard holds exactly the kept images, in order.
+    assert [p.name for p in (out / "pixels").iterdir()] == ["shard-0000.f32"]
+    assert list(m["pixel_offset"]) == [0, a.size * 4]
+    assert (out / "pixels/shard-0000.f32").read_bytes() == (
+        a.astype("<f4").tobytes() + np.full(6, 9, "<f4").tobytes()
+    )
+
+
+def test_a_shard_left_with_only_a_duplicate_is_removed(tmp_path: Path) -> None:
+    first = write_dicom(tmp_path / "in/a0.dcm", np.zeros((4, 4), np.int16))
+    for i in range(1, ingest.MIN_CHUNK):  # chunk 0: a0..a3
+        write_dicom(tmp_path / f"in/a{i}.dcm", np.full((4, 4), i, np.int16))
+    write_dicom(tmp_path / "in/b.dcm", np.ones((4, 4), np.int16),
+                SOPInstanceUID=first.SOPInstanceUID)  # fmt: skip
+    (tmp_path / "in/c.txt").write_text("chunk 1: the duplicate and this")
+    out = tmp_path / "out"
+    _ingest(tmp_path / "in", out, workers=2)
+    assert _quarantine(out)["b.dcm"] == ingest.DUPLICATE
+    assert [p.name for p in (out / "pixels").iterdir()] == ["shard-0000.f32"]
+    assert set(pd.read_parquet(out / "manifest.parquet")["pixel_path"]) == {"pixels/shard-0000.f32"}
+
+
+def test_sharded_store_round_trips_exactly(tmp_path: Path) -> None:
+    """Pixels read back from the shards equal the decoded pixels; the shards hold nothing else."""
+    rng = np.random.default_rng(3)
+    expected: dict[str, list[np.ndarray]] = {}
+    for i in range(12):  # > MIN_CHUNK files: several shards, written by two workers
+        stored = rng.integers(0, 3000, (5 + i, 7 + 2 * i)).astype(np.int16)
+        write_dicom(tmp_path / f"in/ct{i:02d}.dcm", stored, RescaleSlope="2",
+                    RescaleIntercept="-1024")  # fmt: skip
+        expected[f"ct{i:02d}.dcm"] = [stored * np.float32(2) - np.float32(1024)]
+    frames = rng.integers(0, 255, (3, 6, 4)).astype(np.uint8)
+    write_dicom(tmp_path / "in/multi", frames, modality="OT")
+    expected["multi"] = [f.astype(np.float32) for f in frames]
+    (tmp_path / "in/junk.txt").write_text("quarantined, no pixels")
+    out = tmp_path / "out"
+    result = _ingest(tmp_path / "in", out, workers=2)
+    m = pd.read_parquet(out / "manifest.parquet")
+    assert (result.files_ingested, result.rows, result.quarantined) == (13, 15, 1)
+    assert m["pixel_path"].nunique() == len(ingest.chunks(ingest.walk(tmp_path / "in")[0])) > 2
+    with PixelStore(out) as store:
+        for row in m.itertuples():
+            want = expected[row.source_file][row.frame]
+            for got in (load_pixels(out, row), load_pixels(out, m.loc[row.Index]), store.load(row)):
+                assert got.dtype == np.float32 and got.shape == want.shape
+                assert not got.flags.writeable
+                np.testing.assert_array_equal(got, want)
+    # Each shard is exactly its images, back to back in manifest order.
+    for shard, rows in m.groupby("pixel_path", sort=False):
+        sizes = (rows["rows"] * rows["columns"] * 4).to_numpy()
+        assert list(rows["pixel_offset"]) == [0, *np.cumsum(sizes)[:-1]]
+        assert (out / shard).stat().st_size == sizes.sum()
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "pixels").iterdir()) == sorted(
+        m["pixel_path"].unique()
+    )
 
 
 def test_a_crash_leaves_no_output_and_keeps_the_old_one(

@@ -13,19 +13,26 @@ import pytest
 from pipeline import preprocess, split
 from pipeline.config import Params
 from pipeline.contracts import INDEX_COLUMNS, STATS_KEYS
+from pipeline.pixels import load_pixels
+from tests.data.conftest import rewrite_pixels
 
 
-def build(fake_ingest: Callable, fake_params: Callable, **preprocess_params):
+def build(
+    fake_ingest: Callable, fake_params: Callable, layout: str = "shards", **preprocess_params
+):
     """Fake ingest -> split -> preprocess; return params."""
-    fake_ingest(n_patients=24)
+    fake_ingest(n_patients=24, layout=layout)
     _, params = fake_params(split={"use_labels_split": False}, preprocess=preprocess_params)
     split.run(params, split.Paths.from_params(params))
     preprocess.run(params, preprocess.Paths.from_params(params))
     return params
 
 
-def test_outputs_follow_the_contract(fake_ingest: Callable, fake_params: Callable) -> None:
-    params = build(fake_ingest, fake_params, image_size=32)
+@pytest.mark.parametrize("layout", ["shards", "legacy"])
+def test_outputs_follow_the_contract(
+    fake_ingest: Callable, fake_params: Callable, layout: str
+) -> None:
+    params = build(fake_ingest, fake_params, layout=layout, image_size=32)
     out = params.preprocess.out_dir
     splits = pd.read_parquet(params.split.out_dir / "splits.parquet")
     for name in ("train", "val", "test"):
@@ -70,17 +77,21 @@ def test_stats_come_from_train_only(
     before = (out / "stats.json").read_text()
     val_before = np.load(out / "val_x.npy")
     # Brighten every val/test image a lot: the fitted statistics must not move.
+    ingested = tmp_path / "ingested"
     splits = pd.read_parquet(params.split.out_dir / "splits.parquet")
-    for rel in splits.loc[splits["split"] != "train", "pixel_path"]:
-        path = tmp_path / "ingested" / rel
-        np.save(path, np.load(path) + 150.0)
+    manifest = pd.read_parquet(ingested / "manifest.parquet").set_index("image_id")
+
+    def brighten(image_ids: pd.Series) -> None:
+        for image_id in image_ids:
+            row = manifest.loc[image_id]
+            rewrite_pixels(ingested, row, np.array(load_pixels(ingested, row)) + 150.0)
+
+    brighten(splits.loc[splits["split"] != "train", "image_id"])
     preprocess.run(params, preprocess.Paths.from_params(params))
     assert (out / "stats.json").read_text() == before
     assert np.load(out / "val_x.npy").mean() > val_before.mean() + 0.5
     # While changing train images does move them.
-    for rel in splits.loc[splits["split"] == "train", "pixel_path"]:
-        path = tmp_path / "ingested" / rel
-        np.save(path, np.load(path) + 150.0)
+    brighten(splits.loc[splits["split"] == "train", "image_id"])
     preprocess.run(params, preprocess.Paths.from_params(params))
     assert (out / "stats.json").read_text() != before
 
@@ -93,9 +104,9 @@ def test_transform_image_matches_split_rows(
     out = params.preprocess.out_dir
     stats = json.loads((out / "stats.json").read_text())
     index = pd.read_parquet(out / "test_index.parquet")
-    splits = pd.read_parquet(params.split.out_dir / "splits.parquet").set_index("image_id")
+    manifest = pd.read_parquet(tmp_path / "ingested/manifest.parquet").set_index("image_id")
     x = np.load(out / "test_x.npy", mmap_mode="r")
-    raws = [np.load(tmp_path / "ingested" / splits.loc[i, "pixel_path"]) for i in index["image_id"]]
+    raws = [load_pixels(tmp_path / "ingested", manifest.loc[i]) for i in index["image_id"]]
     for row, raw in enumerate(raws):
         single = preprocess.transform_image(raw, stats)
         assert single.shape == (1, stats["image_size"], stats["image_size"])

@@ -14,6 +14,8 @@ import pytest
 from pipeline import validate
 from pipeline.cli import main
 from pipeline.errors import InputError, ValidationFailed
+from pipeline.pixels import load_pixels
+from tests.data.conftest import rewrite_pixels
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str):
@@ -25,8 +27,9 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     return exc.value.code, captured.out + captured.err
 
 
-def test_passes_on_good_manifest(fake_ingest: Callable, fake_params: Callable) -> None:
-    manifest = fake_ingest()
+@pytest.mark.parametrize("layout", ["shards", "legacy"])
+def test_passes_on_good_manifest(fake_ingest: Callable, fake_params: Callable, layout: str) -> None:
+    manifest = fake_ingest(layout=layout)
     _, params = fake_params()
     result = validate.run(params, validate.Paths.from_params(params))
     assert result.success and not result.failed
@@ -58,10 +61,9 @@ def _phi_column(m: pd.DataFrame, _: Path) -> None:
 
 
 def _nonfinite(m: pd.DataFrame, ingest: Path) -> None:
-    path = ingest / m.loc[0, "pixel_path"]
-    pixels = np.load(path)
+    pixels = np.array(load_pixels(ingest, m.loc[0]))
     pixels[3, 3] = np.nan
-    np.save(path, pixels)
+    rewrite_pixels(ingest, m.loc[0], pixels)
     m.loc[0, "nonfinite_pixels"] = 1
 
 
@@ -91,6 +93,21 @@ def _missing_pixels(m: pd.DataFrame, ingest: Path) -> None:
     (ingest / m.loc[6, "pixel_path"]).unlink()
 
 
+def _offset_past_end(m: pd.DataFrame, ingest: Path) -> None:
+    # The last image of its shard, moved one float on: it no longer fits in the file.
+    last = m.index[m["pixel_path"] == m.loc[6, "pixel_path"]][-1]
+    m.loc[last, "pixel_offset"] += 4
+
+
+def _truncated_shard(m: pd.DataFrame, ingest: Path) -> None:
+    path = ingest / m.loc[6, "pixel_path"]
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def _misaligned_offset(m: pd.DataFrame, ingest: Path) -> None:
+    m.loc[0, "pixel_offset"] += 2  # not a whole float32 (and still within the file)
+
+
 VIOLATIONS = {
     "modality": (_bad_modality, "expect_column_values_to_be_in_set(modality)"),
     "duplicate_sop": (_duplicate_sop, "expect_compound_columns_to_be_unique(['sop_uid', 'frame'])"),
@@ -103,6 +120,18 @@ VIOLATIONS = {
     "stats": (_stats_mismatch, "expect_column_values_to_be_in_set(sample_stats_match)"),
     "patient_id": (_patient_id, "expect_column_values_to_match_regex(patient_id)"),
     "missing_file": (_missing_pixels, "expect_column_values_to_be_in_set(pixel_file_ok)"),
+    "offset_past_end": (
+        _offset_past_end,
+        "expect_column_values_to_be_in_set(pixel_file_ok): 1 of",
+    ),
+    "truncated_shard": (
+        _truncated_shard,
+        "expect_column_values_to_be_in_set(pixel_file_ok): 1 of",
+    ),
+    "misaligned_offset": (
+        _misaligned_offset,
+        "expect_column_values_to_be_in_set(pixel_file_ok): 1 of",
+    ),
 }
 
 
