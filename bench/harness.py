@@ -11,21 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.project import TINY
+
 # What --quick changes in params.yaml (the default cohort and budgets otherwise).
-QUICK: dict[str, Any] = {
-    "synth.patients": 16,
-    "synth.image_size": 64,
-    "preprocess.image_size": 32,
-    "tune.n_trials": 2,
-    "tune.max_epochs": 2,
-    "train.max_epochs": 2,
-    "train.batch_size": 16,
-    "baseline.search": False,
-    "baseline.k_features": 5,
-    "evaluate.bootstrap_iterations": 50,
-    "validate.min_positive_fraction": 0.05,
-    "validate.max_positive_fraction": 0.95,
-}
+QUICK: dict[str, Any] = TINY | {"synth.patients": 16, "train.max_epochs": 2}
 # Variables that would send the bench's runs to the user's own MLflow or Prefect server.
 ISOLATE = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_API_KEY")
 

@@ -121,32 +121,13 @@ def lightning_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int, roo
     """radops' training as ``pipeline.train.run`` sets it up (make_trainer, EpochHistory
     logging to the active MLflow run, EarlyStopping, ModelCheckpoint with save_last);
     returns the number of epochs run."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from pipeline.lit_module import EpochHistory, make_trainer, monitor_mode
+    from pipeline.lit_module import EpochHistory, make_trainer
+    from pipeline.train import stopping_and_checkpoint
 
     data = make_datamodule(data_dir, cfg, seed)
     module = new_module(cfg, data, seed)
-    monitor, mode = cfg.early_stopping_monitor, monitor_mode(cfg.early_stopping_monitor)
     history = EpochHistory(log_to_mlflow=True)
-    callbacks = [
-        history,
-        EarlyStopping(
-            monitor=monitor,
-            mode=mode,
-            patience=cfg.early_stopping_patience,
-            min_delta=cfg.early_stopping_min_delta,
-        ),
-        ModelCheckpoint(
-            dirpath=root,
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            save_last=True,
-            save_on_train_epoch_end=True,
-        ),
-    ]
+    callbacks = [history, *stopping_and_checkpoint(cfg, root)]
     # Stages run under DVC with piped output, so no progress bar: make_trainer decides that
     # from stderr, which would make this figure depend on whether the bench has a terminal.
     with contextlib.redirect_stderr(io.StringIO()):

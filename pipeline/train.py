@@ -235,6 +235,32 @@ def log_pyfunc_model(model_dir: Path, network: nn.Module, sample: np.ndarray) ->
     return str(info.model_uri)
 
 
+def stopping_and_checkpoint(cfg: TrainSection, checkpoint_dir: Path) -> tuple[Any, Any]:
+    """Early stopping on the configured validation metric, and checkpoints of the best and
+    the last epoch (``last.ckpt`` is what a rerun after a crash resumes from)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from pipeline.lit_module import monitor_mode
+
+    monitor, mode = cfg.early_stopping_monitor, monitor_mode(cfg.early_stopping_monitor)
+    stopper = EarlyStopping(
+        monitor=monitor,
+        mode=mode,
+        patience=cfg.early_stopping_patience,
+        min_delta=cfg.early_stopping_min_delta,
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        save_on_train_epoch_end=True,
+    )
+    return stopper, checkpoint
+
+
 def run(params: Params, paths: Paths) -> TrainResult:
     """Train, keep the best epoch, save ``models/cnn/`` and log everything to MLflow."""
     import contextlib
@@ -243,7 +269,6 @@ def run(params: Params, paths: Paths) -> TrainResult:
     import mlflow
     import numpy as np
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from pipeline.datamodule import load_stats, make_datamodule
     from pipeline.io import atomic_path, write_json
@@ -251,7 +276,6 @@ def run(params: Params, paths: Paths) -> TrainResult:
         CNNClassifier,
         EpochHistory,
         make_trainer,
-        monitor_mode,
         quiet_lightning,
     )
     from pipeline.model import save_model
@@ -274,7 +298,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
     log.info("hyperparameters from %s", source)
     log.info(note)
 
-    monitor, mode = cfg.early_stopping_monitor, monitor_mode(cfg.early_stopping_monitor)
+    monitor = cfg.early_stopping_monitor
     tags = {"radops.hyperparameter_source": source, "radops.resumed": str(resume is not None)}
     tracking: Any = (
         tracked_run(params, "train", run_name="cnn", tags=tags)
@@ -287,21 +311,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             mlflow.log_param("hyperparameter_source", source[:500])
         module = CNNClassifier(cfg, shape[-1], shape[0], pos_weight=data.pos_weight())
         history = EpochHistory(log_to_mlflow=chief)
-        checkpoint = ModelCheckpoint(
-            dirpath=paths.checkpoint_dir,
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            save_last=True,
-            save_on_train_epoch_end=True,
-        )
-        stopper = EarlyStopping(
-            monitor=monitor,
-            mode=mode,
-            patience=cfg.early_stopping_patience,
-            min_delta=cfg.early_stopping_min_delta,
-        )
+        stopper, checkpoint = stopping_and_checkpoint(cfg, paths.checkpoint_dir)
         trainer = make_trainer(
             cfg,
             max_epochs=cfg.max_epochs,

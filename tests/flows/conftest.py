@@ -20,21 +20,7 @@ from bench import project as bench_project
 
 REPO = bench_project.REPO
 
-TINY: dict[str, Any] = {
-    "synth.patients": 24,
-    "synth.image_size": 64,
-    "preprocess.image_size": 32,
-    "tune.n_trials": 2,
-    "tune.max_epochs": 2,
-    "tune.storage": "sqlite:///optuna/radops.db",
-    "train.max_epochs": 3,
-    "train.batch_size": 16,
-    "baseline.search": False,
-    "baseline.k_features": 5,
-    "evaluate.bootstrap_iterations": 50,
-    "validate.min_positive_fraction": 0.05,
-    "validate.max_positive_fraction": 0.95,
-}
+TINY: dict[str, Any] = bench_project.TINY | {"tune.storage": "sqlite:///optuna/radops.db"}
 
 
 def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
