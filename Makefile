@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $@
 
 run: setup ## Run the whole pipeline (Prefect flow over the DVC graph) on the bundled synthetic cohort.
+	mkdir -p "$(PREFECT_HOME)"
 	python -m flows.pipeline_flow
 
 repro: setup ## Run the DVC graph without Prefect (`dvc repro`).
@@ -38,9 +39,11 @@ ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/.
 	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 server: setup ## Local Prefect server and UI on http://127.0.0.1:4200.
+	mkdir -p "$(PREFECT_HOME)"
 	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 schedule: setup ## Serve the scheduled retraining deployment (cron from params.yaml).
+	mkdir -p "$(PREFECT_HOME)"
 	PREFECT_PORT=$(PREFECT_PORT) bash scripts/schedule.sh
 
 bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
