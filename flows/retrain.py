@@ -24,12 +24,12 @@ def retrain_flow(params_file: str = "params.yaml", workdir: str = ".") -> dict[s
     """Check the data stages with ``dvc status``; retrain and promote only if they changed."""
     logger = get_run_logger()
     root = Path(workdir).resolve()
+    # Before any run, `dvc status` reports these stages as changed too (outputs missing).
     changed = changed_stages(DATA_STAGES, str(root))
-    model_exists = (root / "dvc.lock").exists()
-    if not changed and model_exists:
+    if not changed:
         print("input data unchanged since the last run: nothing to retrain")
         return {"retrained": False, "changed": []}
-    logger.info("data changed in %s: retraining", changed or "(no previous run)")
+    logger.info("data changed in %s: retraining", changed)
     result = pipeline_flow(params_file, None, True, str(root))
     return {"retrained": True, "changed": changed, **result}
 

@@ -5,19 +5,19 @@ Read from the stages' output files, so it describes exactly what DVC recorded.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params
+from pipeline.io import read_json
 from pipeline.tracking import data_version
 
 UI_URL = "http://127.0.0.1:5000"
 
 
 def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return dict(read_json(path)) if path.exists() else {}
 
 
 @dataclass
