@@ -65,7 +65,7 @@ def measure(
     """Files/s of a bare read loop and of ingest with 1 and 2 workers, plus the accounting."""
     import pydicom
 
-    from pipeline.ingest import ingest_folder, walk
+    from pipeline.data.ingest import ingest_folder, walk
 
     root = Path(input_dir)
     listed, early = walk(root)

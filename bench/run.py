@@ -148,8 +148,8 @@ def fig_ingest(ctx: Ctx) -> list[Figure]:
 
 # --------------------------------------------------------------------------- scaling
 def fig_scaling(ctx: Ctx) -> list[Figure]:
-    from pipeline.deid import load_or_create_key
-    from pipeline.ingest import ingest_folder
+    from pipeline.data.deid import load_or_create_key
+    from pipeline.data.ingest import ingest_folder
 
     params = ctx.params()
     big = ctx.work / "scale" / "x4"

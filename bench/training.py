@@ -22,9 +22,9 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from pipeline.config import Params, TrainSection
-from pipeline.datamodule import RadDataModule, make_datamodule
-from pipeline.lit_module import CNNClassifier, make_scheduler, quiet_lightning
-from pipeline.train import set_threads
+from pipeline.data.datasets import RadDataModule, make_datamodule
+from pipeline.training.lit_module import CNNClassifier, make_scheduler, quiet_lightning
+from pipeline.training.train import set_threads
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -118,11 +118,11 @@ def data_path(params: Params, data_dir: Path, repeats: int) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- 3. loop overhead
 def lightning_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int, root: Path) -> int:
-    """radops' training as ``pipeline.train.run`` sets it up (make_trainer, EpochHistory
+    """radops' training as ``pipeline.training.train.run`` sets it up (make_trainer, EpochHistory
     logging to the active MLflow run, EarlyStopping, ModelCheckpoint with save_last);
     returns the number of epochs run."""
-    from pipeline.lit_module import EpochHistory, make_trainer
-    from pipeline.train import stopping_and_checkpoint
+    from pipeline.training.lit_module import EpochHistory, make_trainer
+    from pipeline.training.train import stopping_and_checkpoint
 
     data = make_datamodule(data_dir, cfg, seed)
     module = new_module(cfg, data, seed)
@@ -213,7 +213,7 @@ def loop_overhead(
 # --------------------------------------------------------------------------- 4. tuning
 def pruning(params: Params, data_dir: Path, work: Path) -> dict[str, Any]:
     """The configured study with its pruner and with none: same seed, trials, in memory."""
-    from pipeline.tune import Paths, run_study
+    from pipeline.training.tune import Paths, run_study
 
     paths = Paths(data_dir=data_dir, out_dir=work / "tune")
     out: dict[str, Any] = {"pruner": params.tune.pruner, "n_trials": params.tune.n_trials}

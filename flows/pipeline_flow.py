@@ -1,7 +1,7 @@
 """The radops pipeline as a Prefect flow: every DVC stage a retried task, then promotion.
 
 Run it with ``make run`` or ``python -m flows.pipeline_flow [--no-promote] [-S key=value]``.
-The flow only orchestrates: stages do the work (via DVC), ``pipeline.promote`` decides.
+The flow only orchestrates: stages do the work (via DVC), ``pipeline.registry.promote`` decides.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def pipeline_lock(workdir: Path) -> Iterator[None]:
 
 @task(retries=1, retry_delay_seconds=5, task_run_name="promote")
 def promote_task(params_file: str, workdir: str) -> dict[str, Any]:
-    """Decide and apply champion/challenger for the registered version (pipeline.promote)."""
-    from pipeline import promote
+    """Decide and apply champion/challenger for the registered version (pipeline.registry.promote)."""
     from pipeline.config import load_params
+    from pipeline.registry import promote
 
     with contextlib.chdir(workdir):
         params = load_params(params_file)

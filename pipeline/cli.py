@@ -31,6 +31,22 @@ SetOpt = Annotated[
 ]
 log = logging.getLogger("radops")
 
+# Which library module runs each subcommand (imported only when its command runs).
+STAGE_MODULES = {
+    "synth": "pipeline.data.synth",
+    "ingest": "pipeline.data.ingest",
+    "validate": "pipeline.data.validate",
+    "split": "pipeline.data.split",
+    "preprocess": "pipeline.data.preprocess",
+    "tune": "pipeline.training.tune",
+    "train": "pipeline.training.train",
+    "baseline": "pipeline.baselines.svm",
+    "evaluate": "pipeline.evaluation.evaluate",
+    "register": "pipeline.registry.register",
+    "promote": "pipeline.registry.promote",
+    "predict": "pipeline.serving.predict",
+}
+
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` pairs; values are read as YAML (numbers, booleans, lists)."""
@@ -59,7 +75,7 @@ def run_stage(
         k: v for k, v in (param_overrides or {}).items() if v is not None
     }
     params = load_params(params_path, overrides)
-    module = importlib.import_module(f"pipeline.{stage}")
+    module = importlib.import_module(STAGE_MODULES[stage])
     paths = module.Paths.from_params(params)
     changes = {k: v for k, v in path_overrides.items() if v is not None}
     if changes:

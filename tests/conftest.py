@@ -65,13 +65,13 @@ class SmallCohort(NamedTuple):
     dicom_dir: Path
     labels_csv: Path
     params: Params  # the params synth ran with (data.* point at this cohort)
-    result: Any  # pipeline.synth.SynthResult
+    result: Any  # pipeline.data.synth.SynthResult
 
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> SmallCohort:
     """16 synthetic patients, 64×64 CT slices, written once per test session."""
-    from pipeline import synth
+    from pipeline.data import synth
 
     base = tmp_path_factory.mktemp("small_cohort")
     root = base / "data/synthetic"

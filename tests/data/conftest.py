@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
-from pipeline.pixels import LEGACY_OFFSET, ShardWriter, pixel_offset
+from pipeline.data.pixels import LEGACY_OFFSET, ShardWriter, pixel_offset
 
 
 def _hex(seed: str, n: int) -> str:

@@ -19,8 +19,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
-from pipeline import ingest
-from pipeline.pixels import load_pixels
+from pipeline.data import ingest
+from pipeline.data.pixels import load_pixels
 
 KEY = b"decoder tests key, thirty-two b."
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

@@ -12,7 +12,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from pipeline import deid, ingest
+from pipeline.data import deid
+from pipeline.data import ingest
 from pipeline.config import Params
 from pipeline.errors import ConfigError
 from tests.conftest import SmallCohort, build_params, write_dicom
@@ -118,7 +119,7 @@ def test_no_identifier_reaches_any_output_log_or_summary(
 
 
 def test_manifest_has_no_identifying_columns(small_cohort: SmallCohort, tmp_path: Path) -> None:
-    from pipeline.contracts import identifying_column_names
+    from pipeline.data.contracts import identifying_column_names
 
     ingest.ingest_folder(small_cohort.dicom_dir, tmp_path / "out", b"k" * 32)
     columns = set(pd.read_parquet(tmp_path / "out/manifest.parquet").columns)

@@ -16,9 +16,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from pipeline import dicom_io, ingest
+from pipeline.data import dicom_io
+from pipeline.data import ingest
 from pipeline.errors import InputError
-from pipeline.pixels import PixelStore, load_pixels
+from pipeline.data.pixels import PixelStore, load_pixels
 from tests.conftest import SmallCohort, build_params, write_dicom
 
 KEY = bytes(range(32))
@@ -127,7 +128,7 @@ def test_every_file_is_ingested_or_quarantined_with_its_reason(
 
 
 def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path) -> None:
-    from pipeline.contracts import MANIFEST_COLUMNS, PATIENT_ID_REGEX, SITE_REGEX, UID_REGEX
+    from pipeline.data.contracts import MANIFEST_COLUMNS, PATIENT_ID_REGEX, SITE_REGEX, UID_REGEX
 
     out = tmp_path / "out"
     _ingest(small_cohort.dicom_dir, out, small_cohort.labels_csv)

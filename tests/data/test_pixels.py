@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.pixels import PixelStore, ShardWriter, load_pixels, pixel_offset, shard_name
+from pipeline.data.pixels import PixelStore, ShardWriter, load_pixels, pixel_offset, shard_name
 
 
 def _two_images(tmp_path: Path) -> tuple[list[dict], list[np.ndarray]]:

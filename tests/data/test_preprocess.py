@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import preprocess, split
+from pipeline.data import preprocess
+from pipeline.data import split
 from pipeline.config import Params
-from pipeline.contracts import INDEX_COLUMNS, STATS_KEYS
-from pipeline.pixels import load_pixels
+from pipeline.data.contracts import INDEX_COLUMNS, STATS_KEYS
+from pipeline.data.pixels import load_pixels
 from tests.data.conftest import rewrite_pixels
 
 

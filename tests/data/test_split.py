@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import split
-from pipeline.contracts import SPLITS_COLUMNS
+from pipeline.data import split
+from pipeline.data.contracts import SPLITS_COLUMNS
 from pipeline.errors import InputError, LeakageError
 
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom import config
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from pipeline import synth
+from pipeline.data import synth
 from tests.conftest import SmallCohort, build_params
 
 LAYOUT = re.compile(r"^PA\d{6}/ST\d{6}/SE\d{6}/IM\d{6}(\.dcm)?$")

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import validate
+from pipeline.data import validate
 from pipeline.cli import main
 from pipeline.errors import InputError, ValidationFailed
-from pipeline.pixels import load_pixels
+from pipeline.data.pixels import load_pixels
 from tests.data.conftest import rewrite_pixels
 
 
@@ -194,7 +194,7 @@ def test_missing_manifest_is_an_input_error(fake_params: Callable) -> None:
 
 
 def test_identifying_names_cover_keyword_and_snake_case() -> None:
-    from pipeline.contracts import identifying_column_names
+    from pipeline.data.contracts import identifying_column_names
 
     names = set(identifying_column_names())
     assert {"patientname", "patient_birth_date", "accessionnumber", "other_patient_ids"} <= names

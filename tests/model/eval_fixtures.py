@@ -2,7 +2,7 @@
 
 * ``make_preprocessed``: a preprocess-shaped folder of z-scored 1×S×S images in which positive
   images carry a faint bright blob of random strength (learnable, not trivially separable).
-* ``train_tiny_cnn`` / ``save_cnn``: a tiny ``pipeline.model`` network trained for a few
+* ``train_tiny_cnn`` / ``save_cnn``: a tiny ``pipeline.models.networks`` network trained for a few
   full-batch Adam steps, saved with the same meta keys as ``radops train``.
 * ``log_training_run``: a FINISHED MLflow run holding the model as a pyfunc "models from code"
   model (as train logs it) or as a plain artifact folder, and a ``run.json`` pointing at it.
@@ -34,14 +34,14 @@ from mlflow.pyfunc import PythonModel
 
 class RadopsCNN(PythonModel):
     def load_context(self, context):
-        from pipeline.model import load_model
+        from pipeline.models.networks import load_model
 
         self.net, self.meta = load_model(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None):
         import numpy as np
 
-        from pipeline.model import predict_proba
+        from pipeline.models.networks import predict_proba
 
         return predict_proba(self.net, np.asarray(model_input, dtype=np.float32))
 
@@ -125,7 +125,7 @@ def train_tiny_cnn(data_dir: Path, steps: int = 60, seed: int = 0, size: int = S
     """A tiny CNN; ``steps=0`` leaves it at its (useless) random initialisation."""
     import torch
 
-    from pipeline.model import build_network
+    from pipeline.models.networks import build_network
 
     torch.manual_seed(seed)
     net = build_network(tiny_arch(size))
@@ -158,7 +158,7 @@ def history(train_auc: float = 0.9, val_auc: float = 0.88, epochs: int = 4) -> d
 
 
 def save_cnn(net: Any, out_dir: Path, size: int = SIZE, hist: dict[str, Any] | None = None) -> Path:
-    from pipeline.model import save_model
+    from pipeline.models.networks import save_model
 
     meta = {
         "architecture": tiny_arch(size),

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import baseline
+from pipeline.baselines import svm as baseline
+from pipeline.baselines.features import extract_features, feature_names, fit_spec
 from pipeline.config import BaselineSection
 from pipeline.errors import InputError
-from pipeline.features import extract_features, feature_names, fit_spec
 from tests.model.eval_fixtures import make_preprocessed, mlflow_env, params_for
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentationSection
-from pipeline.datamodule import (
+from pipeline.data.datasets import (
     ArrayDataset,
     BatchAugment,
     RadDataModule,

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
-from pipeline import baseline, evaluate, stats
+from pipeline.baselines import svm as baseline
 from pipeline.config import EvaluateSection
 from pipeline.errors import InputError
+from pipeline.evaluation import evaluate, stats
 from tests.model.eval_fixtures import (
     history,
     log_training_run,
@@ -83,7 +84,7 @@ def test_outputs_exist_with_exact_metric_keys(evaluated: Any) -> None:
 
 
 def test_metrics_equal_sklearn_recomputation(evaluated: Any) -> None:
-    from pipeline.model import load_model, predict_proba
+    from pipeline.models.networks import load_model, predict_proba
 
     root, _, _ = evaluated
     out = root / "reports"

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.config import TrainSection
-from pipeline.datamodule import RadDataModule, make_datamodule
-from pipeline.lit_module import CNNClassifier, EpochHistory, make_scheduler, make_trainer
+from pipeline.data.datasets import RadDataModule, make_datamodule
+from pipeline.training.lit_module import CNNClassifier, EpochHistory, make_scheduler, make_trainer
 
 SMALL = {"depth": 2, "base_width": 4, "batch_size": 16, "accelerator": "cpu", "devices": 1}
 

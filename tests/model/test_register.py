@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import promote, register
 from pipeline.errors import InputError
+from pipeline.registry import promote, register
 from tests.model.eval_fixtures import (
     log_training_run,
     make_preprocessed,

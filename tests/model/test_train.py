@@ -20,11 +20,11 @@ import torch
 import yaml
 from torchmetrics.functional.classification import binary_auroc
 
-from pipeline import model as model_module
-from pipeline import train
 from pipeline.config import Params
 from pipeline.errors import ConfigError
-from pipeline.model import load_model, predict_proba
+from pipeline.models import networks as model_module
+from pipeline.models.networks import load_model, predict_proba
+from pipeline.training import train
 
 MODEL_FILES = {"model.safetensors", "model.json", "history.json", "train_metrics.json", "run.json"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_auc", "val_loss", "val_auc"}

@@ -11,8 +11,8 @@ import mlflow
 import optuna
 import pytest
 
-from pipeline import tune
 from pipeline.errors import ConfigError
+from pipeline.training import tune
 
 LR_ONLY = {"lr": {"type": "float", "low": 0.003, "high": 0.03, "log": True}}
 # A deliberately bad region: at lr=1e-9 nothing is learned and val AUC stays near chance.
@@ -69,8 +69,8 @@ def test_tune_run_writes_best_params_and_nested_runs(
         assert steps == list(range(len(steps))) and steps
 
     # train picks the tuned values up
-    from pipeline.train import Paths as TrainPaths
-    from pipeline.train import resolve_hyperparameters
+    from pipeline.training.train import Paths as TrainPaths
+    from pipeline.training.train import resolve_hyperparameters
 
     cfg, source = resolve_hyperparameters(params, TrainPaths.from_params(params).best_params)
     assert cfg.lr == best["params"]["lr"] and cfg.batch_size == best["params"]["batch_size"]

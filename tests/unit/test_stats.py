@@ -1,4 +1,4 @@
-"""pipeline.stats against scikit-learn, hand-worked examples and an independent DeLong."""
+"""pipeline.evaluation.stats against scikit-learn, hand-worked examples and an independent DeLong."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline import stats
+from pipeline.evaluation import stats
 
 
 def _data(n: int = 300, seed: int = 0, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

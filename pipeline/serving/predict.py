@@ -59,7 +59,7 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
     Accepts ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder
     holding ``model.safetensors`` + ``model.json``.
     """
-    from pipeline.promote import find_model_dir
+    from pipeline.registry.promote import find_model_dir
 
     local = Path(model_uri)
     if local.is_dir():
@@ -90,11 +90,11 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
 def run(params: Params, paths: Paths) -> PredictResult:
     import pandas as pd
 
-    from pipeline import ingest
+    from pipeline.data import ingest
+    from pipeline.data.pixels import PixelStore
+    from pipeline.data.preprocess import transform_image
     from pipeline.io import write_csv
-    from pipeline.model import load_model, predict_proba
-    from pipeline.pixels import PixelStore
-    from pipeline.preprocess import transform_image
+    from pipeline.models.networks import load_model, predict_proba
 
     if not paths.input_dir.is_dir():
         raise InputError(f"input folder not found: {paths.input_dir}")

@@ -69,7 +69,7 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        from pipeline.register import REGISTRATION_FILE
+        from pipeline.registry.register import REGISTRATION_FILE
 
         return cls(
             registration=params.register_.out_dir / REGISTRATION_FILE,
@@ -106,7 +106,7 @@ def find_model_dir(root: Path | str) -> Path:
     Works for a plain artifact folder and for a pyfunc "models from code" model, whose
     artifacts nest the saved model somewhere below; the shallowest match wins.
     """
-    from pipeline.model import META_FILE, WEIGHTS_FILE
+    from pipeline.models.networks import META_FILE, WEIGHTS_FILE
 
     root = Path(root)
     hits = sorted(
@@ -122,7 +122,7 @@ def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
     """Download a registered model's artifacts and load the CNN inside them."""
     import mlflow
 
-    from pipeline.model import load_model
+    from pipeline.models.networks import load_model
 
     with tempfile.TemporaryDirectory(prefix="radops-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
@@ -132,7 +132,7 @@ def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
 def validate_registration(client: MlflowClient, registration: Mapping[str, Any]) -> None:
     """Refuse a registration that is incomplete, not in the registry, has a non-finite test
     AUC, or whose training run did not finish."""
-    from pipeline.register import check_run_finished
+    from pipeline.registry.register import check_run_finished
 
     missing = [
         k for k in ("name", "version", "run_id", "test_auc") if registration.get(k) in (None, "")
@@ -191,9 +191,9 @@ def decide_promotion(
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline import stats
+    from pipeline.evaluation import stats
     from pipeline.io import read_json
-    from pipeline.model import predict_proba
+    from pipeline.models.networks import predict_proba
     from pipeline.tracking import configure
 
     reg = dict(read_json(registration) if isinstance(registration, Path | str) else registration)
@@ -319,7 +319,7 @@ def run(params: Params, paths: Paths) -> PromoteResult:
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.baseline import load_split
+    from pipeline.baselines.svm import load_split
     from pipeline.io import read_json
     from pipeline.tracking import configure
 

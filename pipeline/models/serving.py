@@ -5,10 +5,10 @@ whatever the artifact store holds. Logged from this file instead, the model is t
 plus the ``model_dir`` artifact (safetensors weights + JSON metadata), and loading runs this
 code and ``load_model``, never ``pickle``.
 
-``train`` logs it with a copy of ``pipeline/model.py`` as the code path module
+``train`` logs it with a copy of ``pipeline/models/networks.py`` as the code path module
 ``radops_cnn_model``, so the logged model does not depend on the installed radops version
 (nor shadow the ``pipeline`` package of a process that loads it); without that copy (e.g.
-when this file is imported directly) it falls back to ``pipeline.model``.
+when this file is imported directly) it falls back to ``pipeline.models.networks``.
 
 Input: float32 array N×1×S×S, preprocessed as in ``model.json``'s ``preprocessing``.
 Output: float32 array of N positive-class probabilities.
@@ -25,7 +25,7 @@ from mlflow.pyfunc.model import PythonModel
 try:  # the copy logged with the model (see the module docstring)
     from radops_cnn_model import load_model, predict_proba
 except ImportError:  # pragma: no cover - used when radops itself is importable
-    from pipeline.model import load_model, predict_proba
+    from pipeline.models.networks import load_model, predict_proba
 
 
 class RadopsCNN(PythonModel):

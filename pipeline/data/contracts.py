@@ -152,7 +152,7 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ],
         ex.ExpectColumnValuesToBeUnique(column="image_id"),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["sop_uid", "frame"]),
-        # -1: a legacy per-image .npy; otherwise a byte offset in the shard (pipeline.pixels)
+        # -1: a legacy per-image .npy; otherwise a byte offset in the shard (pipeline.data.pixels)
         ex.ExpectColumnValuesToBeBetween(column="pixel_offset", min_value=-1),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["pixel_path", "pixel_offset"]),
         ex.ExpectColumnValuesToMatchRegex(column="patient_id", regex=PATIENT_ID_REGEX),

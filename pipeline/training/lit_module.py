@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics.classification import BinaryAUROC
 
 from pipeline.config import TrainSection
-from pipeline.model import architecture, build_network
+from pipeline.models.networks import architecture, build_network
 
 EPOCH_METRICS = ("train_loss", "train_auc", "val_loss", "val_auc")
 
@@ -42,7 +42,7 @@ def monitor_mode(monitor: str) -> str:
 
 
 class CNNClassifier(L.LightningModule):
-    """The ``pipeline.model`` CNN trained with weighted BCE, L1/L2 and a chosen optimiser."""
+    """The ``pipeline.models.networks`` CNN trained with weighted BCE, L1/L2 and a chosen optimiser."""
 
     def __init__(
         self, cfg: TrainSection, image_size: int, in_channels: int = 1, pos_weight: float = 1.0

@@ -141,7 +141,7 @@ def fingerprint(cfg: TrainSection, seed: int, data_dir: Path) -> str:
     """
     import numpy as np
 
-    from pipeline.datamodule import load_split
+    from pipeline.data.datasets import load_split
 
     hp = {k: v for k, v in hyperparameters(cfg).items() if k not in RUNTIME_ONLY}
     digest = hashlib.sha256(json.dumps({"hp": hp, "seed": seed}, sort_keys=True).encode())
@@ -216,8 +216,8 @@ def log_pyfunc_model(model_dir: Path, network: nn.Module, sample: np.ndarray) ->
     import mlflow
     from mlflow.models import infer_signature
 
-    from pipeline import model as model_module
-    from pipeline.model import predict_proba
+    from pipeline.models import networks as model_module
+    from pipeline.models.networks import predict_proba
 
     signature = infer_signature(sample, predict_proba(network, sample))
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +225,7 @@ def log_pyfunc_model(model_dir: Path, network: nn.Module, sample: np.ndarray) ->
         shutil.copyfile(model_module.__file__, code)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(Path(__file__).with_name("serving.py")),
+            python_model=str(Path(__file__).parents[1] / "models" / "serving.py"),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(code)],
             signature=signature,
@@ -240,7 +240,7 @@ def stopping_and_checkpoint(cfg: TrainSection, checkpoint_dir: Path) -> tuple[An
     the last epoch (``last.ckpt`` is what a rerun after a crash resumes from)."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from pipeline.lit_module import monitor_mode
+    from pipeline.training.lit_module import monitor_mode
 
     monitor, mode = cfg.early_stopping_monitor, monitor_mode(cfg.early_stopping_monitor)
     stopper = EarlyStopping(
@@ -270,16 +270,16 @@ def run(params: Params, paths: Paths) -> TrainResult:
     import numpy as np
     import torch
 
-    from pipeline.datamodule import load_stats, make_datamodule
+    from pipeline.data.datasets import load_stats, make_datamodule
     from pipeline.io import atomic_path, write_json
-    from pipeline.lit_module import (
+    from pipeline.models.networks import save_model
+    from pipeline.tracking import log_params_flat, tracked_run
+    from pipeline.training.lit_module import (
         CNNClassifier,
         EpochHistory,
         make_trainer,
         quiet_lightning,
     )
-    from pipeline.model import save_model
-    from pipeline.tracking import log_params_flat, tracked_run
 
     cfg, source = resolve_hyperparameters(params, paths.best_params)
     stats = load_stats(paths.data_dir)

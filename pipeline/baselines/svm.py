@@ -189,7 +189,7 @@ def fit(
 
 def predict_proba(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Positive-class probabilities for N×1×S×S images (features as in training)."""
-    from pipeline.features import FeatureSpec, extract_features
+    from pipeline.baselines.features import FeatureSpec, extract_features
 
     feats, names = extract_features(x, FeatureSpec.from_dict(meta["feature_spec"]))
     if names != meta["feature_names"]:
@@ -236,8 +236,8 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     """Extract features, fit on train, score validation, save and log the baseline."""
     import mlflow
 
-    from pipeline import stats
-    from pipeline.features import extract_features, fit_spec
+    from pipeline.baselines.features import extract_features, fit_spec
+    from pipeline.evaluation import stats
     from pipeline.io import write_json
     from pipeline.tracking import log_params_flat, tracked_run
 

@@ -1,6 +1,6 @@
 """DICOM reading for ingest: one file in, image rows (pixels appended to a shard) or a reason out.
 
-Imported by ``pipeline.ingest`` inside its functions only (it imports numpy and pydicom).
+Imported by ``pipeline.data.ingest`` inside its functions only (it imports numpy and pydicom).
 
 Why not simply ``ds.Keyword`` and ``ds.pixel_array``: for the small images of a typical
 export, pydicom's generic element conversion and pixel pipeline cost more than reading the
@@ -32,8 +32,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 
-from pipeline.deid import Pseudonymizer, identifier_tokens, redact_path
-from pipeline.pixels import ShardWriter
+from pipeline.data.deid import Pseudonymizer, identifier_tokens, redact_path
+from pipeline.data.pixels import ShardWriter
 
 # keyword -> (tag, VR) of every attribute ingest reads.
 TAGS: dict[str, tuple[BaseTag, str]] = {

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Params
-from pipeline.contracts import INDEX_COLUMNS, SPLIT_NAMES, STATS_KEYS
+from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, STATS_KEYS
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def _prepare_split(
     """Window/resize/denoise each image of a split straight into an N x 1 x S x S .npy memmap."""
     import numpy as np
 
-    from pipeline.pixels import PixelStore
+    from pipeline.data.pixels import PixelStore
 
     size = int(stats["image_size"])
     out = np.lib.format.open_memmap(

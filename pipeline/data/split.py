@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Params
-from pipeline.contracts import SPLIT_NAMES, SPLITS_COLUMNS
+from pipeline.data.contracts import SPLIT_NAMES, SPLITS_COLUMNS
 from pipeline.errors import InputError, LeakageError
 
 if TYPE_CHECKING:

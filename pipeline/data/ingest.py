@@ -5,9 +5,9 @@ Every file under the input folder ends in exactly one place: as rows of ``manife
 with a reason a person understands. A bad file never stops the batch; a problem with the
 output folder does (and, as everything is staged in a temporary sibling and renamed at the
 end, leaves no half-written output). Nothing identifying is written or logged: ids and UIDs
-are keyed pseudonyms (``pipeline.deid``), dates are dropped, paths are redacted.
+are keyed pseudonyms (``pipeline.data.deid``), dates are dropped, paths are redacted.
 
-Pixels go to a few shard files (``pipeline.pixels``): the sorted file list is cut into work
+Pixels go to a few shard files (``pipeline.data.pixels``): the sorted file list is cut into work
 chunks independently of the number of workers, and chunk *k* writes ``pixels/shard-<k>.f32``,
 so the output is the same bytes whatever the number of workers.
 """
@@ -26,7 +26,7 @@ from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from pipeline.config import Params
-    from pipeline.dicom_io import Outcome
+    from pipeline.data.dicom_io import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class IngestResult:
 
 def run(params: Params, paths: Paths) -> IngestResult:
     """Ingest ``paths.input_dir`` into ``paths.out_dir`` (atomically)."""
-    from pipeline.deid import load_or_create_key
+    from pipeline.data.deid import load_or_create_key
 
     labels = paths.labels_csv
     if labels is not None and not Path(labels).is_file():
@@ -153,7 +153,7 @@ def ingest_folder(
 def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
     """Every entry under ``root`` in sorted order: (index, absolute, relative) to read, plus
     outcomes for the ones never opened (symlinks out of the root or to folders, odd files)."""
-    from pipeline.dicom_io import Outcome
+    from pipeline.data.dicom_io import Outcome
 
     real_root = os.path.realpath(root)
     found: list[tuple[str, str, str | None]] = []  # (relative, absolute, early reason)
@@ -216,9 +216,9 @@ def process_chunk(
 
     from pydicom import config
 
-    from pipeline.deid import Pseudonymizer
-    from pipeline.dicom_io import process_file
-    from pipeline.pixels import ShardWriter
+    from pipeline.data.deid import Pseudonymizer
+    from pipeline.data.dicom_io import process_file
+    from pipeline.data.pixels import ShardWriter
 
     pseudo = _PSEUDO.get(key) or _PSEUDO.setdefault(key, Pseudonymizer(key))
     pydicom_log = logging.getLogger("pydicom")
@@ -249,7 +249,7 @@ def _process_all(
     import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline import dicom_io  # noqa: F401  (imported once here; forked workers inherit it)
+    from pipeline.data import dicom_io  # noqa: F401  (imported once here; forked workers inherit it)
 
     # fork starts workers in milliseconds; with other threads running (e.g. under Prefect) a
     # forked child could inherit a held lock, so then forkserver (or spawn) is used instead.
@@ -260,7 +260,7 @@ def _process_all(
     out: list[Outcome] = []
     context = mp.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(["pipeline.dicom_io"])
+        context.set_forkserver_preload(["pipeline.data.dicom_io"])
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         n = len(work)
         for got in pool.map(process_chunk, range(n), work, [out_dir] * n, [key] * n):
@@ -277,7 +277,7 @@ def _write_outputs(
 
     import pandas as pd
 
-    from pipeline.dicom_io import ROW_FIELDS
+    from pipeline.data.dicom_io import ROW_FIELDS
 
     outcomes = _finish_paths(_resolve_duplicates(staged, outcomes))
     rows = [row for o in outcomes for row in o.rows]
@@ -376,7 +376,7 @@ def _compact(staged: Path, outcomes: list[Outcome], shards: set[str]) -> None:
 
 def _finish_paths(outcomes: list[Outcome]) -> list[Outcome]:
     """Redact unread files' paths with every identifier seen in the batch; keep names unique."""
-    from pipeline.deid import redact_path
+    from pipeline.data.deid import redact_path
 
     seen_tokens = frozenset().union(*(o.tokens for o in outcomes))
     used: Counter[str] = Counter()
@@ -401,7 +401,7 @@ def attach_labels(
     Rows are matched on pseudonymised SOP Instance UIDs (``deid.read_labels``); a label whose
     ``patient_id`` disagrees with the image's patient is dropped, as are conflicting ones.
     """
-    from pipeline.deid import Pseudonymizer, read_labels
+    from pipeline.data.deid import Pseudonymizer, read_labels
 
     manifest["label"] = -1
     manifest["official_split"] = ""

@@ -121,7 +121,7 @@ def check_preprocessing(meta: dict[str, Any], data_dir: Path) -> None:
 
 def predict_cnn(model_dir: Path, x: np.ndarray, data_dir: Path | None = None) -> np.ndarray:
     """CNN probabilities; refuses images of another size or preprocessing than in training."""
-    from pipeline.model import META_FILE, WEIGHTS_FILE, load_model, predict_proba
+    from pipeline.models.networks import META_FILE, WEIGHTS_FILE, load_model, predict_proba
 
     if not (model_dir / WEIGHTS_FILE).exists() or not (model_dir / META_FILE).exists():
         raise InputError(f"no trained CNN in {model_dir} (run `radops train` first)")
@@ -150,7 +150,7 @@ def model_metrics(
     seed: int,
 ) -> dict[str, Any]:
     """The flat metrics of one model: threshold from validation, everything else on test."""
-    from pipeline import stats
+    from pipeline.evaluation import stats
 
     if np.unique(y_val).size < 2:
         raise InputError("the validation split has one class only: no threshold can be chosen")
@@ -185,7 +185,7 @@ def subgroup_table(
     manufacturer, and overall, for each model."""
     import pandas as pd
 
-    from pipeline import stats
+    from pipeline.evaluation import stats
 
     y = index["label"].to_numpy().astype(np.int64)
     rows: list[dict[str, Any]] = []
@@ -325,7 +325,8 @@ def _log_to_mlflow(
 
 def run(params: Params, paths: Paths) -> EvaluateResult:
     """Predict val and test with both models, compute, write, plot and log everything."""
-    from pipeline import baseline, report, stats
+    from pipeline.baselines import svm as baseline
+    from pipeline.evaluation import report, stats
     from pipeline.io import read_json, write_csv, write_json, write_parquet, write_text
 
     cfg, seed = params.evaluate, params.base.seed

@@ -155,7 +155,7 @@ def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[s
 def check_space(train: TrainSection, space: Mapping[str, SearchDimension]) -> None:
     """Fail before the study, not in every trial, if a name is not a training hyperparameter
     or a bound/choice is not a valid value for it."""
-    from pipeline.train import apply_overrides
+    from pipeline.training.train import apply_overrides
 
     if not space:
         raise ConfigError("tune.search_space is empty")
@@ -175,7 +175,7 @@ def study_fingerprint(params: Params, data_dir: Path) -> str:
     import hashlib
     import json
 
-    from pipeline.train import fingerprint
+    from pipeline.training.train import fingerprint
 
     space = {k: v.model_dump(mode="json") for k, v in params.tune.search_space.items()}
     parts = {
@@ -188,7 +188,7 @@ def study_fingerprint(params: Params, data_dir: Path) -> str:
 
 def trial_config(params: Params, values: Mapping[str, Any]) -> TrainSection:
     """The training config of one trial: params.train + sampled values, tune's epoch cap."""
-    from pipeline.train import apply_overrides
+    from pipeline.training.train import apply_overrides
 
     cfg = apply_overrides(params.train, values)
     devices = 1 if cfg.devices == "auto" else cfg.devices  # one process per trial
@@ -204,8 +204,8 @@ def fit_trial(params: Params, data_dir: Path, trial: optuna.Trial, cfg: TrainSec
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from pipeline.datamodule import make_datamodule
-    from pipeline.lit_module import CNNClassifier, EpochHistory, make_trainer
+    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.lit_module import CNNClassifier, EpochHistory, make_trainer
 
     L.seed_everything(params.base.seed, workers=True, verbose=False)
     data = make_datamodule(data_dir, cfg, params.base.seed)
@@ -247,10 +247,10 @@ def run_study(
     import mlflow
     import optuna
 
-    from pipeline.datamodule import load_split
-    from pipeline.lit_module import quiet_lightning
+    from pipeline.data.datasets import load_split
     from pipeline.tracking import log_params_flat, tracked_run
-    from pipeline.train import set_threads
+    from pipeline.training.lit_module import quiet_lightning
+    from pipeline.training.train import set_threads
 
     tune = params.tune
     n_trials = tune.n_trials if n_trials is None else n_trials

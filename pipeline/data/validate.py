@@ -24,7 +24,7 @@ from pipeline.errors import InputError, ValidationFailed
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipeline.pixels import PixelStore
+    from pipeline.data.pixels import PixelStore
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run(params: Params, paths: Paths) -> ValidateResult:
     """
     import pandas as pd
 
-    from pipeline.contracts import build_suites
+    from pipeline.data.contracts import build_suites
     from pipeline.io import atomic_path, write_json
 
     start = time.perf_counter()
@@ -181,7 +181,7 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
 def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> int:
     """1 if the row's pixels are where the manifest says: a shard inside the ingest folder that
     holds ``rows`` × ``columns`` float32 values at ``pixel_offset`` (or a legacy ``.npy``)."""
-    from pipeline.pixels import ITEMSIZE, image_shape, pixel_offset
+    from pipeline.data.pixels import ITEMSIZE, image_shape, pixel_offset
 
     rel = row.get("pixel_path")
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -208,7 +208,7 @@ def _recheck_sample(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> An
     """
     import numpy as np
 
-    from pipeline.pixels import PixelStore
+    from pipeline.data.pixels import PixelStore
 
     out = np.full(len(manifest), np.nan)
     needed = {"pixel_path", "rows", "columns", "nonfinite_pixels", "pixel_min", "pixel_max"}

@@ -4,7 +4,7 @@ Registration records *what* the model is (training run, data version, git commit
 good* it was on the held-out test split (AUC with CI, operating threshold), as tags on the
 new model version, so the registry alone answers "where did this model come from". It never
 moves an alias: promotion to ``champion`` needs a statistical comparison with the current
-champion and lives in ``pipeline.promote`` (called by the Prefect flow / ``radops promote``).
+champion and lives in ``pipeline.registry.promote`` (called by the Prefect flow / ``radops promote``).
 """
 
 from __future__ import annotations
