@@ -162,4 +162,4 @@ def main() -> None:
         app()
     except RadopsError as exc:
         typer.echo(f"radops: error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
