@@ -1,0 +1,68 @@
+"""Local secrets (pseudonym key, Prefect API auth string, credentials): one way to keep them.
+
+A secret lives in a file under ``.radops/`` (never in git, DVC, MLflow or ``params.yaml``),
+created with mode 0600 on first use. Like ssh, radops refuses a secret file that others can
+read, or that is a link, and explains how to fix it; it never prints a secret's value.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from pipeline.errors import SecretError
+
+# Folder for every local secret and local-only table (relative to the project root).
+SECRETS_DIR = Path(".radops")
+
+
+def check_private(path: Path) -> None:
+    """Refuse a secret file that is a symlink, not a regular file, or readable by others."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise SecretError(f"secret file {path} is a symbolic link; point the setting at the file")
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretError(f"secret file {path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise SecretError(
+            f"secret file {path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o});"
+            f" run `chmod 600 {path}` if it is yours, or delete it to have a new one created"
+        )
+
+
+def create_private(path: Path, data: bytes) -> bool:
+    """Write ``data`` to a new 0600 file; False if it already existed (theirs is kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return True
+
+
+def read_private(path: Path | str) -> bytes:
+    """Read a secret file after checking it is private."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise SecretError(f"secret file {path} does not exist")
+    check_private(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def load_or_create(path: Path | str, nbytes: int = 32, *, text: bool = False) -> bytes:
+    """The secret at ``path``, created (random, 0600) on first use.
+
+    ``text=True`` stores it as URL-safe text (for values passed in headers or environment
+    variables, such as Prefect's API auth string).
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        value = secrets.token_urlsafe(nbytes) if text else None
+        create_private(path, value.encode("ascii") if value else secrets.token_bytes(nbytes))
+    return read_private(path)
