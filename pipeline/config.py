@@ -83,6 +83,7 @@ class PreprocessSection(Section):
     denoise: Literal["none", "gaussian", "median"] = "none"
     denoise_sigma: float = Field(0.7, gt=0)
     normalization: Literal["zscore", "minmax"] = "zscore"
+    color: Literal["luminance", "rgb"] = "luminance"
 
 
 class AugmentationSection(Section):

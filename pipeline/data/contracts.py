@@ -43,6 +43,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "pixel_mean",
     "pixel_std",
     "nonfinite_pixels",
+    "channels",
 )
 SPLITS_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -75,6 +76,7 @@ STATS_KEYS: tuple[str, ...] = (
     "std",
     "min",
     "max",
+    "channels",
 )
 
 PATIENT_ID_REGEX = r"^P-[0-9a-f]{16}$"
@@ -163,7 +165,9 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ex.ExpectColumnValuesToMatchRegex(column="site", regex=SITE_REGEX),
         ex.ExpectColumnValuesToBeInSet(column="modality", value_set=list(cfg.allowed_modalities)),
         ex.ExpectColumnValuesToBeInSet(
-            column="photometric", value_set=["MONOCHROME1", "MONOCHROME2"]
+            column="photometric",  # colour ones are stored as RGB (pipeline.data.colour)
+            value_set=["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL",
+                       "YBR_FULL_422", "YBR_ICT", "YBR_RCT"],  # fmt: skip
         ),
         *[
             ex.ExpectColumnValuesToBeBetween(

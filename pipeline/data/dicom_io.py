@@ -78,7 +78,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "modality", "site", "manufacturer", "pixel_spacing_row", "pixel_spacing_col", "rows",
     "columns", "bits_allocated", "bits_stored", "pixel_representation", "photometric",
     "pixel_path", "pixel_offset", "pixel_min", "pixel_max", "pixel_mean", "pixel_std",
-    "nonfinite_pixels",
+    "nonfinite_pixels", "channels",
 )  # fmt: skip
 
 
@@ -224,7 +224,8 @@ def sop_class_name(ds: Dataset) -> str:
 
 
 def check_image(ds: Dataset, h: dict[str, Any], size: int) -> tuple[str, int, int, int]:
-    """Raise ``Unusable`` unless this is a grey-scale image; (photometric, rows, cols, frames)."""
+    """Raise ``Unusable`` unless this is a grey-scale or convertible colour image (see
+    ``pipeline.data.colour``); (photometric, rows, cols, frames)."""
     if not any(t in ds for t in PIXEL_TAGS):
         raise Unusable(
             TRUNCATED if truncated(ds, size) else f"no pixel data ({sop_class_name(ds)})"
@@ -234,11 +235,14 @@ def check_image(ds: Dataset, h: dict[str, Any], size: int) -> tuple[str, int, in
     photometric = _first(h["PhotometricInterpretation"])
     if photometric is None:
         raise Unusable("missing Photometric Interpretation")
-    if photometric not in GREY:
+    from pipeline.data.colour import CONVERTIBLE
+
+    if photometric not in GREY and photometric not in CONVERTIBLE:
         shown = photometric if photometric in KNOWN_COLOUR else "(non-standard value)"
         raise Unusable(f"unsupported photometric interpretation {shown}")
-    if (h["SamplesPerPixel"] or 1) != 1:
-        raise Unusable(f"unsupported: {h['SamplesPerPixel']} samples per pixel (grey-scale)")
+    if (h["SamplesPerPixel"] or 1) != CONVERTIBLE.get(photometric, 1):
+        kind = "grey-scale" if photometric in GREY else photometric
+        raise Unusable(f"unsupported: {h['SamplesPerPixel']} samples per pixel ({kind})")
     for keyword in ("Rows", "Columns", "BitsAllocated"):
         if not h[keyword]:
             raise Unusable(f"missing or zero {keyword}")
@@ -354,9 +358,15 @@ def process_file(
             raise Unusable(problem)
         photometric, rows, cols, frames = check_image(ds, h, size)
         sop = pseudo.uid(_first(h["SOPInstanceUID"]))
-        arr = decode(ds, h, rows, cols, frames)
+        if photometric in GREY:
+            arr, values, channels = decode(ds, h, rows, cols, frames), modality_values, 1
+        else:  # colour: RGB in [0, 1], (frames, 3, rows, cols); no modality LUT
+            from pipeline.data import colour
+
+            arr = colour.decode(ds, h, photometric, rows, cols, frames, decode)
+            values, channels = colour.as_stored, colour.CHANNELS
         mono1 = photometric == "MONOCHROME1"
-        first = modality_values(ds, h, arr[:1], mono1)  # frame by frame: bounded memory
+        first = values(ds, h, arr[:1], mono1)  # frame by frame: bounded memory
         fixed = (
             pseudo.patient(_first(h["PatientID"])), pseudo.uid(_first(h["StudyInstanceUID"])),
             pseudo.uid(_first(h["SeriesInstanceUID"])), sop, source,
@@ -376,9 +386,11 @@ def process_file(
     floats = arr.dtype.kind == "f"  # only float pixel data can hold NaN or inf
     for f in range(frames):
         image_id = f"{sop}.f{f}" if frames > 1 else sop
-        plane = (first if f == 0 else modality_values(ds, h, arr[f : f + 1], mono1))[0]
+        plane = (first if f == 0 else values(ds, h, arr[f : f + 1], mono1))[0]
         location = shard.add(plane)
-        out_rows.append((image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats)))
+        out_rows.append(
+            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), channels)
+        )
     return Outcome(order, source, out_rows, None, sop, tokens)
 
 

@@ -38,6 +38,7 @@ DUPLICATE = "duplicate SOP instance (same SOP Instance UID as an earlier file)"
 CHUNKS, MIN_CHUNK, MAX_CHUNK = 32, 4, 64
 # positions in dicom_io.ROW_FIELDS (checked by the tests)
 _SOURCE, _ROWS, _COLUMNS, _PIXEL_PATH, _PIXEL_OFFSET = 5, 12, 13, 18, 19
+_CHANNELS = 25
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,7 @@ def _dtype(column: str) -> str:
 
 _INT_COLUMNS = frozenset(
     ("frame", "rows", "columns", "bits_allocated", "bits_stored", "pixel_representation",
-     "label", "nonfinite_pixels", "pixel_offset")
+     "label", "nonfinite_pixels", "pixel_offset", "channels")
 )  # fmt: skip
 
 
@@ -366,7 +367,7 @@ def _compact(staged: Path, outcomes: list[Outcome], shards: set[str]) -> None:
             try:
                 for offset, rows, i in sorted(images, key=lambda item: item[0]):
                     row = rows[i]
-                    size = row[_ROWS] * row[_COLUMNS] * 4
+                    size = row[_ROWS] * row[_COLUMNS] * row[_CHANNELS] * 4
                     rows[i] = (*row[:_PIXEL_OFFSET], dst.tell(), *row[_PIXEL_OFFSET + 1 :])
                     dst.write(data[offset : offset + size])
             finally:

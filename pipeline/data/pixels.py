@@ -4,8 +4,10 @@ Layout (docs/stages.md): ingest cuts the sorted list of input files into work ch
 chunk *k* appends the images of its files, in file order, to ``pixels/shard-<k:04d>.f32``:
 raw little-endian float32, C order, no header, no padding. A manifest row locates its image
 with ``pixel_path`` (the shard, relative to the ingest folder), ``pixel_offset`` (byte offset
-in the shard) and ``rows`` × ``columns`` (the shape). One file per chunk instead of one per
-image: creating a file costs about half as much as reading a small DICOM.
+in the shard) and its shape: ``rows`` × ``columns`` for a grey-scale image (``channels`` 1, or
+the column absent), ``channels`` × ``rows`` × ``columns`` (channel-first planes, R, G, B) for a
+colour one. One file per chunk instead of one per image: creating a file costs about half as
+much as reading a small DICOM.
 
 Outputs of older versions stored each image as its own 2-D ``.npy``; a row whose
 ``pixel_offset`` is absent, NaN or -1 is read that way.
@@ -35,7 +37,7 @@ def shard_name(index: int) -> str:
 
 
 class ShardWriter:
-    """Appends 2-D images to one shard. The file is created (exclusively) on the first image,
+    """Appends images (2-D grey, or channel-first colour) to one shard. The file is created (exclusively) on the first image,
     so a chunk whose files were all quarantined leaves none."""
 
     def __init__(self, out_dir: str | Path, index: int) -> None:
@@ -108,18 +110,40 @@ def image_shape(row: Any) -> tuple[int, int]:
     return rows, columns
 
 
+def channel_count(row: Any) -> int:
+    """The row's ``channels``: 1 when absent, None or NaN (grey-scale, older outputs)."""
+    value = _field(row, "channels")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 1
+    channels = int(value)
+    if channels < 1 or channels != value:
+        raise ValueError(f"invalid channels {value!r}")
+    return channels
+
+
+def stored_shape(row: Any) -> tuple[int, ...]:
+    """(rows, columns) for a grey-scale image, (channels, rows, columns) for a colour one."""
+    channels = channel_count(row)
+    return image_shape(row) if channels == 1 else (channels, *image_shape(row))
+
+
+def image_nbytes(row: Any) -> int:
+    """Bytes the row's image takes in its shard."""
+    return math.prod(stored_shape(row)) * ITEMSIZE
+
+
 def load_pixels(ingest_dir: Path | str, row: Any) -> np.ndarray:
-    """The row's image: a read-only 2-D float32 memory map (rows × columns).
+    """The row's image: a read-only float32 memory map, shaped as ``stored_shape(row)``.
 
     ``row``: a manifest row (Series, dict or namedtuple) with ``pixel_path``, ``pixel_offset``,
-    ``rows`` and ``columns``. Raises ``OSError`` or ``ValueError`` if the pixels are missing or
+    ``rows``, ``columns`` and (optional) ``channels``. Raises ``OSError`` or ``ValueError`` if the pixels are missing or
     do not fit the file.
     """
     path = Path(ingest_dir) / str(_field(row, "pixel_path"))
     offset = pixel_offset(row)
     if offset is None:
         return np.load(path, mmap_mode="r")
-    return np.memmap(path, dtype=DTYPE, mode="r", offset=offset, shape=image_shape(row))
+    return np.memmap(path, dtype=DTYPE, mode="r", offset=offset, shape=stored_shape(row))
 
 
 class PixelStore:
@@ -139,11 +163,11 @@ class PixelStore:
         if shard is None:
             shard = np.memmap(self.ingest_dir / rel, dtype=DTYPE, mode="r")
             self._shards[rel] = shard
-        rows, columns = image_shape(row)
-        start = offset // ITEMSIZE
-        if start + rows * columns > shard.size:
+        shape = stored_shape(row)
+        start, count = offset // ITEMSIZE, math.prod(shape)
+        if start + count > shard.size:
             raise ValueError(f"image at byte {offset} runs past the end of {rel}")
-        return shard[start : start + rows * columns].reshape(rows, columns)
+        return shard[start : start + count].reshape(shape)
 
     def close(self) -> None:
         self._shards.clear()

@@ -7,6 +7,12 @@ preprocessed exactly like a training one.
 
 Order: windowing (clip to [c - w/2, c + w/2], scale to [0, 1]) -> resize to S x S (bilinear,
 anti-aliased) -> optional denoising -> normalisation (z-score or min-max).
+
+Colour (``preprocess.color``; ``stats["channels"]``): a colour image is stored by ingest as RGB
+in [0, 1] and is not windowed. ``luminance`` (1 channel) turns it into ITU-R BT.601 luma and
+leaves grey-scale images as they are; ``rgb`` (3 channels) keeps R, G, B and repeats a
+grey-scale image in each. Arrays are N x C x S x S; with C = 3, mean/std/min/max are fitted per
+channel (lists of 3 numbers in ``stats.json``), with C = 1 they are numbers as before.
 """
 
 from __future__ import annotations
@@ -55,17 +61,24 @@ class PreprocessResult:
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {v}" for k, v in self.counts.items())
         s = self.stats
-        fitted = (
-            f"mean {s['mean']:.4f} std {s['std']:.4f}"
-            if s["normalization"] == "zscore"
-            else f"min {s['min']:.4f} max {s['max']:.4f}"
-        )
+        keys = ("mean", "std") if s["normalization"] == "zscore" else ("min", "max")
+        fitted = " ".join(f"{k} {_fmt(s[k])}" for k in keys)
+        rgb = "3x" if s.get("channels", 1) == 3 else ""
         return (
-            f"preprocess: {sizes} images -> {s['image_size']}x{s['image_size']} "
+            f"preprocess: {sizes} images -> {rgb}{s['image_size']}x{s['image_size']} "
             f"(window {s['window_center']:g}/{s['window_width']:g}, denoise {s['denoise']}, "
             f"{s['normalization']} fitted on train: {fitted}) in {self.seconds:.1f}s\n"
             f"  -> {self.out_dir}"
         )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return f"{value:.4f}"
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
 
 
 def stats_from_params(params: Params) -> dict[str, Any]:
@@ -82,21 +95,50 @@ def stats_from_params(params: Params) -> dict[str, Any]:
         "std": 1.0,
         "min": 0.0,
         "max": 1.0,
+        "channels": 1 if cfg.color == "luminance" else 3,
     }
 
 
 def prepare_image(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Window, resize and denoise one 2-D image: S x S float32 in [0, 1] (before normalisation)."""
+    """Window (grey) or clip (colour), resize and denoise one image, before normalisation.
+
+    ``pixels``: a 2-D grey-scale image (HU / modality values) or a channel-first colour one
+    (C x H x W, RGB in [0, 1], as ingest stores it). Returns float32 in [0, 1]: S x S when
+    ``stats["channels"]`` is 1 (absent in older stats), C x S x S otherwise.
+    """
     import numpy as np
 
-    if pixels.ndim != 2:
-        raise InputError(f"expected a 2-D image, got shape {pixels.shape}")
+    channels = int(stats.get("channels", 1))
+    if channels not in (1, 3):
+        raise InputError(f"unsupported channel count {channels} (1 or 3)")
+    if pixels.ndim == 2:
+        image = _finish(_window(pixels, stats), stats)
+        return image if channels == 1 else np.repeat(image[None], channels, axis=0)
+    if pixels.ndim != 3 or pixels.shape[0] != 3:
+        raise InputError(f"expected a 2-D or a 3 x H x W image, got shape {pixels.shape}")
+    rgb = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0), 0, 1)
+    if channels == 1:
+        luma = sum(np.float32(w) * rgb[c] for c, w in enumerate(LUMA))
+        return _finish(np.asarray(luma, dtype=np.float32), stats)
+    return np.stack([_finish(plane, stats) for plane in rgb])
+
+
+def _window(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """Clip a grey-scale image to the window and scale it to [0, 1]."""
+    import numpy as np
+
     lo = float(stats["window_center"]) - float(stats["window_width"]) / 2
     width = float(stats["window_width"])
-    size = int(stats["image_size"])
     image = np.asarray(pixels, dtype=np.float32)
     image = np.nan_to_num(image, nan=lo, posinf=lo + width, neginf=lo)
-    image = (np.clip(image, lo, lo + width) - np.float32(lo)) / np.float32(width)
+    return (np.clip(image, lo, lo + width) - np.float32(lo)) / np.float32(width)
+
+
+def _finish(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """Resize one 2-D plane to S x S and denoise it."""
+    import numpy as np
+
+    size = int(stats["image_size"])
     if image.shape != (size, size):
         from skimage.transform import resize
 
@@ -116,33 +158,42 @@ def prepare_image(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
 
 
 def normalize(batch: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Apply the fitted normalisation element-wise (float32 in, float32 out)."""
+    """Apply the fitted normalisation element-wise (float32 in, float32 out); per channel
+    (axis -3 of ``batch``) when the statistics are lists."""
     import numpy as np
 
     if stats["normalization"] == "zscore":
-        shift, scale = float(stats["mean"]), float(stats["std"])
+        shift, scale = stats["mean"], stats["std"]
     elif stats["normalization"] == "minmax":
-        shift, scale = float(stats["min"]), float(stats["max"]) - float(stats["min"])
+        shift, scale = stats["min"], np.subtract(stats["max"], stats["min"])
     else:
         raise InputError(f"unknown normalization {stats['normalization']!r}")
+    if isinstance(stats["mean"], list | tuple):  # per channel
+        shift = np.asarray(shift, dtype=np.float32)[:, None, None]
+        scale = np.asarray(scale, dtype=np.float32)[:, None, None]
+        scale = np.where(scale > 1e-12, scale, np.float32(1.0))
+        return ((batch - shift) / scale).astype(np.float32, copy=False)
+    shift, scale = float(shift), float(scale)
     scale = scale if scale > 1e-12 else 1.0
     return ((batch - np.float32(shift)) / np.float32(scale)).astype(np.float32, copy=False)
 
 
 def transform_image(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """One raw 2-D image (HU / modality values) -> model input 1 x S x S float32."""
-    return normalize(prepare_image(pixels, stats), stats)[None]
+    """One raw image (2-D HU / modality values, or 3 x H x W RGB) -> model input C x S x S."""
+    image = prepare_image(pixels, stats)
+    return normalize(image[None] if image.ndim == 2 else image, stats)
 
 
 def transform_batch(images: Iterable[np.ndarray], stats: Mapping[str, Any]) -> np.ndarray:
-    """Raw 2-D images -> N x 1 x S x S float32, identical row by row to ``transform_image``."""
+    """Raw images -> N x C x S x S float32, identical row by row to ``transform_image``."""
     import numpy as np
 
-    size = int(stats["image_size"])
+    size, channels = int(stats["image_size"]), int(stats.get("channels", 1))
     prepared = [prepare_image(p, stats) for p in images]
     if not prepared:
-        return np.zeros((0, 1, size, size), dtype=np.float32)
-    return normalize(np.stack(prepared)[:, None], stats)
+        return np.zeros((0, channels, size, size), dtype=np.float32)
+    batch = np.stack(prepared)
+    return normalize(batch[:, None] if batch.ndim == 3 else batch, stats)
 
 
 def run(params: Params, paths: Paths) -> PreprocessResult:
@@ -196,7 +247,9 @@ def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
         raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
     manifest = pd.read_parquet(manifest_path)
     wanted = [
-        c for c in ("image_id", "pixel_path", "pixel_offset", "rows", "columns") if c in manifest
+        c
+        for c in ("image_id", "pixel_path", "pixel_offset", "rows", "columns", "channels")
+        if c in manifest
     ]
     return manifest[wanted].drop_duplicates("image_id").set_index("image_id")
 
@@ -208,14 +261,14 @@ def _prepare_split(
     stats: Mapping[str, Any],
     target: Path,
 ) -> np.memmap:
-    """Window/resize/denoise each image of a split straight into an N x 1 x S x S .npy memmap."""
+    """Window/resize/denoise each image of a split straight into an N x C x S x S .npy memmap."""
     import numpy as np
 
     from pipeline.data.pixels import PixelStore
 
-    size = int(stats["image_size"])
+    size, channels = int(stats["image_size"]), int(stats.get("channels", 1))
     out = np.lib.format.open_memmap(
-        target, mode="w+", dtype=np.float32, shape=(len(part), 1, size, size)
+        target, mode="w+", dtype=np.float32, shape=(len(part), channels, size, size)
     )
     missing = sorted(set(part["image_id"]) - set(located.index))
     if missing:
@@ -233,22 +286,31 @@ def _prepare_split(
                     f"cannot read pixels of image {image_id} at {ingest_dir / row['pixel_path']}: "
                     f"{exc}"
                 ) from exc
-            out[i, 0] = prepare_image(pixels, stats)
+            out[i] = prepare_image(pixels, stats).reshape(channels, size, size)
     return out
 
 
-def fit_stats(train: np.ndarray) -> dict[str, float]:
-    """Mean/std/min/max over all training pixels, accumulated in float64 chunk by chunk."""
+def fit_stats(train: np.ndarray) -> dict[str, Any]:
+    """Mean/std/min/max over all training pixels, accumulated in float64 chunk by chunk: numbers
+    for N x 1 x S x S, lists (one value per channel) for N x C x S x S with C > 1."""
     import numpy as np
 
-    total, total_sq, count = 0.0, 0.0, 0
-    lo, hi = np.inf, -np.inf
+    per_channel = train.ndim == 4 and train.shape[1] > 1
+    axes = (0, 2, 3) if per_channel else None
+    width = train.shape[1] if per_channel else 1
+    total, total_sq, count = np.zeros(width), np.zeros(width), 0
+    lo, hi = np.full(width, np.inf), np.full(width, -np.inf)
     for i in range(0, len(train), _CHUNK):
         chunk = np.asarray(train[i : i + _CHUNK], dtype=np.float64)
-        total += float(chunk.sum())
-        total_sq += float(np.square(chunk).sum())
-        count += chunk.size
-        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+        total += chunk.sum(axis=axes)
+        total_sq += np.square(chunk).sum(axis=axes)
+        count += chunk.size // width
+        lo, hi = np.minimum(lo, chunk.min(axis=axes)), np.maximum(hi, chunk.max(axis=axes))
     mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
-    return {"mean": mean, "std": std if std > 1e-8 else 1.0, "min": lo, "max": hi}
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std = np.where(std > 1e-8, std, 1.0)
+    if not per_channel:
+        return {"mean": float(mean[0]), "std": float(std[0]), "min": float(lo[0]),
+                "max": float(hi[0])}  # fmt: skip
+    return {k: [float(v) for v in a] for k, a in (("mean", mean), ("std", std), ("min", lo),
+                                                  ("max", hi))}  # fmt: skip

@@ -164,7 +164,7 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
     pixels["ct_pixel_max"] = pixels["pixel_max"].where(is_ct)
     sizes: dict[str, int | None] = {}
     located = pd.DataFrame(
-        {c: col(c, None) for c in ("pixel_path", "pixel_offset", "rows", "columns")}
+        {c: col(c, None) for c in ("pixel_path", "pixel_offset", "rows", "columns", "channels")}
     )
     pixels["pixel_file_ok"] = [
         _pixel_file_ok(ingest_dir, row, sizes) for row in located.to_dict("records")
@@ -181,7 +181,7 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
 def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> int:
     """1 if the row's pixels are where the manifest says: a shard inside the ingest folder that
     holds ``rows`` × ``columns`` float32 values at ``pixel_offset`` (or a legacy ``.npy``)."""
-    from pipeline.data.pixels import ITEMSIZE, image_shape, pixel_offset
+    from pipeline.data.pixels import image_nbytes, pixel_offset
 
     rel = row.get("pixel_path")
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
@@ -196,10 +196,10 @@ def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> 
         offset = pixel_offset(row)
         if offset is None:  # legacy per-image .npy: the file is there
             return 1
-        rows, columns = image_shape(row)
+        nbytes = image_nbytes(row)
     except (TypeError, ValueError):
         return 0
-    return int(offset + rows * columns * ITEMSIZE <= size)
+    return int(offset + nbytes <= size)
 
 
 def _recheck_sample(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> Any:
@@ -228,13 +228,15 @@ def _stats_match(
 ) -> bool:
     import numpy as np
 
+    from pipeline.data.pixels import stored_shape
+
     if not _pixel_file_ok(ingest_dir, row.to_dict(), sizes):
         return False
     try:
         pixels = store.load(row)
     except (OSError, ValueError):
         return False
-    if pixels.ndim != 2 or pixels.shape != (int(row["rows"]), int(row["columns"])):
+    if pixels.shape != stored_shape(row):
         return False
     finite = np.isfinite(pixels)
     nonfinite = int(finite.size - np.count_nonzero(finite))

@@ -85,7 +85,7 @@ def messy_input(tmp_path: Path, small_cohort: SmallCohort) -> tuple[Path, dict[s
     )
     write_dicom(add("extra/mpeg2.dcm", "no installed decoder for transfer syntax MPEG2 Main Profile / Main Level"),
                 np.zeros((8, 8), np.int16), transfer_syntax=MPEG2, pixel_bytes=b"\0" * 64)  # fmt: skip
-    write_dicom(add("extra/colour.dcm", "unsupported photometric interpretation RGB"),
+    write_dicom(add("extra/colour.dcm", "unsupported: 1 samples per pixel (RGB)"),
                 np.zeros((8, 8), np.uint8), modality="OT", PhotometricInterpretation="RGB")  # fmt: skip
     shutil.copy(first, add("extra/copy_of_first", ingest.DUPLICATE))
     outside = tmp_path / "outside.dcm"
