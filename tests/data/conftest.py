@@ -119,6 +119,7 @@ def build_fake_ingest(
                     "pixel_mean": float(pixels.mean()),
                     "pixel_std": float(pixels.std()),
                     "nonfinite_pixels": 0,
+                    "channels": 1,
                 }
             )
     if shard is not None:
