@@ -14,13 +14,14 @@ Quarantine reasons are fixed text and never quote a header value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from pipeline.data.dicom_io import TRUNCATED, PIXEL_TAGS, Unusable, _first, value
+from pipeline.data.dicom_io import PIXEL_TAGS, TRUNCATED, Unusable, _first, value
 
 PALETTE = "PALETTE COLOR"
 # Photometric interpretations ingest converts to RGB, with their Samples per Pixel.
@@ -32,23 +33,28 @@ TO_RGB = ("YBR_FULL", "YBR_FULL_422")  # decoded colour spaces ``convert_color_s
 
 
 def decode(ds: Dataset, h: dict[str, Any], photometric: str, rows: int, cols: int,
-           frames: int, stored: Any) -> np.ndarray:  # fmt: skip
-    """The image as float32 RGB in [0, 1], shaped (frames, 3, rows, cols).
+           frames: int, stored: Any) -> tuple[np.ndarray, Callable[..., np.ndarray]]:  # fmt: skip
+    """The decoded RGB samples, (frames, rows, cols, 3) in stored units, and the function that
+    turns frames of them into what the pixel store holds: float32 (frames, 3, rows, cols) in
+    [0, 1] (called frame by frame, like ``dicom_io.modality_values``, for bounded memory).
 
     ``stored``: ``dicom_io.decode`` (palette indices are grey-scale stored values).
     """
     if photometric == PALETTE:
         rgb, full_scale = _palette(ds, stored(ds, h, rows, cols, frames))
     else:
-        rgb = _samples(ds, h, photometric, rows, cols, frames)
         if h["PixelRepresentation"] == 1:
             raise Unusable("unsupported: signed colour samples")
+        rgb = _samples(ds, h, photometric, rows, cols, frames)
         full_scale = 2 ** int(h["BitsStored"] or h["BitsAllocated"]) - 1
-    out = np.empty((frames, CHANNELS, rows, cols), dtype=np.float32)
-    for f in range(frames):  # frame by frame: no float64 copy of a long cine loop
-        out[f] = np.moveaxis(rgb[f], -1, 0)
-    out /= np.float32(full_scale)
-    return out
+    scale = np.float32(full_scale)
+
+    def planes(ds: Dataset, h: dict[str, Any], arr: np.ndarray, mono1: bool) -> np.ndarray:
+        out = np.moveaxis(arr, -1, 1).astype(np.float32)  # channel-first, a new array
+        out /= scale
+        return out
+
+    return rgb, planes
 
 
 def _palette(ds: Dataset, indices: np.ndarray) -> tuple[np.ndarray, int]:
@@ -110,9 +116,4 @@ def _samples(
             raise Unusable("colour conversion to RGB failed (YBR with more than 8 bits)") from None
     elif decoded != "RGB":  # e.g. a JPEG 2000 stream whose colour transform was not undone
         raise Unusable("colour conversion to RGB failed (decoded colour space not RGB)")
-    return arr
-
-
-def as_stored(ds: Dataset, h: dict[str, Any], arr: np.ndarray, mono1: bool) -> np.ndarray:
-    """The colour counterpart of ``dicom_io.modality_values``: already final."""
     return arr

@@ -65,6 +65,11 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "manufacturer",
 )
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+# as in the header; colour ones are stored as RGB (pipeline.data.colour)
+PHOTOMETRIC: tuple[str, ...] = (
+    "MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT",
+    "YBR_RCT",
+)  # fmt: skip
 STATS_KEYS: tuple[str, ...] = (
     "window_center",
     "window_width",
@@ -164,11 +169,7 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ],
         ex.ExpectColumnValuesToMatchRegex(column="site", regex=SITE_REGEX),
         ex.ExpectColumnValuesToBeInSet(column="modality", value_set=list(cfg.allowed_modalities)),
-        ex.ExpectColumnValuesToBeInSet(
-            column="photometric",  # colour ones are stored as RGB (pipeline.data.colour)
-            value_set=["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL",
-                       "YBR_FULL_422", "YBR_ICT", "YBR_RCT"],  # fmt: skip
-        ),
+        ex.ExpectColumnValuesToBeInSet(column="photometric", value_set=list(PHOTOMETRIC)),
         *[
             ex.ExpectColumnValuesToBeBetween(
                 column=c, min_value=cfg.min_spacing_mm, max_value=cfg.max_spacing_mm

@@ -360,11 +360,11 @@ def process_file(
         sop = pseudo.uid(_first(h["SOPInstanceUID"]))
         if photometric in GREY:
             arr, values, channels = decode(ds, h, rows, cols, frames), modality_values, 1
-        else:  # colour: RGB in [0, 1], (frames, 3, rows, cols); no modality LUT
+        else:  # colour: RGB stored as (3, rows, cols) planes in [0, 1]; no modality LUT
             from pipeline.data import colour
 
-            arr = colour.decode(ds, h, photometric, rows, cols, frames, decode)
-            values, channels = colour.as_stored, colour.CHANNELS
+            arr, values = colour.decode(ds, h, photometric, rows, cols, frames, decode)
+            channels = colour.CHANNELS
         mono1 = photometric == "MONOCHROME1"
         first = values(ds, h, arr[:1], mono1)  # frame by frame: bounded memory
         fixed = (

@@ -206,7 +206,12 @@ def test_colour_and_grey_share_shards_and_survive_duplicate_removal(tmp_path: Pa
         expected = np.moveaxis(rgb[1], -1, 0).astype(np.float32) / 255
         np.testing.assert_array_equal(store.load(m.loc["d.dcm"]), expected)
         np.testing.assert_array_equal(store.load(m.loc["c.dcm"]), grey)
-    # validate's pixel checks read the channel count too
+    # validate's contract knows every converted photometric; its pixel checks read channels
+    from pipeline.data.colour import CONVERTIBLE
+    from pipeline.data.contracts import MANIFEST_COLUMNS, PHOTOMETRIC
+
+    assert set(PHOTOMETRIC) == {"MONOCHROME1", "MONOCHROME2", *CONVERTIBLE}
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
     frames = validate.batches(manifest, tmp_path / "out", sample=3)
     assert frames["pixels"]["pixel_file_ok"].tolist() == [1, 1, 1]
     assert frames["pixels"]["sample_stats_match"].tolist() == [1.0, 1.0, 1.0]
