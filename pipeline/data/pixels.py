@@ -7,16 +7,12 @@ with ``pixel_path`` (the shard, relative to the ingest folder), ``pixel_offset``
 in the shard) and ``rows`` × ``columns`` (the shape). One file per chunk instead of one per
 image: creating a file costs about half as much as reading a small DICOM.
 
-Outputs of older versions stored each image as its own 2-D ``.npy``; a row whose
-``pixel_offset`` is absent, NaN or -1 is read that way.
-
 Writers and readers are here and nowhere else: ``ShardWriter`` (ingest), ``load_pixels`` (one
 image) and ``PixelStore`` (many images, each shard mapped once).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +22,6 @@ import numpy as np
 
 DTYPE = "<f4"
 ITEMSIZE = 4
-LEGACY_OFFSET = -1  # pixel_offset of a row whose pixels are a per-image .npy
 
 
 def shard_name(index: int) -> str:
@@ -76,12 +71,10 @@ def _field(row: Any, name: str) -> Any:
         return getattr(row, name, None)
 
 
-def pixel_offset(row: Any) -> int | None:
-    """The byte offset of the row's image in its shard; None for a legacy per-image ``.npy``
-    (``pixel_offset`` absent, NaN or -1). ``ValueError`` for any other invalid value."""
+def pixel_offset(row: Any) -> int:
+    """The byte offset of the row's image in its shard; ``ValueError`` unless it is a
+    non-negative multiple of 4."""
     value = _field(row, "pixel_offset")
-    if value is None:
-        return None
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         offset = int(value)
     else:
@@ -89,13 +82,9 @@ def pixel_offset(row: Any) -> int | None:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"invalid pixel_offset {value!r}") from None
-        if math.isnan(number):
-            return None
         if not number.is_integer():
             raise ValueError(f"invalid pixel_offset {value!r}")
         offset = int(number)
-    if offset == LEGACY_OFFSET:
-        return None
     if offset < 0 or offset % ITEMSIZE:
         raise ValueError(f"invalid pixel_offset {value!r}")
     return offset
@@ -117,8 +106,6 @@ def load_pixels(ingest_dir: Path | str, row: Any) -> np.ndarray:
     """
     path = Path(ingest_dir) / str(_field(row, "pixel_path"))
     offset = pixel_offset(row)
-    if offset is None:
-        return np.load(path, mmap_mode="r")
     return np.memmap(path, dtype=DTYPE, mode="r", offset=offset, shape=image_shape(row))
 
 
@@ -132,8 +119,6 @@ class PixelStore:
 
     def load(self, row: Any) -> np.ndarray:
         offset = pixel_offset(row)
-        if offset is None:
-            return load_pixels(self.ingest_dir, row)
         rel = str(_field(row, "pixel_path"))
         shard = self._shards.get(rel)
         if shard is None:
