@@ -88,7 +88,7 @@ def check_size(ds: Dataset, declared: Declared, limits: Limits) -> int:
     pixels = rows * cols * frames
     if pixels > limits.max_megapixels * 1e6:
         raise Refused(
-            f"too large: {pixels / 1e6:.1f} megapixels, limit {limits.max_megapixels:g} "
+            f"too large: {pixels / 1e6:.4g} megapixels, limit {limits.max_megapixels:g} "
             "(ingest.max_megapixels)"
         )
     if bits > MAX_BITS:
