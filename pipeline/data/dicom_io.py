@@ -370,7 +370,9 @@ def process_file(
         stored = np.ascontiguousarray(plane, dtype="<f4")  # the bytes the shard holds
         location = shard.add(stored)
         digest = hashlib.sha256(stored.data).hexdigest()
-        out_rows.append((image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest))
+        out_rows.append(
+            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest)
+        )
     return Outcome(order, source, out_rows, None, sop)
 
 
