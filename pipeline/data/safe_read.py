@@ -50,9 +50,8 @@ class Limits(NamedTuple):
 
 def open_inside(path: str, root: str) -> BinaryIO:
     """``path`` opened for binary reading if it is a regular file inside ``root``."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, _FLAGS)
     except OSError as exc:
         if os.path.islink(path):
             raise Refused(SYMLINK) from None
@@ -60,14 +59,19 @@ def open_inside(path: str, root: str) -> BinaryIO:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise Refused(NOT_REGULAR)
-        proc = f"/proc/self/fd/{fd}"
-        real = os.readlink(proc) if os.path.islink(proc) else os.path.realpath(path)
-        if os.path.commonpath([root, real]) != root:
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")  # where the open file really is
+        except OSError:  # no /proc (not Linux): the path as it resolves now
+            real = os.path.realpath(path)
+        if not real.startswith(root + os.sep) and os.path.commonpath([root, real]) != root:
             raise Refused(OUTSIDE)
-        return os.fdopen(fd, "rb")
+        return open(fd, "rb", closefd=True)  # noqa: SIM115 (the caller closes it)
     except BaseException:
         os.close(fd)
         raise
+
+
+_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 Declared = Callable[[Dataset, str], Any]  # (data set, keyword) -> value read leniently
@@ -98,10 +102,25 @@ def check_size(ds: Dataset, declared: Declared, limits: Limits) -> int:
     return (pixels * max(samples, 1) * bits + 7) // 8
 
 
+def _deflated(fh: BinaryIO) -> bool:
+    """Whether the file meta names Deflated Explicit VR Little Endian (a byte scan of group
+    0002, which is always explicit VR little endian and holds only UIDs and short texts)."""
+    head = fh.read(144)
+    if len(head) < 144 or head[132:138] != b"\x02\x00\x00\x00UL":
+        fh.seek(0)  # no group length first (or not DICOM at all): pydicom decides
+        read_preamble(fh, False)
+        return _read_file_meta_info(fh).get("TransferSyntaxUID") == DEFLATED
+    meta = fh.read(int.from_bytes(head[140:144], "little"))
+    at = meta.find(b"\x02\x00\x10\x00UI")
+    if at < 0:
+        return False
+    size = int.from_bytes(meta[at + 6 : at + 8], "little")
+    return meta[at + 8 : at + 8 + size].rstrip(b"\x00 ") == DEFLATED.encode()
+
+
 def read_bounded(fh: BinaryIO, limits: Limits, declared: Declared) -> Dataset:
     """The whole data set of an open file; the pixel data only once the header passed."""
-    read_preamble(fh, False)
-    if _read_file_meta_info(fh).get("TransferSyntaxUID") == DEFLATED:
+    if _deflated(fh):
         return _read_deflated(fh, limits, declared)
     fh.seek(0)
     ds = dcmread(fh, force=False, stop_before_pixels=True)
