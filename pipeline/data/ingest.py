@@ -173,8 +173,8 @@ def ingest_folder(
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
         result = _write_outputs(staged, outcomes, key, root, labels_csv, key_note)
-    if linkage is not None:
-        update_linkage(linkage, sources)
+        if linkage is not None:  # before the outputs appear: no source_id without its way back
+            update_linkage(linkage, sources)
     seconds = time.perf_counter() - start
     final = IngestResult(
         Path(out_dir), result["files_seen"], result["files_ingested"], result["rows"],

@@ -109,5 +109,8 @@ def test_linkage_table_keeps_earlier_rows_and_refuses_a_readable_table(tmp_path:
     os.chmod(table, 0o644)
     from pipeline.errors import SecretError
 
+    before = (tmp_path / "o/manifest.parquet").read_bytes()
+    write_dicom(tmp_path / "second/third_scan.dcm", np.zeros((4, 4), np.int16))
     with pytest.raises(SecretError, match="readable by other users"):
         ingest.run(params, paths)
+    assert (tmp_path / "o/manifest.parquet").read_bytes() == before  # nothing published
