@@ -36,6 +36,7 @@ __all__ = ["MIN_CHUNK", "chunks", "process_chunk"]  # used by the tests and the 
 if TYPE_CHECKING:
     from pipeline.config import Params
     from pipeline.data.dicom_io import Outcome
+    from pipeline.data.labels import LabelTable
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,13 @@ def ingest_folder(
     found = listing(root)
     if not found:
         raise InputError(f"no files under {root}")
+    table = None
+    if labels_csv is not None:  # read (and refused) before any image is
+        from pipeline.data.dicom_io import ROW_FIELDS
+        from pipeline.data.labels import read_labels
+
+        reserved = frozenset((*ROW_FIELDS, "label", "official_split"))
+        table = read_labels(labels_csv, pseudo, root, reserved)
     files, early = _split_listing(found, pseudo)
     sources = {pseudo.source(rel): rel for rel, _, _ in found}
     limits = Limits(os.path.realpath(root), max_megapixels)
@@ -172,7 +180,7 @@ def ingest_folder(
         outcomes = process_all(files, str(staged), key, workers, limits)
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
-        result = _write_outputs(staged, outcomes, key, root, labels_csv, key_note)
+        result = _write_outputs(staged, outcomes, table, key_note)
         if linkage is not None:  # before the outputs appear: no source_id without its way back
             update_linkage(linkage, sources)
     seconds = time.perf_counter() - start
@@ -250,12 +258,7 @@ def _printable(name: str) -> str:
 
 
 def _write_outputs(
-    staged: Path,
-    outcomes: list[Outcome],
-    key: bytes,
-    root: Path,
-    labels_csv: Path | str | None,
-    key_note: str,
+    staged: Path, outcomes: list[Outcome], table: LabelTable | None, key_note: str
 ) -> dict[str, Any]:
     """Write manifest, quarantine list and summary into ``staged``; return the summary."""
     import csv
@@ -274,8 +277,7 @@ def _write_outputs(
     for source, reason in quarantine:
         log.debug("quarantined %s: %s", source, reason)  # pseudonym, templated reason
     quarantined_sops = {o.sop_uid for o in outcomes if o.reason is not None and o.sop_uid}
-    reserved = frozenset((*ROW_FIELDS, "label", "official_split"))
-    labels, extras = attach_labels(manifest, labels_csv, key, root, quarantined_sops, reserved)
+    labels, extras = attach_labels(manifest, table, quarantined_sops)
     for name in ("conflicting", "patient_mismatch", "paths_outside_input"):
         if labels and labels[name]:
             log.warning("labels: %d %s (see summary.json)", labels[name], name.replace("_", " "))

@@ -244,12 +244,7 @@ def _outside(path: str, roots: set[str]) -> bool:
 
 
 def attach_labels(
-    manifest: Any,
-    labels_csv: Path | str | None,
-    key: bytes,
-    root: Path,
-    quarantined: set[str],
-    reserved: frozenset[str],
+    manifest: Any, table: LabelTable | None, quarantined: set[str]
 ) -> tuple[dict[str, int] | None, tuple[str, ...]]:
     """Add ``label``, ``official_split`` and the extra target columns to ``manifest`` (in
     place); return the accounting and the extra columns' names.
@@ -259,9 +254,8 @@ def attach_labels(
     """
     manifest["label"] = -1
     manifest["official_split"] = ""
-    if labels_csv is None:
+    if table is None:
         return None, ()
-    table = read_labels(labels_csv, Pseudonymizer(key), root, reserved)
     labels, splits, mismatched = [], [], 0
     extra_values: list[tuple[float, ...]] = []
     nans = tuple(math.nan for _ in table.extras)

@@ -65,7 +65,7 @@ def open_inside(path: str, root: str) -> BinaryIO:
             real = os.path.realpath(path)
         if not real.startswith(root + os.sep) and os.path.commonpath([root, real]) != root:
             raise Refused(OUTSIDE)
-        return open(fd, "rb", closefd=True)  # noqa: SIM115 (the caller closes it)
+        return open(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
         raise
