@@ -40,16 +40,6 @@ SYNTHETIC_KEY = hashlib.sha256("radops synthetic cohort – public, not secret".
 LINKAGE_NAME = "linkage.csv"
 LINKAGE_COLUMNS = ("source_id", "source_file")
 
-# DICOM attributes of the PS3.15 Basic Application Level Confidentiality Profile that ingest
-# reads to pseudonymise. None is ever written.
-IDENTIFYING_KEYWORDS: tuple[str, ...] = (
-    "PatientID",
-    "InstitutionName",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-)
-
 
 def check_key(key: bytes, where: str = "pseudonym key") -> bytes:
     """Refuse a key shorter than 32 bytes or with almost no entropy (e.g. one byte repeated)."""

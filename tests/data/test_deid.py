@@ -151,3 +151,7 @@ def test_same_key_same_pseudonyms_other_key_others(
 def test_params_point_the_key_outside_versioned_data() -> None:
     key = Params().base.secret_key_path
     assert not str(key).startswith(("data", "models", "reports")) and key.name == "pseudonym.key"
+    # the key and the linkage table beside it live in a folder git ignores
+    assert deid.linkage_path(key).parent == key.parent == Path(".radops")
+    gitignore = (Path(__file__).parents[2] / ".gitignore").read_text().splitlines()
+    assert "/.radops/" in gitignore
