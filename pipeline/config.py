@@ -44,6 +44,9 @@ class IngestSection(Section):
     workers: int = Field(1, ge=1)
     # false: a missing data.labels_csv means unlabelled images (label -1), not an error.
     require_labels: bool = True
+    # Largest image ingest decodes: rows × columns × frames, in millions, checked from the header
+    # before any pixel data is read; larger files are quarantined ("too large: ...").
+    max_megapixels: float = Field(64.0, gt=0)
 
 
 class ValidateSection(Section):

@@ -19,12 +19,18 @@ SECRETS_DIR = Path(".radops")
 
 
 def check_private(path: Path) -> None:
-    """Refuse a secret file that is a symlink, not a regular file, or readable by others."""
+    """Refuse a secret file that is a symlink, not a regular file, not the user's own, or
+    readable by others."""
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
         raise SecretError(f"secret file {path} is a symbolic link; point the setting at the file")
     if not stat.S_ISREG(info.st_mode):
         raise SecretError(f"secret file {path} is not a regular file")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise SecretError(
+            f"secret file {path} belongs to another user; radops only uses secret files you own"
+            " (is the setting pointing at a system file?)"
+        )
     if info.st_mode & 0o077:
         raise SecretError(
             f"secret file {path} is readable by other users (mode {stat.S_IMODE(info.st_mode):o});"
@@ -50,9 +56,31 @@ def read_private(path: Path | str) -> bytes:
     if not path.exists() and not path.is_symlink():
         raise SecretError(f"secret file {path} does not exist")
     check_private(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SecretError(f"secret file {path} cannot be read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
+
+
+def write_private(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` atomically with a 0600 file holding ``data`` (a local-only table such
+    as the linkage table: written to a private temporary sibling, then renamed)."""
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_or_create(path: Path | str, nbytes: int = 32, *, text: bool = False) -> bytes:

@@ -21,7 +21,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "study_uid",
     "series_uid",
     "sop_uid",
-    "source_file",
+    "source_id",
     "frame",
     "modality",
     "site",
@@ -43,6 +43,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "pixel_mean",
     "pixel_std",
     "nonfinite_pixels",
+    "pixel_sha256",
     "channels",
 )
 SPLITS_COLUMNS: tuple[str, ...] = (
@@ -159,8 +160,8 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ],
         ex.ExpectColumnValuesToBeUnique(column="image_id"),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["sop_uid", "frame"]),
-        # -1: a legacy per-image .npy; otherwise a byte offset in the shard (pipeline.data.pixels)
-        ex.ExpectColumnValuesToBeBetween(column="pixel_offset", min_value=-1),
+        # a byte offset in the shard (pipeline.data.pixels)
+        ex.ExpectColumnValuesToBeBetween(column="pixel_offset", min_value=0),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["pixel_path", "pixel_offset"]),
         ex.ExpectColumnValuesToMatchRegex(column="patient_id", regex=PATIENT_ID_REGEX),
         *[

@@ -11,12 +11,18 @@ Uncompressed little-endian pixel data is read with ``numpy.frombuffer`` exactly 
 reads it (unused high bits corrected); everything else goes through pydicom's decoders.
 
 Quarantine reasons come from fixed templates and never quote a header value, because a value
-may be an identifier.
+may be an identifier (only numbers and names of known enumerations are filled in).
+
+Safety of reading: a file is opened without following a symbolic link and read only if, once
+open, it is a regular file inside the input folder; its size (rows × columns × frames) is
+checked against ``ingest.max_megapixels`` from the header, before the pixel data is read or
+(for Deflated Explicit VR) inflated.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import struct
@@ -24,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydicom import config, dcmread
+from pydicom import config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -32,7 +38,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 
-from pipeline.data.deid import Pseudonymizer, identifier_tokens, redact_path
+from pipeline.data import safe_read
+from pipeline.data.deid import Pseudonymizer
 from pipeline.data.pixels import ShardWriter
 
 # keyword -> (tag, VR) of every attribute ingest reads.
@@ -55,9 +62,6 @@ TAGS: dict[str, tuple[BaseTag, str]] = {
         ("MediaStorageSOPClassUID", 0x00020002, "UI"),
     )
 }  # fmt: skip
-# Read leniently (only to find identifiers in paths; never stored).
-IDENTIFIERS = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate",
-               "InstitutionName", "StudyDate")  # fmt: skip
 # Read strictly: what the manifest is computed from.
 STRICT = ("PatientID", "InstitutionName", "Manufacturer", "Modality", "SOPInstanceUID",
           "StudyInstanceUID", "SeriesInstanceUID", "PixelSpacing", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns",
@@ -72,13 +76,14 @@ KNOWN_COLOUR = frozenset(
 )  # fmt: skip
 BURNED_IN = "burned-in annotation: may show identifiers"
 TRUNCATED = "truncated DICOM file: data ends early"
+Limits = safe_read.Limits
 # Row layout produced here; ingest adds ``label`` and ``official_split`` (docs/stages.md).
 ROW_FIELDS: tuple[str, ...] = (
-    "image_id", "patient_id", "study_uid", "series_uid", "sop_uid", "source_file", "frame",
+    "image_id", "patient_id", "study_uid", "series_uid", "sop_uid", "source_id", "frame",
     "modality", "site", "manufacturer", "pixel_spacing_row", "pixel_spacing_col", "rows",
     "columns", "bits_allocated", "bits_stored", "pixel_representation", "photometric",
     "pixel_path", "pixel_offset", "pixel_min", "pixel_max", "pixel_mean", "pixel_std",
-    "nonfinite_pixels", "channels",
+    "nonfinite_pixels", "pixel_sha256", "channels",
 )  # fmt: skip
 
 
@@ -94,11 +99,10 @@ class Outcome(NamedTuple):
     """What one file gave: image rows, or a quarantine reason (never both)."""
 
     order: int  # position of the file in sorted path order
-    source_file: str  # relative path, identifiers redacted
+    source_id: str  # keyed pseudonym of the relative path (deid.Pseudonymizer.source)
     rows: list[tuple[Any, ...]]
     reason: str | None
     sop_uid: str | None  # remapped, when the header could be read (duplicates, labels)
-    tokens: frozenset[str]  # identifiers seen (kept in memory only, to redact other paths)
 
 
 def value(ds: Dataset, keyword: str, strict: bool = True) -> Any:
@@ -163,34 +167,24 @@ def _first(val: Any) -> Any:
     return (val[0] if val else None) if isinstance(val, list) else val
 
 
-def header(ds: Dataset) -> tuple[dict[str, Any], frozenset[str], str | None]:
-    """The validated values ingest uses, the patient's identifier tokens, and the first
-    invalid value's reason (then the tokens are read leniently: the path is still redacted)."""
-    h: dict[str, Any] = {}
-    problem = None
+def header(ds: Dataset) -> dict[str, Any]:
+    """The validated values ingest uses (``Unusable`` for the first invalid one)."""
+    return {keyword: value(ds, keyword) for keyword in STRICT}
+
+
+def _declared(ds: Dataset, keyword: str) -> Any:
+    return _first(value(ds, keyword, strict=False))
+
+
+def read(path: str, limits: Limits) -> tuple[Dataset, int]:
+    """The file as a data set (DICOM Part 10 only, no ``force``) and its size; the pixel data
+    is read only once the header says the image is within the limits."""
     try:
-        for keyword in STRICT:
-            h[keyword] = value(ds, keyword)
-    except Unusable as exc:
-        problem = exc.reason
-    ids = [
-        _first(h[k]) if problem is None and k in h else _first(value(ds, k, strict=False))
-        for k in IDENTIFIERS
-    ]
-    if isinstance(ids[0], list):
-        ids[0] = " ".join(ids[0])
-    return h, _tokens(*ids), problem
-
-
-_tokens = functools.lru_cache(maxsize=4096)(identifier_tokens)  # files of a study share them
-
-
-def read(path: str) -> tuple[Dataset, int]:
-    """``dcmread`` without ``force`` (a file must be DICOM Part 10) and the file's size."""
-    try:
-        with open(path, "rb") as fh:
+        with safe_read.open_inside(path, limits.root) as fh:
             size = os.fstat(fh.fileno()).st_size
-            return dcmread(fh, force=False), size
+            return safe_read.read_bounded(fh, limits, _declared), size
+    except safe_read.Refused as exc:
+        raise Unusable(exc.reason) from None
     except InvalidDicomError as exc:
         if "DICM" in str(exc) or "File Meta" in str(exc):
             raise Unusable("not a DICOM file (no DICM preamble and file meta)") from None
@@ -220,7 +214,7 @@ def sop_class_name(ds: Dataset) -> str:
     if uid is None:
         return "SOP class not stated"
     name = UID(uid).name
-    return name if name != uid else f"unknown SOP class {uid}"
+    return name if name != uid else "unknown SOP class"
 
 
 def check_image(ds: Dataset, h: dict[str, Any], size: int) -> tuple[str, int, int, int]:
@@ -261,7 +255,7 @@ def decode(ds: Dataset, h: dict[str, Any], rows: int, cols: int, frames: int) ->
         raise Unusable("file meta has no Transfer Syntax UID")
     ts = UID(ts_text)
     if not ts.is_transfer_syntax:
-        raise Unusable(f"unknown transfer syntax {ts}")
+        raise Unusable("unknown transfer syntax (not in the DICOM standard)")
     bits = h["BitsAllocated"]
     stored = h["BitsStored"] or bits
     pixel = ds.get_item(PIXEL_TAGS[0])
@@ -344,18 +338,14 @@ def spacing(ds: Dataset, h: dict[str, Any]) -> tuple[float, float]:
 
 
 def process_file(
-    order: int, path: str, rel: str, shard: ShardWriter, pseudo: Pseudonymizer
+    order: int, path: str, rel: str, shard: ShardWriter, pseudo: Pseudonymizer, limits: Limits
 ) -> Outcome:
     """Read, check and store one file (its images appended to ``shard``). Only a problem with
     the output folder escapes."""
-    tokens: frozenset[str] = frozenset()
-    source, sop = rel, None
+    source, sop = pseudo.source(rel), None
     try:
-        ds, size = read(path)
-        h, tokens, problem = header(ds)
-        source = redact_path(rel, tokens)
-        if problem:
-            raise Unusable(problem)
+        ds, size = read(path, limits)
+        h = header(ds)
         photometric, rows, cols, frames = check_image(ds, h, size)
         sop = pseudo.uid(_first(h["SOPInstanceUID"]))
         if photometric in GREY:
@@ -378,20 +368,22 @@ def process_file(
             h["PixelRepresentation"] or 0, photometric,
         )  # fmt: skip
     except Unusable as exc:
-        return Outcome(order, source, [], exc.reason, sop, tokens)
+        return Outcome(order, source, [], exc.reason, sop)
     except Exception as exc:  # a bad file never stops the batch (KeyboardInterrupt still does)
         reason = f"unexpected error while reading ({type(exc).__name__})"
-        return Outcome(order, source, [], reason, sop, tokens)
+        return Outcome(order, source, [], reason, sop)
     out_rows = []
     floats = arr.dtype.kind == "f"  # only float pixel data can hold NaN or inf
     for f in range(frames):
         image_id = f"{sop}.f{f}" if frames > 1 else sop
         plane = (first if f == 0 else values(ds, h, arr[f : f + 1], mono1))[0]
-        location = shard.add(plane)
+        stored = np.ascontiguousarray(plane, dtype="<f4")  # the bytes the shard holds
+        location = shard.add(stored)
+        digest = hashlib.sha256(stored.data).hexdigest()
         out_rows.append(
-            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), channels)
+            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest, channels)
         )
-    return Outcome(order, source, out_rows, None, sop, tokens)
+    return Outcome(order, source, out_rows, None, sop)
 
 
 def plane_stats(plane: np.ndarray, check: bool = True) -> tuple[float, float, float, float, int]:

@@ -5,7 +5,13 @@ Every file under the input folder ends in exactly one place: as rows of ``manife
 with a reason a person understands. A bad file never stops the batch; a problem with the
 output folder does (and, as everything is staged in a temporary sibling and renamed at the
 end, leaves no half-written output). Nothing identifying is written or logged: ids and UIDs
-are keyed pseudonyms (``pipeline.data.deid``), dates are dropped, paths are redacted.
+are keyed pseudonyms (``pipeline.data.deid``), dates are dropped, and files are known by
+``source_id`` (a keyed pseudonym of the path), never by their path; the way back is the local
+linkage table beside the key (``deid.update_linkage``), written by every run.
+
+The bundled synthetic cohort (input folder = ``synth.out_dir``/dicom) is pseudonymised with the
+public ``deid.SYNTHETIC_KEY`` so its outputs are the same bytes on every machine; any other
+input uses the local secret key.
 
 Pixels go to a few shard files (``pipeline.data.pixels``): the sorted file list is cut into work
 chunks independently of the number of workers, and chunk *k* writes ``pixels/shard-<k>.f32``,
@@ -18,27 +24,28 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.data.workers import MIN_CHUNK, chunks, process_all, process_chunk
 from pipeline.errors import InputError
+
+__all__ = ["MIN_CHUNK", "chunks", "process_chunk"]  # used by the tests and the benchmark
 
 if TYPE_CHECKING:
     from pipeline.config import Params
     from pipeline.data.dicom_io import Outcome
+    from pipeline.data.labels import LabelTable
 
 log = logging.getLogger(__name__)
 
-SYMLINK_OUT = "symbolic link pointing outside the input folder (not followed)"
-SYMLINK_DIR = "symbolic link to a folder (not followed)"
 DUPLICATE = "duplicate SOP instance (same SOP Instance UID as an earlier file)"
-# Work chunks: about CHUNKS of them, MIN_CHUNK..MAX_CHUNK files each, cut from the sorted file
-# list whatever the number of workers, so that shard k (written by chunk k) is the same bytes.
-CHUNKS, MIN_CHUNK, MAX_CHUNK = 32, 4, 64
 # positions in dicom_io.ROW_FIELDS (checked by the tests)
-_SOURCE, _ROWS, _COLUMNS, _PIXEL_PATH, _PIXEL_OFFSET = 5, 12, 13, 18, 19
-_CHANNELS = 25
+_ROWS, _COLUMNS, _PIXEL_PATH, _PIXEL_OFFSET = 12, 13, 18, 19
+_CHANNELS = 26
+SYNTHETIC_NOTE = "public synthetic-cohort key (reproducible on any machine; protects nothing)"
+LOCAL_NOTE = "local secret key"
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,10 @@ class IngestResult:
     labels: dict[str, int] | None
     seconds: float
     workers: int
+    key: str = LOCAL_NOTE  # which key made the pseudonyms
+    # source_id -> path relative to the input folder: kept in memory only (``radops predict``
+    # shows paths in the user's own output; the linkage table keeps them for everyone else).
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def files_per_second(self) -> float:
@@ -80,6 +91,8 @@ class IngestResult:
             f"({self.rows} images), {self.quarantined} quarantined in {self.seconds:.2f} s "
             f"({self.files_per_second:.0f} files/s, {self.workers} worker(s)) -> {self.out_dir}"
         ]
+        if self.key != LOCAL_NOTE:
+            lines.append(f"  pseudonyms: {self.key}")
         lines += [f"  quarantined {n:>5}  {reason}" for reason, n in self.reasons.items()]
         if self.labels is None:
             lines.append("  no labels file: every label is -1")
@@ -97,9 +110,15 @@ class IngestResult:
         return "\n".join(lines)
 
 
+def is_synthetic_cohort(params: Params, input_dir: Path | str) -> bool:
+    """Whether ``input_dir`` is the bundled synthetic cohort's DICOM folder."""
+    here = os.path.realpath(input_dir)
+    return here == os.path.realpath(Path(params.synth.out_dir) / "dicom")
+
+
 def run(params: Params, paths: Paths) -> IngestResult:
-    """Ingest ``paths.input_dir`` into ``paths.out_dir`` (atomically)."""
-    from pipeline.data.deid import load_or_create_key
+    """Ingest ``paths.input_dir`` into ``paths.out_dir`` (atomically); merge the linkage table."""
+    from pipeline.data.deid import SYNTHETIC_KEY, linkage_path, load_or_create_key
 
     labels = paths.labels_csv
     if labels is not None and not Path(labels).is_file():
@@ -110,8 +129,14 @@ def run(params: Params, paths: Paths) -> IngestResult:
             )
         log.warning("no labels file at %s: every label is -1", labels)
         labels = None
-    key = load_or_create_key(paths.key_path or params.base.secret_key_path)
-    return ingest_folder(paths.input_dir, paths.out_dir, key, labels, params.ingest.workers)
+    key_path = paths.key_path or params.base.secret_key_path
+    local_key = load_or_create_key(key_path)  # checked even when the cohort's key is public
+    synthetic = is_synthetic_cohort(params, paths.input_dir)
+    return ingest_folder(
+        paths.input_dir, paths.out_dir, SYNTHETIC_KEY if synthetic else local_key, labels,
+        params.ingest.workers, max_megapixels=params.ingest.max_megapixels,
+        linkage=linkage_path(key_path), key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE,
+    )  # fmt: skip
 
 
 def ingest_folder(
@@ -120,8 +145,15 @@ def ingest_folder(
     key: bytes,
     labels_csv: Path | str | None = None,
     workers: int = 1,
+    *,
+    max_megapixels: float = 64.0,
+    linkage: Path | str | None = None,
+    key_note: str = LOCAL_NOTE,
 ) -> IngestResult:
-    """The whole stage with explicit arguments (``predict`` calls it without labels)."""
+    """The whole stage with explicit arguments. ``linkage``: the linkage table to merge this
+    input's ``source_id -> path`` rows into (None: none is written)."""
+    from pipeline.data.deid import Pseudonymizer, update_linkage
+    from pipeline.data.safe_read import Limits
     from pipeline.io import atomic_path
 
     start = time.perf_counter()
@@ -130,19 +162,33 @@ def ingest_folder(
         raise InputError(f"input folder not found: {root}")
     if labels_csv is not None and not Path(labels_csv).is_file():
         raise InputError(f"labels file not found: {labels_csv}")
-    files, early = walk(root)
-    if not files and not early:
+    pseudo = Pseudonymizer(key)
+    found = listing(root)
+    if not found:
         raise InputError(f"no files under {root}")
+    table = None
+    if labels_csv is not None:  # read (and refused) before any image is
+        from pipeline.data.dicom_io import ROW_FIELDS
+        from pipeline.data.labels import read_labels
+
+        reserved = frozenset((*ROW_FIELDS, "label", "official_split"))
+        table = read_labels(labels_csv, pseudo, root, reserved)
+    files, early = _split_listing(found, pseudo)
+    sources = {pseudo.source(rel): rel for rel, _, _ in found}
+    limits = Limits(os.path.realpath(root), max_megapixels)
     with atomic_path(out_dir) as staged:
         (staged / "pixels").mkdir(parents=True)
-        outcomes = _process_all(files, str(staged), key, workers)
+        outcomes = process_all(files, str(staged), key, workers, limits)
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
-        result = _write_outputs(staged, outcomes, key, root, labels_csv)
+        result = _write_outputs(staged, outcomes, table, key_note)
+        if linkage is not None:  # before the outputs appear: no source_id without its way back
+            update_linkage(linkage, sources)
     seconds = time.perf_counter() - start
     final = IngestResult(
         Path(out_dir), result["files_seen"], result["files_ingested"], result["rows"],
         result["quarantined"], result["quarantine_reasons"], result["labels"], seconds, workers,
+        key_note, sources,
     )  # fmt: skip
     log.info(
         "ingest: %d files, %d ingested, %d quarantined",
@@ -151,13 +197,13 @@ def ingest_folder(
     return final
 
 
-def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
-    """Every entry under ``root`` in sorted order: (index, absolute, relative) to read, plus
-    outcomes for the ones never opened (symlinks out of the root or to folders, odd files)."""
-    from pipeline.data.dicom_io import Outcome
+def listing(root: Path) -> list[tuple[str, str, str | None]]:
+    """Every entry under ``root``, sorted: (relative POSIX path, absolute path, reason it is
+    not read or None). Links are never followed: a link to a file or a folder is accounted
+    for with a reason, so nothing outside the input folder is listed or read."""
+    from pipeline.data.safe_read import NOT_REGULAR, SYMLINK
 
-    real_root = os.path.realpath(root)
-    found: list[tuple[str, str, str | None]] = []  # (relative, absolute, early reason)
+    found: list[tuple[str, str, str | None]] = []
     stack = [(str(root), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -172,29 +218,39 @@ def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
         for entry in entries:
             rel = f"{prefix}{_printable(entry.name)}"
             if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.isdir(target):
-                    found.append((rel, entry.path, SYMLINK_DIR))
-                elif os.path.commonpath([real_root, target]) != real_root:
-                    found.append((rel, entry.path, SYMLINK_OUT))
-                elif not os.path.isfile(target):
-                    found.append((rel, entry.path, "broken symbolic link"))
-                else:
-                    found.append((rel, target, None))
+                found.append((rel, entry.path, SYMLINK))
             elif entry.is_dir(follow_symlinks=False):
                 stack.append((entry.path, rel + "/"))
             elif entry.is_file(follow_symlinks=False):
                 found.append((rel, entry.path, None))
             else:
-                found.append((rel, entry.path, "not a regular file (device, socket or pipe)"))
+                found.append((rel, entry.path, NOT_REGULAR))
     found.sort(key=lambda f: f[0])
+    return found
+
+
+def _split_listing(
+    found: list[tuple[str, str, str | None]], pseudo: Any
+) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
+    from pipeline.data.dicom_io import Outcome
+
     to_read, early = [], []
     for index, (rel, absolute, reason) in enumerate(found):
         if reason is None:
             to_read.append((index, absolute, rel))
         else:
-            early.append(Outcome(index, rel, [], reason, None, frozenset()))
+            early.append(Outcome(index, pseudo.source(rel), [], reason, None))
     return to_read, early
+
+
+def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
+    """``listing`` as (index, absolute, relative) to read, plus outcomes for the entries never
+    opened (their ``source_id`` under a throw-away key: for counting only)."""
+    import secrets
+
+    from pipeline.data.deid import Pseudonymizer
+
+    return _split_listing(listing(root), Pseudonymizer(secrets.token_bytes(32)))
 
 
 def _printable(name: str) -> str:
@@ -202,75 +258,8 @@ def _printable(name: str) -> str:
     return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def chunks(files: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]:
-    """The work chunks: consecutive runs of the sorted file list, sized by its length only."""
-    size = max(MIN_CHUNK, min(MAX_CHUNK, -(-len(files) // CHUNKS)))
-    return [files[i : i + size] for i in range(0, len(files), size)]
-
-
-def process_chunk(
-    index: int, items: list[tuple[int, str, str]], out_dir: str, key: bytes
-) -> list[Outcome]:
-    """Process work chunk ``index`` in this process, strictly, with pydicom's warnings and logs
-    silenced (their messages may quote header values); its pixels go to shard ``index``."""
-    import warnings
-
-    from pydicom import config
-
-    from pipeline.data.deid import Pseudonymizer
-    from pipeline.data.dicom_io import process_file
-    from pipeline.data.pixels import ShardWriter
-
-    pseudo = _PSEUDO.get(key) or _PSEUDO.setdefault(key, Pseudonymizer(key))
-    pydicom_log = logging.getLogger("pydicom")
-    level = pydicom_log.level
-    pydicom_log.setLevel(logging.CRITICAL)
-    try:
-        with (
-            ShardWriter(out_dir, index) as shard,
-            config.strict_reading(),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")
-            return [process_file(i, path, rel, shard, pseudo) for i, path, rel in items]
-    finally:
-        pydicom_log.setLevel(level)
-
-
-_PSEUDO: dict[bytes, Any] = {}
-
-
-def _process_all(
-    files: list[tuple[int, str, str]], out_dir: str, key: bytes, workers: int
-) -> list[Outcome]:
-    work = chunks(files)
-    if workers <= 1 or len(work) < 2:
-        return [o for i, chunk in enumerate(work) for o in process_chunk(i, chunk, out_dir, key)]
-    import multiprocessing as mp
-    import threading
-    from concurrent.futures import ProcessPoolExecutor
-
-    from pipeline.data import dicom_io  # noqa: F401  (imported once here; forked workers inherit it)
-
-    # fork starts workers in milliseconds; with other threads running (e.g. under Prefect) a
-    # forked child could inherit a held lock, so then forkserver (or spawn) is used instead.
-    methods = mp.get_all_start_methods()
-    threaded = threading.active_count() > 1
-    method = "fork" if "fork" in methods and not threaded else "forkserver"
-    method = method if method in methods else "spawn"
-    out: list[Outcome] = []
-    context = mp.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["pipeline.data.dicom_io"])
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        n = len(work)
-        for got in pool.map(process_chunk, range(n), work, [out_dir] * n, [key] * n):
-            out.extend(got)
-    return out
-
-
 def _write_outputs(
-    staged: Path, outcomes: list[Outcome], key: bytes, root: Path, labels_csv: Path | str | None
+    staged: Path, outcomes: list[Outcome], table: LabelTable | None, key_note: str
 ) -> dict[str, Any]:
     """Write manifest, quarantine list and summary into ``staged``; return the summary."""
     import csv
@@ -279,22 +268,26 @@ def _write_outputs(
     import pandas as pd
 
     from pipeline.data.dicom_io import ROW_FIELDS
+    from pipeline.data.labels import attach_labels
 
-    outcomes = _finish_paths(_resolve_duplicates(staged, outcomes))
+    outcomes = _resolve_duplicates(staged, outcomes)
     rows = [row for o in outcomes for row in o.rows]
     manifest = pd.DataFrame({name: [r[i] for r in rows] for i, name in enumerate(ROW_FIELDS)})
     manifest = manifest.astype({c: _dtype(c) for c in ROW_FIELDS})
-    quarantine = [(o.source_file, o.reason) for o in outcomes if o.reason is not None]
+    quarantine = [(o.source_id, o.reason) for o in outcomes if o.reason is not None]
     for source, reason in quarantine:
-        log.debug("quarantined %s: %s", source, reason)  # redacted path, templated reason
+        log.debug("quarantined %s: %s", source, reason)  # pseudonym, templated reason
     quarantined_sops = {o.sop_uid for o in outcomes if o.reason is not None and o.sop_uid}
-    labels = attach_labels(manifest, labels_csv, key, root, quarantined_sops)
+    labels, extras = attach_labels(manifest, table, quarantined_sops)
+    for name in ("conflicting", "patient_mismatch", "paths_outside_input"):
+        if labels and labels[name]:
+            log.warning("labels: %d %s (see summary.json)", labels[name], name.replace("_", " "))
     manifest = manifest.astype({"label": "int64", "official_split": "str"})
     order = [*ROW_FIELDS[:_PIXEL_PATH], "label", "official_split", *ROW_FIELDS[_PIXEL_PATH:]]
-    manifest[order].to_parquet(staged / "manifest.parquet", index=False)  # docs/stages.md order
+    manifest[[*order, *extras]].to_parquet(staged / "manifest.parquet", index=False)
     with (staged / "quarantine.csv").open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["source_file", "reason"])
+        writer.writerow(["source_id", "reason"])
         writer.writerows(quarantine)
     summary = {
         "files_seen": len(outcomes),
@@ -303,10 +296,12 @@ def _write_outputs(
         "quarantined": len(quarantine),
         "quarantine_reasons": dict(Counter(r for _, r in quarantine).most_common()),
         "labels": labels,
+        "target_columns": list(extras),
         "modalities": dict(Counter(manifest["modality"]).most_common()),
         "sites": int(manifest["site"].nunique()),
         "patients": int(manifest["patient_id"].nunique()),
         "dates": "not stored",
+        "pseudonym_key": key_note,
     }
     (staged / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
@@ -373,66 +368,3 @@ def _compact(staged: Path, outcomes: list[Outcome], shards: set[str]) -> None:
             finally:
                 data.close()
         os.replace(staged / f"{shard}.tmp", path)
-
-
-def _finish_paths(outcomes: list[Outcome]) -> list[Outcome]:
-    """Redact unread files' paths with every identifier seen in the batch; keep names unique."""
-    from pipeline.data.deid import redact_path
-
-    seen_tokens = frozenset().union(*(o.tokens for o in outcomes))
-    used: Counter[str] = Counter()
-    out = []
-    for o in outcomes:
-        source = redact_path(o.source_file, seen_tokens) if not o.tokens else o.source_file
-        used[source] += 1
-        if used[source] > 1:  # two redacted paths collided: number the later ones
-            source = f"{source}#{used[source]}"
-        if source != o.source_file:
-            rows = [(*r[:_SOURCE], source, *r[_SOURCE + 1 :]) for r in o.rows]
-            o = o._replace(source_file=source, rows=rows)
-        out.append(o)
-    return out
-
-
-def attach_labels(
-    manifest: Any, labels_csv: Path | str | None, key: bytes, root: Path, quarantined: set[str]
-) -> dict[str, int] | None:
-    """Add ``label`` and ``official_split`` to ``manifest`` (in place); return the accounting.
-
-    Rows are matched on pseudonymised SOP Instance UIDs (``deid.read_labels``); a label whose
-    ``patient_id`` disagrees with the image's patient is dropped, as are conflicting ones.
-    """
-    from pipeline.data.deid import Pseudonymizer, read_labels
-
-    manifest["label"] = -1
-    manifest["official_split"] = ""
-    if labels_csv is None:
-        return None
-    table = read_labels(labels_csv, Pseudonymizer(key), root)
-    labels, splits, mismatched = [], [], 0
-    for sop, patient in zip(manifest["sop_uid"], manifest["patient_id"], strict=True):
-        hit = table.wanted.get(sop)
-        mismatch = hit is not None and hit[2] is not None and hit[2] != patient
-        mismatched += mismatch
-        usable = hit is not None and sop not in table.conflicting and not mismatch
-        labels.append(hit[0] if usable and hit else -1)
-        splits.append(hit[1] if usable and hit else "")
-    manifest["label"] = labels
-    manifest["official_split"] = splits
-    missing = set(table.wanted) - set(manifest["sop_uid"])
-    stats = {
-        "rows": table.rows,
-        "matched_images": int((manifest["label"] >= 0).sum()),
-        "positives": int((manifest["label"] == 1).sum()),
-        "negatives": int((manifest["label"] == 0).sum()),
-        "images_without_label": int((manifest["label"] < 0).sum()),
-        "labels_without_image": len(missing),
-        "labels_of_quarantined_files": len(missing & quarantined),
-        "conflicting": len(table.conflicting),
-        "patient_mismatch": mismatched,
-        **{k: table.counts[k] for k in ("invalid_label", "invalid_split", "paths_outside_input")},
-    }
-    for name in ("conflicting", "patient_mismatch", "paths_outside_input"):
-        if stats[name]:
-            log.warning("labels: %d %s (see summary.json)", stats[name], name.replace("_", " "))
-    return stats

@@ -9,9 +9,6 @@ the column absent), ``channels`` × ``rows`` × ``columns`` (channel-first plane
 colour one. One file per chunk instead of one per image: creating a file costs about half as
 much as reading a small DICOM.
 
-Outputs of older versions stored each image as its own 2-D ``.npy``; a row whose
-``pixel_offset`` is absent, NaN or -1 is read that way.
-
 Writers and readers are here and nowhere else: ``ShardWriter`` (ingest), ``load_pixels`` (one
 image) and ``PixelStore`` (many images, each shard mapped once).
 """
@@ -28,7 +25,6 @@ import numpy as np
 
 DTYPE = "<f4"
 ITEMSIZE = 4
-LEGACY_OFFSET = -1  # pixel_offset of a row whose pixels are a per-image .npy
 
 
 def shard_name(index: int) -> str:
@@ -78,12 +74,10 @@ def _field(row: Any, name: str) -> Any:
         return getattr(row, name, None)
 
 
-def pixel_offset(row: Any) -> int | None:
-    """The byte offset of the row's image in its shard; None for a legacy per-image ``.npy``
-    (``pixel_offset`` absent, NaN or -1). ``ValueError`` for any other invalid value."""
+def pixel_offset(row: Any) -> int:
+    """The byte offset of the row's image in its shard; ``ValueError`` unless it is a
+    non-negative multiple of 4."""
     value = _field(row, "pixel_offset")
-    if value is None:
-        return None
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         offset = int(value)
     else:
@@ -91,13 +85,9 @@ def pixel_offset(row: Any) -> int | None:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"invalid pixel_offset {value!r}") from None
-        if math.isnan(number):
-            return None
         if not number.is_integer():
             raise ValueError(f"invalid pixel_offset {value!r}")
         offset = int(number)
-    if offset == LEGACY_OFFSET:
-        return None
     if offset < 0 or offset % ITEMSIZE:
         raise ValueError(f"invalid pixel_offset {value!r}")
     return offset
@@ -141,8 +131,6 @@ def load_pixels(ingest_dir: Path | str, row: Any) -> np.ndarray:
     """
     path = Path(ingest_dir) / str(_field(row, "pixel_path"))
     offset = pixel_offset(row)
-    if offset is None:
-        return np.load(path, mmap_mode="r")
     return np.memmap(path, dtype=DTYPE, mode="r", offset=offset, shape=stored_shape(row))
 
 
@@ -156,8 +144,6 @@ class PixelStore:
 
     def load(self, row: Any) -> np.ndarray:
         offset = pixel_offset(row)
-        if offset is None:
-            return load_pixels(self.ingest_dir, row)
         rel = str(_field(row, "pixel_path"))
         shard = self._shards.get(rel)
         if shard is None:

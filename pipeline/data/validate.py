@@ -180,7 +180,7 @@ def batches(manifest: pd.DataFrame, ingest_dir: Path, sample: int) -> dict[str, 
 
 def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> int:
     """1 if the row's pixels are where the manifest says: a shard inside the ingest folder that
-    holds ``rows`` × ``columns`` float32 values at ``pixel_offset`` (or a legacy ``.npy``)."""
+    holds the image's float32 values at ``pixel_offset``."""
     from pipeline.data.pixels import image_nbytes, pixel_offset
 
     rel = row.get("pixel_path")
@@ -194,8 +194,6 @@ def _pixel_file_ok(ingest_dir: Path, row: Any, sizes: dict[str, int | None]) -> 
         return 0
     try:
         offset = pixel_offset(row)
-        if offset is None:  # legacy per-image .npy: the file is there
-            return 1
         nbytes = image_nbytes(row)
     except (TypeError, ValueError):
         return 0

@@ -106,9 +106,10 @@ def run(params: Params, paths: Paths) -> PredictResult:
             threshold = float(meta.get("threshold", 0.5))
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
         ingested = work / "ingested"
-        ingest.run(
+        ingested_result = ingest.run(
             params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)
         )
+        path_of = ingested_result.sources  # source_id -> path: this local file may show it
         manifest = pd.read_parquet(ingested / "manifest.parquet")
         quarantine = pd.read_csv(ingested / "quarantine.csv")
         stats: dict[str, Any] = meta["preprocessing"]
@@ -124,7 +125,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
             {
                 "sop_uid": manifest["sop_uid"],
                 "frame": manifest["frame"],
-                "source_file": manifest["source_file"],
+                "source_file": manifest["source_id"].map(path_of),
                 "status": "scored",
                 "probability": np.round(probs, 6),
                 "prediction": (probs >= threshold).astype(int),
@@ -135,7 +136,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
             {
                 "sop_uid": "",
                 "frame": -1,
-                "source_file": quarantine["source_file"],
+                "source_file": quarantine["source_id"].map(path_of),
                 "status": "quarantined",
                 "probability": np.nan,
                 "prediction": -1,

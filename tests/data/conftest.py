@@ -1,9 +1,9 @@
 """Fixtures for the validate / split / preprocess tests: a realistic fake ingest output.
 
 The fake follows the ``manifest.parquet`` contract of docs/stages.md exactly (every column,
-pseudonymous ids, remapped UIDs, HU pixels packed as float32 into ``pixels/shard-*.f32``, or
-with ``layout="legacy"`` one 2-D ``.npy`` per image as older ingests wrote), so these stages
-can be tested without the DICOM reader.
+pseudonymous ids and ``source_id``, remapped UIDs, HU pixels packed as float32 into
+``pixels/shard-*.f32`` with their ``pixel_sha256``), so these stages can be tested without the
+DICOM reader.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.config import Params, load_params
-from pipeline.data.pixels import LEGACY_OFFSET, ShardWriter, pixel_offset
+from pipeline.data.pixels import ShardWriter, pixel_offset
 
 
 def _hex(seed: str, n: int) -> str:
@@ -59,10 +59,9 @@ def build_fake_ingest(
 ) -> pd.DataFrame:
     """Write ``manifest.parquet`` + the pixels into ``out_dir`` and return the manifest.
 
-    ``layout``: "shards" (as ingest writes them, ``per_shard`` images a shard) or "legacy"
-    (one ``pixels/<sop>.npy`` per image, ``pixel_offset`` -1).
+    ``layout``: "shards" (as ingest writes them, ``per_shard`` images a shard; the only one).
     """
-    assert layout in ("shards", "legacy")
+    assert layout == "shards"
     rng = np.random.default_rng(seed)
     (out_dir / "pixels").mkdir(parents=True, exist_ok=True)
     shard: ShardWriter | None = None
@@ -80,15 +79,11 @@ def build_fake_ingest(
         for i, label in enumerate(labels):
             sop = _uid(f"sop{seed}-{p}-{i}")
             pixels = fake_ct(rng, size, bool(label))
-            if layout == "legacy":
-                rel, offset = f"pixels/{sop}.npy", LEGACY_OFFSET
-                np.save(out_dir / rel, pixels)
-            else:
-                if shard is None or len(rows) % per_shard == 0:
-                    if shard is not None:
-                        shard.close()
-                    shard = ShardWriter(out_dir, len(rows) // per_shard)
-                rel, offset = shard.add(pixels)
+            if shard is None or len(rows) % per_shard == 0:
+                if shard is not None:
+                    shard.close()
+                shard = ShardWriter(out_dir, len(rows) // per_shard)
+            rel, offset = shard.add(pixels)
             spacing = float(rng.choice([0.6, 0.7, 0.8]))
             rows.append(
                 {
@@ -97,7 +92,7 @@ def build_fake_ingest(
                     "study_uid": study,
                     "series_uid": series,
                     "sop_uid": sop,
-                    "source_file": f"site{p % 3}/[redacted]/{i:04d}.dcm",
+                    "source_id": "F-" + _hex(f"file{seed}-{p}-{i}", 16),
                     "frame": 0,
                     "modality": "CT",
                     "site": site,
@@ -119,6 +114,7 @@ def build_fake_ingest(
                     "pixel_mean": float(pixels.mean()),
                     "pixel_std": float(pixels.std()),
                     "nonfinite_pixels": 0,
+                    "pixel_sha256": hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest(),
                     "channels": 1,
                 }
             )
@@ -147,9 +143,6 @@ def rewrite_pixels(ingest_dir: Path, row: Any, pixels: np.ndarray) -> None:
     """Overwrite the stored pixels of one manifest row in place (same shape)."""
     offset = pixel_offset(row)
     path = ingest_dir / row["pixel_path"]
-    if offset is None:
-        np.save(path, pixels.astype(np.float32))
-        return
     shape = (int(row["rows"]), int(row["columns"]))
     stored = np.memmap(path, dtype="<f4", mode="r+", offset=offset, shape=shape)
     stored[:] = pixels

@@ -30,7 +30,7 @@ def census(folders: list[Path]) -> Counter[tuple[str, str]]:
         src.mkdir()
         pi: dict[str, str] = {}
         for i, f in enumerate(files):
-            name = f"file-{i:03d}.dcm"  # the original name could be redacted
+            name = f"file-{i:03d}.dcm"
             shutil.copyfile(f, src / name)
             try:
                 with warnings.catch_warnings():
@@ -39,9 +39,10 @@ def census(folders: list[Path]) -> Counter[tuple[str, str]]:
                 pi[name] = str(ds.get("PhotometricInterpretation", "(none)"))
             except Exception:
                 pi[name] = "(unreadable)"
-        ingest_folder(src, Path(tmp) / "out", secrets.token_bytes(32))
+        sources = ingest_folder(src, Path(tmp) / "out", secrets.token_bytes(32)).sources
         quarantine = pd.read_csv(Path(tmp) / "out" / "quarantine.csv")
-        reasons = dict(zip(quarantine["source_file"], quarantine["reason"], strict=True))
+        names = quarantine["source_id"].map(sources)
+        reasons = dict(zip(names, quarantine["reason"], strict=True))
         return Counter((pi[name], reasons.get(name, "ingested")) for name in pi)
 
 

@@ -35,10 +35,11 @@ def _ingest(files: dict[str, Path], tmp_path: Path) -> tuple[pd.DataFrame, dict[
     for name, path in files.items():
         shutil.copy(path, src / name)
     out = tmp_path / "out"
-    ingest.ingest_folder(src, out, KEY)
+    sources = ingest.ingest_folder(src, out, KEY).sources  # source_id -> file name
     manifest = pd.read_parquet(out / "manifest.parquet")
+    manifest["source_file"] = manifest["source_id"].map(sources)
     with (out / "quarantine.csv").open(newline="") as fh:
-        reasons = {r["source_file"]: r["reason"] for r in csv.DictReader(fh)}
+        reasons = {sources[r["source_id"]]: r["reason"] for r in csv.DictReader(fh)}
     return manifest, reasons
 
 

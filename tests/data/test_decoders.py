@@ -21,6 +21,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from pipeline.data import ingest
+from pipeline.data.deid import Pseudonymizer
 from pipeline.data.pixels import load_pixels
 
 KEY = b"decoder tests key, thirty-two b."
@@ -54,10 +55,7 @@ REFUSED = [
 
 
 def _one(name: str, tmp_path: Path) -> tuple[Path, Path]:
-    """Copy one test file, under a neutral name, into its own input folder and ingest it.
-
-    (Under its own name a path may hold its patient's name, e.g. "test-SR.dcm" of patient
-    "Test^S R", and be rightly redacted.)"""
+    """Copy one test file, as ``item``, into its own input folder and ingest it."""
     source = TEST_FILES / name
     if not source.is_file():
         pytest.skip(f"{name} is not shipped with this pydicom")
@@ -111,7 +109,7 @@ def test_unusable_file_is_quarantined_with_its_reason(
     assert pd.read_parquet(out / "manifest.parquet").empty
     with (out / "quarantine.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 1 and rows[0]["source_file"] == "item"
+    assert len(rows) == 1 and rows[0]["source_id"] == Pseudonymizer(KEY).source("item")
     assert rows[0]["reason"].startswith(reason), rows[0]["reason"]
 
 
@@ -137,8 +135,8 @@ def test_the_whole_test_folder_is_accounted_for(tmp_path: Path) -> None:
     result = ingest.ingest_folder(TEST_FILES, tmp_path / "out", KEY)
     manifest = pd.read_parquet(tmp_path / "out/manifest.parquet")
     with (tmp_path / "out/quarantine.csv").open(newline="") as fh:
-        quarantined = [r["source_file"] for r in csv.DictReader(fh)]
-    ingested = set(manifest["source_file"])
+        quarantined = [r["source_id"] for r in csv.DictReader(fh)]
+    ingested = set(manifest["source_id"])
     assert len(quarantined) == len(set(quarantined))
     assert ingested.isdisjoint(quarantined)
     assert len(ingested) + len(quarantined) == len(files) == result.files_seen

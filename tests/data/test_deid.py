@@ -1,4 +1,4 @@
-"""De-identification: keyed pseudonyms, path redaction, and no identifier in any output byte."""
+"""De-identification: keyed pseudonyms, source ids instead of paths, no identifier in any output."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from pipeline.data import deid
-from pipeline.data import ingest
 from pipeline.config import Params
-from pipeline.errors import ConfigError
-from tests.conftest import SmallCohort, build_params, write_dicom
+from pipeline.data import deid, ingest
+from pipeline.errors import SecretError
+from tests.conftest import SmallCohort, build_params
 
 
 def test_key_is_created_once_private_and_reused(tmp_path: Path) -> None:
@@ -26,7 +25,8 @@ def test_key_is_created_once_private_and_reused(tmp_path: Path) -> None:
     assert deid.load_or_create_key(path) == key
     assert deid.load_or_create_key(tmp_path / "other.key") != key
     (tmp_path / "short.key").write_bytes(b"abc")
-    with pytest.raises(ConfigError):
+    (tmp_path / "short.key").chmod(0o600)
+    with pytest.raises(SecretError, match="at least 32"):
         deid.load_or_create_key(tmp_path / "short.key")
 
 
@@ -48,16 +48,15 @@ def test_pseudonyms_are_the_documented_keyed_hashes() -> None:
     assert p.patient("12345678") != p.patient("12345679")
 
 
-def test_path_components_with_identifiers_are_redacted() -> None:
-    tokens = deid.identifier_tokens("HARRISON^MARGARET^J", "12345678", "ACC0042", "19670314")
-    assert "j" not in tokens  # one-letter name parts are not identifiers on their own
-    redact = lambda p: deid.redact_path(p, tokens)  # noqa: E731
-    assert redact("Harrison_Margaret/CT/IM1.dcm") == "[redacted]/CT/IM1.dcm"
-    assert redact("exports/12345678/1967-03-14/x") == "exports/[redacted]/[redacted]/x"
-    assert redact("a/ACC0042_chest.dcm") == "a/[redacted]"
-    assert redact("PA000001/ST000001/IM000001") == "PA000001/ST000001/IM000001"
-    short = deid.identifier_tokens(None, "42", None, None)
-    assert deid.redact_path("42/4242/x42.dcm/42.dcm", short) == "[redacted]/4242/x42.dcm/[redacted]"
+def test_source_ids_are_keyed_hashes_of_the_relative_path() -> None:
+    key = b"0123456789abcdef0123456789abcdef"
+    p = deid.Pseudonymizer(key)
+    rel = "Mueller_Juergen/2021/03/14/1.2.840.1.dcm"
+    mac = hmac.new(key, ("source:" + rel).encode(), hashlib.sha256).hexdigest()
+    assert p.source(rel) == "F-" + mac[:16]
+    # domain-separated: a file named like a patient id does not get that patient's pseudonym
+    assert p.source("12345678")[2:] != p.patient("12345678")[2:]
+    assert deid.Pseudonymizer(b"another key, also thirty-two by.").source(rel) != p.source(rel)
 
 
 def _identifiers(dicom_dir: Path) -> set[str]:
@@ -98,6 +97,7 @@ def test_no_identifier_reaches_any_output_log_or_summary(
     key = params.base.secret_key_path  # a fixed key: outputs (and this test) are deterministic
     key.parent.mkdir(parents=True)
     key.write_bytes(b"fixed test key, thirty-two bytes")
+    key.chmod(0o600)
     paths = ingest.Paths(input_dir=root, labels_csv=small_cohort.labels_csv, out_dir=out)
     with caplog.at_level(logging.DEBUG):
         result = ingest.run(params, paths)
@@ -113,9 +113,11 @@ def test_no_identifier_reaches_any_output_log_or_summary(
     leaks = [(name, ident) for ident in identifiers for name, blob in blobs.items()
              if ident.lower().encode() in blob]  # fmt: skip
     assert not leaks, leaks[:5]
-    quarantine = (out / "quarantine.csv").read_text()
-    assert "[redacted]/[redacted]/[redacted]" in quarantine  # the notes file, in named folders
-    assert (manifest["source_file"] == "[redacted]/[redacted]/[redacted]").sum() == 1
+    # the way back: the local linkage table, beside the key
+    linkage = deid.read_linkage(key.parent / "linkage.csv")
+    assert set(manifest["source_id"]) <= set(linkage)
+    moved = named.relative_to(root) / f"{ds.AccessionNumber}.dcm"
+    assert moved.as_posix() in linkage.values()
 
 
 def test_manifest_has_no_identifying_columns(small_cohort: SmallCohort, tmp_path: Path) -> None:
@@ -133,29 +135,23 @@ def test_same_key_same_pseudonyms_other_key_others(
     def ids(key: bytes, out: str) -> pd.DataFrame:
         ingest.ingest_folder(small_cohort.dicom_dir, tmp_path / out, key, small_cohort.labels_csv)
         m = pd.read_parquet(tmp_path / out / "manifest.parquet")
-        return m[["patient_id", "study_uid", "series_uid", "sop_uid", "site", "source_file"]]
+        return m[["patient_id", "study_uid", "series_uid", "sop_uid", "site", "source_id"]]
 
     a, b = ids(b"a" * 32, "a"), ids(b"a" * 32, "b")
     pd.testing.assert_frame_equal(a, b)
     c = ids(b"c" * 32, "c")
-    for col in ("patient_id", "study_uid", "series_uid", "sop_uid", "site"):
+    for col in ("patient_id", "study_uid", "series_uid", "sop_uid", "site", "source_id"):
         assert set(a[col]).isdisjoint(c[col]), col
-    assert list(a["source_file"]) == list(c["source_file"])
     # same partition of images into patients, whatever the key
     assert a.groupby("patient_id").size().sort_values().tolist() == (
         c.groupby("patient_id").size().sort_values().tolist()
     )
 
 
-def test_unreadable_files_are_redacted_with_identifiers_seen_elsewhere(tmp_path: Path) -> None:
-    import numpy as np
-
-    write_dicom(tmp_path / "in/a.dcm", np.zeros((4, 4), np.int16), PatientName="OKONKWO^ADAEZE")
-    (tmp_path / "in/okonkwo_scan_notes.txt").write_text("x")
-    ingest.ingest_folder(tmp_path / "in", tmp_path / "out", b"k" * 32)
-    assert (tmp_path / "out/quarantine.csv").read_text().splitlines()[1].startswith("[redacted],")
-
-
 def test_params_point_the_key_outside_versioned_data() -> None:
     key = Params().base.secret_key_path
     assert not str(key).startswith(("data", "models", "reports")) and key.name == "pseudonym.key"
+    # the key and the linkage table beside it live in a folder git ignores
+    assert deid.linkage_path(key).parent == key.parent == Path(".radops")
+    gitignore = (Path(__file__).parents[2] / ".gitignore").read_text().splitlines()
+    assert "/.radops/" in gitignore

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -16,10 +17,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from pipeline.data import dicom_io
-from pipeline.data import ingest
-from pipeline.errors import InputError
+from pipeline.data import deid, dicom_io, ingest, safe_read
 from pipeline.data.pixels import PixelStore, load_pixels
+from pipeline.errors import InputError
 from tests.conftest import SmallCohort, build_params, write_dicom
 
 KEY = bytes(range(32))
@@ -30,11 +30,16 @@ def _ingest(input_dir: Path, out: Path, labels: Path | None = None, workers: int
     return ingest.ingest_folder(input_dir, out, KEY, labels, workers)
 
 
+def sid(rel: str) -> str:
+    """The ``source_id`` of a path relative to the input folder, under ``KEY``."""
+    return deid.Pseudonymizer(KEY).source(rel)
+
+
 def _quarantine(out: Path) -> dict[str, str]:
     with (out / "quarantine.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["source_file", "reason"] if rows else True
-    return {r["source_file"]: r["reason"] for r in rows}
+    assert list(rows[0]) == ["source_id", "reason"] if rows else True
+    return {r["source_id"]: r["reason"] for r in rows}
 
 
 def _copy_of_a_cohort_file(cohort: SmallCohort, target: Path, **changes: Any) -> None:
@@ -90,8 +95,9 @@ def messy_input(tmp_path: Path, small_cohort: SmallCohort) -> tuple[Path, dict[s
     shutil.copy(first, add("extra/copy_of_first", ingest.DUPLICATE))
     outside = tmp_path / "outside.dcm"
     shutil.copy(first, outside)
-    os.symlink(outside, add("extra/link_out", ingest.SYMLINK_OUT))
-    os.symlink(tmp_path, add("extra/link_dir", ingest.SYMLINK_DIR))
+    os.symlink(outside, add("extra/link_out", safe_read.SYMLINK))
+    os.symlink(tmp_path, add("extra/link_dir", safe_read.SYMLINK))
+    os.symlink(first, add("extra/link_in", safe_read.SYMLINK))  # inside, still not followed
     return root, bad, good
 
 
@@ -104,14 +110,17 @@ def test_every_file_is_ingested_or_quarantined_with_its_reason(
     manifest = pd.read_parquet(out / "manifest.parquet")
     quarantine = _quarantine(out)
     seen = {
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()
+        sid(p.relative_to(root).as_posix())
+        for p in root.rglob("*")
+        if p.is_file() or p.is_symlink()
     }
-    ingested = set(manifest["source_file"])
+    ingested = set(manifest["source_id"])
     assert ingested.isdisjoint(quarantine)
     assert ingested | set(quarantine) == seen
-    assert set(quarantine) == set(bad)
+    assert set(quarantine) == {sid(rel) for rel in bad}
     for rel, reason in bad.items():
-        assert quarantine[rel].startswith(reason), (rel, quarantine[rel])
+        assert quarantine[sid(rel)].startswith(reason), (rel, quarantine[sid(rel)])
+    assert result.sources[sid("extra/notes.txt")] == "extra/notes.txt"
     assert len(ingested) == good == len(manifest) == small_cohort.result.images
     assert (result.files_seen, result.files_ingested, result.quarantined) == (
         len(seen), good, len(bad)
@@ -134,11 +143,11 @@ def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path
     _ingest(small_cohort.dicom_dir, out, small_cohort.labels_csv)
     m = pd.read_parquet(out / "manifest.parquet")
     assert tuple(m.columns) == MANIFEST_COLUMNS
-    positions = (ingest._SOURCE, ingest._ROWS, ingest._COLUMNS, ingest._PIXEL_PATH,
-                 ingest._PIXEL_OFFSET)  # fmt: skip
+    positions = (ingest._ROWS, ingest._COLUMNS, ingest._PIXEL_PATH, ingest._PIXEL_OFFSET)
     assert [dicom_io.ROW_FIELDS[i] for i in positions] == [
-        "source_file", "rows", "columns", "pixel_path", "pixel_offset"
+        "rows", "columns", "pixel_path", "pixel_offset"
     ]  # fmt: skip
+    assert m["source_id"].str.fullmatch(r"F-[0-9a-f]{16}").all() and m["source_id"].is_unique
     assert m["image_id"].is_unique
     assert m["patient_id"].str.fullmatch(PATIENT_ID_REGEX[1:-1]).all()
     for col in ("study_uid", "series_uid", "sop_uid"):
@@ -159,6 +168,8 @@ def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path
     assert np.isclose(pixels.mean(dtype=np.float64), row["pixel_mean"], rtol=1e-5)
     assert np.isclose(pixels.std(dtype=np.float64), row["pixel_std"], rtol=1e-4)
     assert (pixels.min(), pixels.max()) == (row["pixel_min"], row["pixel_max"])
+    # pixel_sha256: SHA-256 of the stored float32 bytes, whatever the key
+    assert row["pixel_sha256"] == hashlib.sha256(np.asarray(pixels).tobytes()).hexdigest()
 
 
 def test_ct_pixels_are_hounsfield_units(tmp_path: Path) -> None:
@@ -167,11 +178,11 @@ def test_ct_pixels_are_hounsfield_units(tmp_path: Path) -> None:
     write_dicom(tmp_path / "in/ct2.dcm", stored, RescaleSlope="2", RescaleIntercept="-3000")
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out)
-    m = pd.read_parquet(out / "manifest.parquet").set_index("source_file")
-    hu = load_pixels(out, m.loc["ct.dcm"])
+    m = pd.read_parquet(out / "manifest.parquet").set_index("source_id")
+    hu = load_pixels(out, m.loc[sid("ct.dcm")])
     np.testing.assert_array_equal(hu, stored.astype(np.float32) - 1024)
-    np.testing.assert_array_equal(load_pixels(out, m.loc["ct2.dcm"]), stored * 2.0 - 3000)
-    assert m.loc["ct.dcm", "pixel_min"] == stored.min() - 1024
+    np.testing.assert_array_equal(load_pixels(out, m.loc[sid("ct2.dcm")]), stored * 2.0 - 3000)
+    assert m.loc[sid("ct.dcm"), "pixel_min"] == stored.min() - 1024
     assert (m["label"] == -1).all()
 
 
@@ -224,7 +235,8 @@ def test_multi_frame_file_gives_one_row_per_frame(tmp_path: Path) -> None:
     m = pd.read_parquet(out / "manifest.parquet")
     assert (result.files_ingested, result.rows) == (1, 3)
     assert list(m["frame"]) == [0, 1, 2]
-    assert m["source_file"].eq("multi").all() and m["sop_uid"].nunique() == 1
+    assert m["source_id"].eq(sid("multi")).all() and m["sop_uid"].nunique() == 1
+    assert m["pixel_sha256"].nunique() == 3  # one per frame
     assert list(m["image_id"]) == [f"{m.loc[0, 'sop_uid']}.f{i}" for i in range(3)]
     for i in range(3):
         np.testing.assert_array_equal(load_pixels(out, m.loc[i]), frames[i])
@@ -273,6 +285,7 @@ def test_without_labels_every_label_is_minus_one(small_cohort: SmallCohort, tmp_
     assert result.labels is None and (m["label"] == -1).all() and len(m) == result.rows
     key = Path(params.base.secret_key_path)
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+    assert "pseudonyms:" not in result.summary()  # real data: the local key, said nowhere
 
 
 def test_one_and_two_workers_write_the_same_outputs(
@@ -303,8 +316,8 @@ def test_duplicate_keeps_the_first_file_and_its_pixels(tmp_path: Path) -> None:
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out, workers=2)
     m = pd.read_parquet(out / "manifest.parquet")
-    assert list(m["source_file"]) == ["a.dcm", "c.dcm"]
-    assert _quarantine(out) == {"b.dcm": ingest.DUPLICATE}
+    assert list(m["source_id"]) == [sid("a.dcm"), sid("c.dcm")]
+    assert _quarantine(out) == {sid("b.dcm"): ingest.DUPLICATE}
     np.testing.assert_array_equal(load_pixels(out, m.loc[0]), a)
     np.testing.assert_array_equal(load_pixels(out, m.loc[1]), np.full((2, 3), 9))
     # The loser's pixels are gone: the one shard holds exactly the kept images, in order.
@@ -324,7 +337,7 @@ def test_a_shard_left_with_only_a_duplicate_is_removed(tmp_path: Path) -> None:
     (tmp_path / "in/c.txt").write_text("chunk 1: the duplicate and this")
     out = tmp_path / "out"
     _ingest(tmp_path / "in", out, workers=2)
-    assert _quarantine(out)["b.dcm"] == ingest.DUPLICATE
+    assert _quarantine(out)[sid("b.dcm")] == ingest.DUPLICATE
     assert [p.name for p in (out / "pixels").iterdir()] == ["shard-0000.f32"]
     assert set(pd.read_parquet(out / "manifest.parquet")["pixel_path"]) == {"pixels/shard-0000.f32"}
 
@@ -337,10 +350,10 @@ def test_sharded_store_round_trips_exactly(tmp_path: Path) -> None:
         stored = rng.integers(0, 3000, (5 + i, 7 + 2 * i)).astype(np.int16)
         write_dicom(tmp_path / f"in/ct{i:02d}.dcm", stored, RescaleSlope="2",
                     RescaleIntercept="-1024")  # fmt: skip
-        expected[f"ct{i:02d}.dcm"] = [stored * np.float32(2) - np.float32(1024)]
+        expected[sid(f"ct{i:02d}.dcm")] = [stored * np.float32(2) - np.float32(1024)]
     frames = rng.integers(0, 255, (3, 6, 4)).astype(np.uint8)
     write_dicom(tmp_path / "in/multi", frames, modality="OT")
-    expected["multi"] = [f.astype(np.float32) for f in frames]
+    expected[sid("multi")] = [f.astype(np.float32) for f in frames]
     (tmp_path / "in/junk.txt").write_text("quarantined, no pixels")
     out = tmp_path / "out"
     result = _ingest(tmp_path / "in", out, workers=2)
@@ -349,7 +362,7 @@ def test_sharded_store_round_trips_exactly(tmp_path: Path) -> None:
     assert m["pixel_path"].nunique() == len(ingest.chunks(ingest.walk(tmp_path / "in")[0])) > 2
     with PixelStore(out) as store:
         for row in m.itertuples():
-            want = expected[row.source_file][row.frame]
+            want = expected[row.source_id][row.frame]
             for got in (load_pixels(out, row), load_pixels(out, m.loc[row.Index]), store.load(row)):
                 assert got.dtype == np.float32 and got.shape == want.shape
                 assert not got.flags.writeable
@@ -421,8 +434,9 @@ def test_file_names_that_are_not_utf8_are_written_as_escapes(tmp_path: Path) -> 
     out = tmp_path / "out"
     result = _ingest(tmp_path / "in", out)
     assert (result.files_ingested, result.quarantined) == (1, 1)
-    assert list(pd.read_parquet(out / "manifest.parquet")["source_file"]) == ["caf\\xe9.dcm"]
-    assert list(_quarantine(out)) == ["n\\xf6tes"]
+    assert list(pd.read_parquet(out / "manifest.parquet")["source_id"]) == [sid("caf\\xe9.dcm")]
+    assert list(_quarantine(out)) == [sid("n\\xf6tes")]
+    assert set(result.sources.values()) == {"caf\\xe9.dcm", "n\\xf6tes"}
 
 
 def test_a_missing_labels_file_is_an_error_unless_labels_are_optional(

@@ -1,4 +1,4 @@
-"""pixels: the shard format, reading by offset, legacy per-image .npy, and refusals."""
+"""pixels: the shard format, reading by offset, and refusals (no per-image .npy any more)."""
 
 from __future__ import annotations
 
@@ -51,21 +51,7 @@ def test_load_pixels_and_store_give_read_only_float32_maps(tmp_path: Path) -> No
                     np.testing.assert_array_equal(got, image.astype(np.float32))
 
 
-@pytest.mark.parametrize("offset", ["absent", np.nan, -1])
-def test_legacy_npy_is_read_when_there_is_no_offset(tmp_path: Path, offset: object) -> None:
-    (tmp_path / "pixels").mkdir()
-    image = np.arange(6, dtype=np.float32).reshape(2, 3)
-    np.save(tmp_path / "pixels/img.npy", image)
-    row = {"pixel_path": "pixels/img.npy", "rows": 2, "columns": 3}
-    if offset != "absent":
-        row["pixel_offset"] = offset
-    assert pixel_offset(row) is None
-    for got in (load_pixels(tmp_path, row), PixelStore(tmp_path).load(row)):
-        assert isinstance(got, np.memmap) and got.shape == (2, 3)
-        np.testing.assert_array_equal(got, image)
-
-
-@pytest.mark.parametrize("offset", [-8, 2, 1.5, "x"])
+@pytest.mark.parametrize("offset", [-8, -1, 2, 1.5, "x", np.nan, None])
 def test_invalid_offsets_are_refused(offset: object) -> None:
     with pytest.raises(ValueError, match="invalid pixel_offset"):
         pixel_offset({"pixel_offset": offset})

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import preprocess
-from pipeline.data import split
 from pipeline.config import Params
+from pipeline.data import preprocess, split
 from pipeline.data.contracts import INDEX_COLUMNS, STATS_KEYS
 from pipeline.data.pixels import load_pixels
 from tests.data.conftest import rewrite_pixels
@@ -29,7 +28,7 @@ def build(
     return params
 
 
-@pytest.mark.parametrize("layout", ["shards", "legacy"])
+@pytest.mark.parametrize("layout", ["shards"])
 def test_outputs_follow_the_contract(
     fake_ingest: Callable, fake_params: Callable, layout: str
 ) -> None:

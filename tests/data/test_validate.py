@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import validate
 from pipeline.cli import main
-from pipeline.errors import InputError, ValidationFailed
+from pipeline.data import validate
 from pipeline.data.pixels import load_pixels
+from pipeline.errors import InputError, ValidationFailed
 from tests.data.conftest import rewrite_pixels
 
 
@@ -27,7 +27,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     return exc.value.code, captured.out + captured.err
 
 
-@pytest.mark.parametrize("layout", ["shards", "legacy"])
+@pytest.mark.parametrize("layout", ["shards"])
 def test_passes_on_good_manifest(fake_ingest: Callable, fake_params: Callable, layout: str) -> None:
     manifest = fake_ingest(layout=layout)
     _, params = fake_params()
