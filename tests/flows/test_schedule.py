@@ -1,4 +1,7 @@
-"""The retraining deployment registers with the configured cron schedule on a real server."""
+"""The retraining deployment registers with the configured cron schedule on a real server.
+
+(tests/security/test_scheduler.py serves it against radops' secured server and attacks it.)
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def test_deployment_registers_with_schedule_from_params(
             "schedule.deployment_name": "retrain-under-test",
         },
     )
-    deployment_id = deployment("params.yaml", str(tmp_path)).apply()
+    deployment_id = deployment(tmp_path).apply()
 
     async def read() -> object:
         async with get_client() as client:
@@ -38,4 +41,8 @@ def test_deployment_registers_with_schedule_from_params(
     assert len(schedules) == 1
     assert schedules[0].schedule.cron == "15 3 * * 1-5"
     assert schedules[0].schedule.timezone == "Europe/Paris"
-    assert stored.parameters["workdir"] == str(tmp_path.resolve())  # type: ignore[attr-defined]
+    # The project is fixed by the serving process; a run request cannot name a folder.
+    assert stored.parameters == {}  # type: ignore[attr-defined]
+    assert stored.enforce_parameter_schema is True  # type: ignore[attr-defined]
+    schema = stored.parameter_openapi_schema  # type: ignore[attr-defined]
+    assert schema["properties"] == {} and schema["additionalProperties"] is False
