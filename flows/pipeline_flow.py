@@ -131,7 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         overrides = parse_overrides(args.set)
     except typer.BadParameter as exc:
         parser.error(str(exc))
-    pipeline_flow(args.params, overrides or None, not args.no_promote)
+    from prefect.settings import temporary_settings
+
+    from flows.server import temporary_server_settings
+
+    with temporary_settings(updates=temporary_server_settings()):  # type: ignore[arg-type]
+        pipeline_flow(args.params, overrides or None, not args.no_promote)
 
 
 if __name__ == "__main__":

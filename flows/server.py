@@ -149,6 +149,30 @@ def client_settings(url: str, root: Path) -> dict[object, str]:
     return {PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth_string(root)}
 
 
+def temporary_server_settings() -> dict[object, object]:
+    """Prefect settings for the temporary server a local flow run starts (``make run``).
+
+    With no PREFECT_API_URL, Prefect starts a throw-away server on a random loopback port for the
+    run; it gets a one-time API auth string (held in memory only) and CSRF protection too.
+    """
+    import secrets
+
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_SERVER_API_AUTH_STRING,
+        PREFECT_SERVER_CSRF_PROTECTION_ENABLED,
+    )
+
+    if os.environ.get("PREFECT_API_URL"):
+        return {}
+    token = secrets.token_urlsafe(32)
+    return {
+        PREFECT_SERVER_API_AUTH_STRING: token,
+        PREFECT_API_AUTH_STRING: token,
+        PREFECT_SERVER_CSRF_PROTECTION_ENABLED: True,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="radops' local Prefect server (secured).")
     parser.add_argument(
