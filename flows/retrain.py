@@ -5,9 +5,9 @@ schedule from ``params.yaml`` (``schedule.cron``/``schedule.timezone``) against 
 local Prefect server (``flows/server.py``), started if none runs, or against ``PREFECT_API_URL``.
 
 The project folder and its ``params.yaml`` are fixed when the flow is deployed: the serving
-process passes its folder to its flow runs, and the flow takes no parameters at all. The deployment's parameter schema
-allows none, and a run request that names any parameter (``{"workdir": ...}``) fails before
-anything runs.
+process passes its folder to its flow runs, and the flow takes no parameters at all. The
+deployment's parameter schema allows none, and a run request that names any parameter
+(``{"workdir": ...}``) fails before anything runs.
 """
 
 from __future__ import annotations

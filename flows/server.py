@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RadopsError
 from pipeline.secrets import SECRETS_DIR, load_or_create
 
 HOST = "127.0.0.1"
@@ -179,7 +179,11 @@ def main(argv: list[str] | None = None) -> None:
         "--port", type=int, default=int(os.environ.get("PREFECT_PORT", DEFAULT_PORT))
     )
     args = parser.parse_args(argv)
-    start(Path.cwd(), args.port)
+    try:
+        start(Path.cwd(), args.port)
+    except RadopsError as exc:
+        print(f"radops: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
