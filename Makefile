@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $@
 
-run: setup ## Run the whole pipeline (Prefect flow over the DVC graph) on the bundled synthetic cohort.
+run: setup ## Run the whole pipeline (Prefect flow over the DVC graph; temporary local Prefect server).
 	mkdir -p "$(PREFECT_HOME)"
 	python -m flows.pipeline_flow
 
@@ -38,13 +38,13 @@ ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/.
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
 	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-server: setup ## Local Prefect server and UI on http://127.0.0.1:4200.
+server: setup ## Prefect server + UI on http://127.0.0.1:4200: loopback, CSRF on, auth string in .radops/prefect-api-auth.
 	mkdir -p "$(PREFECT_HOME)"
-	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	python -m flows.server --port $(PREFECT_PORT)
 
-schedule: setup ## Serve the scheduled retraining deployment (cron from params.yaml).
+schedule: setup ## Serve nightly retraining of this folder (cron from params.yaml; runs take no parameters).
 	mkdir -p "$(PREFECT_HOME)"
-	PREFECT_PORT=$(PREFECT_PORT) bash scripts/schedule.sh
+	PREFECT_PORT=$(PREFECT_PORT) python -m flows.retrain
 
 bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
 	python -m bench.run

@@ -2,6 +2,8 @@
 
 Run it with ``make run`` or ``python -m flows.pipeline_flow [--no-promote] [-S key=value]``.
 The flow only orchestrates: stages do the work (via DVC), ``pipeline.registry.promote`` decides.
+Its parameters name a folder and a params file, so it is for local runs only: it refuses to run
+from a deployment (``make schedule`` serves ``flows.retrain``, whose project is fixed).
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ def promote_task(params_file: str, workdir: str) -> dict[str, Any]:
         return promote.run(params, promote.Paths.from_params(params)).as_dict()
 
 
+def _refuse_deployment_run() -> None:
+    """A deployment's run request must never choose the folder or params file this flow uses."""
+    from prefect.context import FlowRunContext
+
+    from pipeline.errors import ConfigError
+
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None and context.flow_run.deployment_id:
+        raise ConfigError(
+            "radops-pipeline takes its folder and params file as parameters, so it does not run"
+            " from a deployment; deploy flows.retrain (make schedule), whose project is fixed"
+        )
+
+
 @flow(name="radops-pipeline", log_prints=True)
 def pipeline_flow(
     params_file: str = "params.yaml",
@@ -65,6 +81,7 @@ def pipeline_flow(
     from pipeline import summary
     from pipeline.config import load_params, write_overrides
 
+    _refuse_deployment_run()
     logger = get_run_logger()
     root = Path(workdir).resolve()
     with pipeline_lock(root):
@@ -101,19 +118,28 @@ def pipeline_flow(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import yaml
+    import typer
+
+    from pipeline.cli import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--no-promote", action="store_true")
     parser.add_argument("-S", "--set", action="append", default=[], help="key=value override")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    pipeline_flow(args.params, overrides or None, not args.no_promote)
+    try:
+        overrides = parse_overrides(args.set)
+    except typer.BadParameter as exc:
+        parser.error(str(exc))
+    from prefect.settings import temporary_settings
+
+    from flows.server import temporary_server_settings
+
+    with temporary_settings(updates=temporary_server_settings()):  # type: ignore[arg-type]
+        pipeline_flow(args.params, overrides or None, not args.no_promote)
 
 
 if __name__ == "__main__":
-    main()
+    from flows.pipeline_flow import main as _main
+
+    _main()

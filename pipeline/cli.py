@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,9 @@ SetOpt = Annotated[
     typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.lr=3e-4 (repeatable)."),
 ]
 log = logging.getLogger("radops")
+# When set (by the Prefect flows), the CLI writes its exit code for an explained failure to
+# this file: `dvc repro` does not pass a command's exit code through.
+EXIT_STATUS_ENV = "RADOPS_EXIT_STATUS_FILE"
 
 # Which library module runs each subcommand (imported only when its command runs).
 STAGE_MODULES = {
@@ -162,4 +166,6 @@ def main() -> None:
         app()
     except RadopsError as exc:
         typer.echo(f"radops: error: {exc}", err=True)
+        if status_file := os.environ.get(EXIT_STATUS_ENV):
+            Path(status_file).write_text(f"{exc.exit_code}\n")
         sys.exit(exc.exit_code)

@@ -64,13 +64,16 @@ def test_rerun_does_nothing_and_promotes_nothing(flow_project: dict[str, Any]) -
     assert len(versions) == 1
 
 
-def test_scheduled_retrain_on_unchanged_data_trains_nothing(flow_project: dict[str, Any]) -> None:
-    from flows.retrain import retrain_flow
+def test_scheduled_retrain_on_unchanged_data_trains_nothing(
+    flow_project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.retrain import ROOT_ENV, retrain_flow
 
     root = flow_project["root"]
     model = root / "models" / "cnn" / "model.safetensors"
     before = model.stat().st_mtime_ns
-    result = retrain_flow("params.yaml", str(root))
+    monkeypatch.setenv(ROOT_ENV, str(root))  # what `make schedule` sets for its flow runs
+    result = retrain_flow()
     assert result == {"retrained": False, "changed": []}
     assert model.stat().st_mtime_ns == before
 
