@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import RadopsError
+from pipeline.errors import ConfigError, RadopsError
 
 app = typer.Typer(
     help="radops: DICOM folder in; validated data, tuned model, evaluation and registry out.",
@@ -30,6 +30,8 @@ SetOpt = Annotated[
     typer.Option("--set", "-S", help="Override a parameter, e.g. -S train.lr=3e-4 (repeatable)."),
 ]
 log = logging.getLogger("radops")
+# A command line that cannot be parsed is a configuration error: permanent, like ConfigError.
+USAGE_EXIT_CODE = ConfigError.exit_code
 
 # Which library module runs each subcommand (imported only when its command runs).
 STAGE_MODULES = {
@@ -69,7 +71,9 @@ def run_stage(
     **path_overrides: Any,
 ) -> Any:
     """Load params, build the stage's paths (with overrides), run it and print its summary."""
+    from pipeline.catalog import stage_io
     from pipeline.config import load_params
+    from pipeline.io import check_outputs
 
     overrides = parse_overrides(sets) | {
         k: v for k, v in (param_overrides or {}).items() if v is not None
@@ -80,6 +84,10 @@ def run_stage(
     changes = {k: v for k, v in path_overrides.items() if v is not None}
     if changes:
         paths = dataclasses.replace(paths, **changes)
+    # Refuse outputs over, above or inside an input, or at /, home or the project folder,
+    # before anything is read or written (pipeline/io.py writes only what radops created).
+    inputs, outputs = stage_io(stage, paths)
+    check_outputs(outputs, inputs)
     result = module.run(params, paths)
     summary = getattr(result, "summary", None)
     if callable(summary):
@@ -155,11 +163,16 @@ def predict(
 
 
 def main() -> None:
+    """Run the CLI: an explained failure prints ``radops: error: <message>`` (URLs redacted)
+    and exits with its code; a usage error (unknown option, bad value) is reported by Click
+    and exits 2 (``USAGE_EXIT_CODE``)."""
+    from pipeline.credentials import redact_text
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         app()
     except RadopsError as exc:
-        typer.echo(f"radops: error: {exc}", err=True)
+        typer.echo(f"radops: error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)

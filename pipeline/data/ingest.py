@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -49,11 +50,12 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
+        cat = catalog.Catalog(params)
         return cls(
-            input_dir=params.data.dicom_dir,
-            labels_csv=params.data.labels_csv,
-            out_dir=params.ingest.out_dir,
-            key_path=params.base.secret_key_path,
+            input_dir=cat.dicom_dir,
+            labels_csv=cat.labels_csv,
+            out_dir=cat.ingest_dir,
+            key_path=cat.secret_key,
         )
 
 
@@ -121,8 +123,9 @@ def ingest_folder(
     workers: int = 1,
 ) -> IngestResult:
     """The whole stage with explicit arguments (``predict`` calls it without labels)."""
-    from pipeline.io import atomic_path
+    from pipeline.io import atomic_path, check_outputs
 
+    check_outputs([out_dir], [input_dir, labels_csv])
     start = time.perf_counter()
     root = Path(input_dir)
     if not root.is_dir():
@@ -132,8 +135,8 @@ def ingest_folder(
     files, early = walk(root)
     if not files and not early:
         raise InputError(f"no files under {root}")
-    with atomic_path(out_dir) as staged:
-        (staged / "pixels").mkdir(parents=True)
+    with atomic_path(out_dir, stage="ingest") as staged:
+        (staged / catalog.PIXELS_DIR).mkdir(parents=True)
         outcomes = _process_all(files, str(staged), key, workers)
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
@@ -290,8 +293,8 @@ def _write_outputs(
     labels = attach_labels(manifest, labels_csv, key, root, quarantined_sops)
     manifest = manifest.astype({"label": "int64", "official_split": "str"})
     order = [*ROW_FIELDS[:_PIXEL_PATH], "label", "official_split", *ROW_FIELDS[_PIXEL_PATH:]]
-    manifest[order].to_parquet(staged / "manifest.parquet", index=False)  # docs/stages.md order
-    with (staged / "quarantine.csv").open("w", newline="") as fh:
+    manifest[order].to_parquet(staged / catalog.MANIFEST_FILE, index=False)  # docs/stages.md order
+    with (staged / catalog.QUARANTINE_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["source_file", "reason"])
         writer.writerows(quarantine)
@@ -307,7 +310,7 @@ def _write_outputs(
         "patients": int(manifest["patient_id"].nunique()),
         "dates": "not stored",
     }
-    (staged / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (staged / catalog.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 
