@@ -73,7 +73,7 @@ def run_stage(
     """Load params, build the stage's paths (with overrides), run it and print its summary."""
     from pipeline.catalog import stage_io
     from pipeline.config import load_params
-    from pipeline.io import check_outputs
+    from pipeline.io import check_outputs, check_replaceable
 
     overrides = parse_overrides(sets) | {
         k: v for k, v in (param_overrides or {}).items() if v is not None
@@ -88,6 +88,8 @@ def run_stage(
     # before anything is read or written (pipeline/io.py writes only what radops created).
     inputs, outputs = stage_io(stage, paths)
     check_outputs(outputs, inputs)
+    for output in outputs:
+        check_replaceable(output)
     result = module.run(params, paths)
     summary = getattr(result, "summary", None)
     if callable(summary):

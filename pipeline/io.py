@@ -184,7 +184,8 @@ def check_replaceable(target: Path | str, *, directory: bool | None = None) -> N
     """Raise unless ``target`` may be (re)written by radops.
 
     ``directory``: True when a whole folder will replace it, False for a file, None unknown.
-    A missing target is always fine; an existing one must be radops' own, of the same kind.
+    A missing target or an empty folder is fine; anything else must be radops' own, of the
+    same kind.
     """
     target = Path(target)
     check_location(target)
@@ -201,7 +202,7 @@ def check_replaceable(target: Path | str, *, directory: bool | None = None) -> N
                 f"{target}: is a folder; this output is a file. Give a file path "
                 "(e.g. predictions.csv)"
             )
-        if not is_output_dir(target):
+        if not is_output_dir(target) and any(target.iterdir()):
             raise UnsafeOutputError(
                 f"{target}: exists and was not created by radops (no {MARKER} marker); "
                 "refusing to replace it. Choose a new output folder, or delete it yourself"
