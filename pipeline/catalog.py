@@ -31,7 +31,6 @@ MLFLOW_ARTIFACTS = "artifacts"
 # ---------------------------------------------------------------- synth
 SYNTH_DICOM_DIR = "dicom"
 LABELS_FILE = "labels.csv"
-DICOM_SUFFIX = ".dcm"
 
 # ---------------------------------------------------------------- ingest
 MANIFEST_FILE = "manifest.parquet"

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline import catalog
 from pipeline.errors import ConfigError, RadopsError
 
 app = typer.Typer(
@@ -102,7 +103,7 @@ def synth(
     out: Annotated[Path | None, typer.Option(help="Output folder (dicom/ and labels.csv).")] = None,
     patients: Annotated[int | None, typer.Option(help="Number of patients.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same bytes).")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort and its labels file."""
@@ -115,7 +116,7 @@ def ingest(
     labels: Annotated[Path | None, typer.Option(help="Labels CSV.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Read, de-identify and store every image; quarantine every file that cannot be used."""
@@ -131,7 +132,7 @@ def ingest(
 
 
 def _simple_stage(stage: str, doc: str) -> None:
-    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    def command(params: ParamsOpt = catalog.PARAMS_FILE, set_: SetOpt = None) -> None:
         run_stage(stage, params, set_)
 
     command.__doc__ = doc
@@ -157,7 +158,7 @@ def predict(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/radops-classifier@champion.")],
     input: Annotated[Path, typer.Option("--input", help="DICOM folder to score.")],
     out: Annotated[Path, typer.Option(help="Predictions CSV.")],
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Score new DICOMs with a registered model (same ingest and preprocessing as training)."""

@@ -295,7 +295,7 @@ def load_params(
     return validate_params(raw, str(path))
 
 
-def validate_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+def validate_params(raw: dict[str, Any], source: str = str(DEFAULT_PARAMS)) -> Params:
     """``Params`` from a parsed tree; errors name the key (``source: a.b: message``)."""
     from pipeline.credentials import check_params_urls
 
@@ -347,7 +347,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_validation_error(exc: ValidationError, source: str = "params.yaml") -> str:
+def format_validation_error(exc: ValidationError, source: str = str(DEFAULT_PARAMS)) -> str:
     """One line per problem: ``source: section.key: message (got value)``."""
     lines = []
     for err in exc.errors():
@@ -362,7 +362,12 @@ def format_validation_error(exc: ValidationError, source: str = "params.yaml") -
         ctx = err.get("ctx") or {}
         if kind in _BOUNDS:
             symbol, name = _BOUNDS[kind]
-            message = f"must be {symbol} {ctx.get(name)}"
+            bound = ctx.get(name)
+            message = (
+                f"must be {symbol} {bound:g}"
+                if isinstance(bound, float)
+                else f"must be {symbol} {bound}"
+            )
         elif kind == "literal_error":
             message = f"must be one of {ctx.get('expected')}"
         elif kind in _TYPES:

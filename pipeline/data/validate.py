@@ -135,7 +135,7 @@ def run(params: Params, paths: Paths) -> ValidateResult:
         raise ValidationFailed(
             f"{len(failed)} of {len(entries)} data-contract expectations failed:\n"
             + "\n".join(f"  - {item}" for item in failed)
-            + f"\nreport: {paths.out_dir / 'report.json'}\nData Docs: {result.docs_index}"
+            + f"\nreport: {paths.out_dir / catalog.VALIDATION_REPORT}\nData Docs: {result.docs_index}"
         )
     return result
 
