@@ -38,8 +38,9 @@ class BaseSection(Section):
 
 
 class DataSection(Section):
-    dicom_dir: Path = Path("data/synthetic/dicom")
-    labels_csv: Path = Path("data/synthetic/labels.csv")
+    # The default input is synth's output.
+    dicom_dir: Path = Path("data/synthetic") / catalog.SYNTH_DICOM_DIR
+    labels_csv: Path = Path("data/synthetic") / catalog.LABELS_FILE
 
 
 class SynthSection(Section):

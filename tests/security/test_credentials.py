@@ -150,9 +150,7 @@ def test_secrets_never_reach_mlflow_params_or_tags(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = with_updates(
-        Params(), base={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    )
+    params = with_updates(Params(), base={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     secrets = [s for _, s, _ in AWKWARD]
     with pytest.raises(RuntimeError), tracked_run(params, "test") as run:
         log_params_flat(
