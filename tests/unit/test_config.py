@@ -148,5 +148,5 @@ def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None
     probs = {"cnn": np.array([0.1, 0.9, 0.2, 0.8])}
     table = subgroup_table(index, probs, {"cnn": 0.5}, ["kvp"])
     assert set(table["attribute"]) == {"overall", "kvp"}
-    with pytest.raises(ConfigError, match="evaluate.subgroup_columns"):
+    with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
         subgroup_table(index, probs, {"cnn": 0.5}, ["scanner_room"])
