@@ -198,6 +198,17 @@ class Catalog:
 
 
 # Which fields of each stage's ``Paths`` are read and which are written.
+# How each written path is written (what ``pipeline.io.check_output`` checks up front):
+# "folder" replaced as a whole, "holder" a folder files are written into, "workdir" a folder
+# filled and cleared in place (checkpoints), "file" a single file.
+OUTPUT_KINDS: dict[tuple[str, str], str] = {
+    ("tune", "out_dir"): "holder",
+    ("baseline", "out_dir"): "holder",
+    ("evaluate", "out_dir"): "holder",
+    ("register", "out_dir"): "holder",
+    ("train", "checkpoint_dir"): "workdir",
+    ("predict", "out_csv"): "file",
+}
 STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "synth": ((), ("out_dir",)),
     "ingest": (("input_dir", "labels_csv", "key_path"), ("out_dir",)),
@@ -212,6 +223,11 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "promote": (("registration", "data_dir"), ()),
     "predict": (("input_dir", "model_uri"), ("out_csv",)),
 }
+
+
+def output_kind(stage: str, field: str) -> str:
+    """How ``stage`` writes its ``Paths`` field ``field`` (see :data:`OUTPUT_KINDS`)."""
+    return OUTPUT_KINDS.get((stage, field), "folder")
 
 
 def stage_io(stage: str, paths: object) -> tuple[list[Path], list[Path]]:

@@ -72,9 +72,9 @@ def run_stage(
     **path_overrides: Any,
 ) -> Any:
     """Load params, build the stage's paths (with overrides), run it and print its summary."""
-    from pipeline.catalog import stage_io
+    from pipeline.catalog import STAGE_IO, output_kind, stage_io
     from pipeline.config import load_params
-    from pipeline.io import check_outputs, check_replaceable
+    from pipeline.io import check_output, check_outputs
 
     overrides = parse_overrides(sets) | {
         k: v for k, v in (param_overrides or {}).items() if v is not None
@@ -89,8 +89,9 @@ def run_stage(
     # before anything is read or written (pipeline/io.py writes only what radops created).
     inputs, outputs = stage_io(stage, paths)
     check_outputs(outputs, inputs)
-    for output in outputs:
-        check_replaceable(output)
+    for field in STAGE_IO[stage][1]:
+        if getattr(paths, field, None) is not None:
+            check_output(getattr(paths, field), output_kind(stage, field))
     result = module.run(params, paths)
     summary = getattr(result, "summary", None)
     if callable(summary):

@@ -219,6 +219,35 @@ def check_replaceable(target: Path | str, *, directory: bool | None = None) -> N
         )
 
 
+def check_output(target: Path | str, kind: str) -> None:
+    """Fail fast, before a stage runs, on an output path its writer would refuse.
+
+    ``kind`` (``pipeline.catalog.OUTPUT_KINDS``): ``folder`` is replaced as a whole (must be
+    missing, empty or radops' output), ``file`` likewise for a file, ``holder`` is a folder
+    files are written into (each file is checked when written), ``workdir`` is filled and
+    cleared in place (must be missing, empty or carry radops' marker).
+    """
+    target = Path(target)
+    if kind == "folder":
+        check_replaceable(target, directory=True)
+    elif kind == "file":
+        check_replaceable(target, directory=False)
+    else:
+        check_location(target)
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise UnsafeOutputError(f"{target}: is not a folder radops can write into")
+        if (
+            kind == "workdir"
+            and target.is_dir()
+            and _read_marker(target) is None
+            and any(target.iterdir())
+        ):
+            raise UnsafeOutputError(
+                f"{target}: is a non-empty folder not created by radops (no {MARKER} marker); "
+                "refusing to use it. Choose a new folder, or delete it yourself"
+            )
+
+
 # --------------------------------------------------------------------------- folders
 
 
@@ -241,8 +270,8 @@ def ensure_parent(target: Path | str, stage: str | None = None) -> Path:
 def claim_dir(folder: Path | str, stage: str | None = None) -> Path:
     """Make ``folder`` a radops output folder that a stage may fill and clear in place.
 
-    A missing or empty folder is created and marked; a marked one is kept; a folder holding
-    anything else is refused (used for ``train.checkpoint_dir``).
+    A missing or empty folder is created and marked; a marked one is kept (marked as a whole
+    output); a folder holding anything else is refused (used for ``train.checkpoint_dir``).
     """
     folder = Path(folder)
     check_location(folder)
@@ -251,7 +280,7 @@ def claim_dir(folder: Path | str, stage: str | None = None) -> Path:
     if folder.is_dir():
         if is_output_dir(folder):
             return folder
-        if any(folder.iterdir()):
+        if _read_marker(folder) is None and any(folder.iterdir()):
             raise UnsafeOutputError(
                 f"{folder}: is a non-empty folder not created by radops (no {MARKER} marker); "
                 "refusing to use it. Choose a new folder, or delete it yourself"

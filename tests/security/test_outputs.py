@@ -250,3 +250,33 @@ def test_links_and_type_changes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeOutputError, match="is a folder"), io.atomic_path(own) as staged:
         staged.write_text("a file where a folder was")
     assert own.is_dir() and (real / "x").read_text() == "x"
+
+
+def test_each_kind_of_output_is_checked_before_a_stage_runs(tmp_path: Path) -> None:
+    """What the CLI checks up front (pipeline.catalog.OUTPUT_KINDS): a folder that holds
+    outputs (reports/) may be reused between runs; a whole-folder output, a checkpoint folder
+    or a file output may not be someone else's."""
+    from pipeline import io
+
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "data.txt").write_text("mine")
+    reports = tmp_path / "reports"
+    io.write_text(reports / "evaluation.md", "# old report\n")  # creates and marks reports/
+    io.check_output(reports, "holder")
+    io.check_output(users, "holder")  # files in it are checked one by one when written
+    (users / "evaluation.md").write_text("a user's file")
+    with pytest.raises(UnsafeOutputError, match=r"evaluation\.md"):
+        io.write_text(users / "evaluation.md", "x")
+    with pytest.raises(UnsafeOutputError):
+        io.check_output(users / "data.txt", "holder")
+    for kind in ("folder", "workdir"):
+        with pytest.raises(UnsafeOutputError, match="users"):
+            io.check_output(users, kind)
+    io.check_output(reports, "workdir")  # radops' own (marked) folder
+    (tmp_path / "empty").mkdir()
+    io.check_output(tmp_path / "empty", "folder")
+    with pytest.raises(UnsafeOutputError, match="is a folder"):
+        io.check_output(tmp_path / "empty", "file")
+    assert (users / "data.txt").read_text() == "mine"
+    assert (users / "evaluation.md").read_text() == "a user's file"
