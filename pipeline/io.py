@@ -170,7 +170,7 @@ def check_outputs(
         for given, in_r in ins:
             if _is_within(out_r, in_r):
                 raise UnsafeOutputError(
-                    f"{out}: refusing to write an output inside the input {given}; "
+                    f"{out}: refusing to write an output at or inside the input {given}; "
                     "choose an output folder outside the input"
                 )
             if _is_within(in_r, out_r):
