@@ -280,3 +280,38 @@ def test_each_kind_of_output_is_checked_before_a_stage_runs(tmp_path: Path) -> N
         io.check_output(tmp_path / "empty", "file")
     assert (users / "data.txt").read_text() == "mine"
     assert (users / "evaluation.md").read_text() == "a user's file"
+
+
+def test_sigkill_during_ingest_keeps_the_previous_output(project: Path) -> None:
+    """A real SIGKILL while ingest is staging: the previous output is untouched, and the
+    staging folder it leaves is removed by the next run."""
+    import signal
+    import time
+
+    for copy in ("b", "c"):  # more files, so the run is still staging when it is killed
+        shutil.copytree(project / "in", project / f"more_{copy}")
+        shutil.move(project / f"more_{copy}", project / "in" / copy)
+    args = ("ingest", "--input", "in", "--labels", "labels.csv", "--out", "ingested")
+    assert radops(project, *args).returncode == 0
+    previous = snapshot(project / "ingested")
+
+    env = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""}
+    code = "import sys; from pipeline.cli import main; sys.argv[0] = 'radops'; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=project, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    staging: list[Path] = []
+    while not staging and proc.poll() is None and time.monotonic() < deadline:
+        staging = list(project.glob(".ingested.*.tmp"))
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert staging, "ingest finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+    assert list(project.glob(".ingested.*.tmp")) == staging  # left behind by the kill
+    assert snapshot(project / "ingested") == previous
+
+    result = radops(project, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not list(project.glob(".ingested.*.tmp"))
