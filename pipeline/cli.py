@@ -170,11 +170,12 @@ def main() -> None:
     """Run the CLI: an explained failure prints ``radops: error: <message>`` (URLs redacted)
     and exits with its code; a usage error (unknown option, bad value) is reported by Click
     and exits 2 (``USAGE_EXIT_CODE``)."""
-    from pipeline.credentials import redact_text
+    from pipeline.credentials import install_log_redaction, redact_text
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()
     try:
         app()
     except RadopsError as exc:

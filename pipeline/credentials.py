@@ -168,3 +168,24 @@ def tracking_uri_setting(params: Params) -> str:
     """The tracking URI set by the user: environment, then ``.radops/``, then params ('' if
     none: the local SQLite store)."""
     return os.environ.get(TRACKING_ENV) or _from_file(TRACKING_FILE) or params.base.tracking_uri
+
+
+class RedactingFilter:
+    """A logging filter that redacts URLs in every record it passes (message and arguments)."""
+
+    def filter(self, record: object) -> bool:
+        import logging
+
+        if isinstance(record, logging.LogRecord) and "://" in str(record.msg) + str(record.args):
+            record.msg = redact_text(record.getMessage())
+            record.args = None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Redact URLs in everything the root logger's handlers write (the CLI calls this)."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

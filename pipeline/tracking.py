@@ -1,7 +1,10 @@
 """MLflow set-up and run lifecycle, in one place.
 
 * The store is SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` unless
-  ``base.tracking_uri`` or ``MLFLOW_TRACKING_URI`` names another (e.g. a tracking server).
+  ``MLFLOW_TRACKING_URI``, ``.radops/tracking-uri`` or ``base.tracking_uri`` (password-free)
+  names another (e.g. a tracking server); see ``pipeline/credentials.py``.
+* Logged params and failure tags pass through URL redaction; keys named like a password are
+  masked.
 * ``tracked_run`` guarantees that no run is left RUNNING: an exception marks it FAILED, a
   SIGTERM/SIGINT marks it KILLED, and runs left RUNNING by dead processes are marked FAILED
   the next time any stage starts.

@@ -172,3 +172,21 @@ def test_secrets_never_reach_mlflow_params_or_tags(
     assert "cannot open" in data.tags["radops.failure"]
     for secret in secrets:
         assert secret not in caplog.text
+
+
+def test_log_redaction_as_the_cli_installs_it(tmp_path: Path) -> None:
+    """Whatever a library logs through the CLI's log handler has its URLs redacted."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    code = (
+        "import logging, sys; from pipeline import cli, credentials\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "credentials.install_log_redaction()\n"
+        f"logging.getLogger('sqlalchemy').warning('cannot connect to %s', {AWKWARD[0][0]!r})\n"
+        f"logging.getLogger('optuna').info({AWKWARD[5][0]!r})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cannot connect to postgresql://alice:***@db.example.org:5432/optuna" in result.stderr
+    assert AWKWARD[0][1] not in result.stderr and AWKWARD[5][1] not in result.stderr
