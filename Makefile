@@ -7,7 +7,8 @@ export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.radops-installed
 # Prefect's state (local server database, settings) stays inside the project.
 export PREFECT_HOME ?= $(abspath .radops/prefect)
-MLFLOW_PORT ?= 5000
+# The MLflow UI's port: base.mlflow_ui_port in params.yaml (the run summary links to it).
+MLFLOW_PORT ?= $(or $(shell sed -n 's/^ *mlflow_ui_port: *\([0-9]*\).*/\1/p' params.yaml),5000)
 PREFECT_PORT ?= 4200
 
 .DEFAULT_GOAL := help

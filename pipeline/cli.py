@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.errors import RadopsError
+from pipeline import catalog
+from pipeline.errors import ConfigError, RadopsError
 
 app = typer.Typer(
     help="radops: DICOM folder in; validated data, tuned model, evaluation and registry out.",
@@ -34,6 +35,8 @@ log = logging.getLogger("radops")
 # When set (by the Prefect flows), the CLI writes its exit code for an explained failure to
 # this file: `dvc repro` does not pass a command's exit code through.
 EXIT_STATUS_ENV = "RADOPS_EXIT_STATUS_FILE"
+# A command line that cannot be parsed is a configuration error: permanent, like ConfigError.
+USAGE_EXIT_CODE = ConfigError.exit_code
 
 # Which library module runs each subcommand (imported only when its command runs).
 STAGE_MODULES = {
@@ -73,7 +76,9 @@ def run_stage(
     **path_overrides: Any,
 ) -> Any:
     """Load params, build the stage's paths (with overrides), run it and print its summary."""
+    from pipeline.catalog import STAGE_IO, output_kind, stage_io
     from pipeline.config import load_params
+    from pipeline.io import check_output, check_outputs
 
     overrides = parse_overrides(sets) | {
         k: v for k, v in (param_overrides or {}).items() if v is not None
@@ -84,6 +89,13 @@ def run_stage(
     changes = {k: v for k, v in path_overrides.items() if v is not None}
     if changes:
         paths = dataclasses.replace(paths, **changes)
+    # Refuse outputs over, above or inside an input, or at /, home or the project folder,
+    # before anything is read or written (pipeline/io.py writes only what radops created).
+    inputs, outputs = stage_io(stage, paths)
+    check_outputs(outputs, inputs)
+    for field in STAGE_IO[stage][1]:
+        if getattr(paths, field, None) is not None:
+            check_output(getattr(paths, field), output_kind(stage, field))
     result = module.run(params, paths)
     summary = getattr(result, "summary", None)
     if callable(summary):
@@ -96,7 +108,7 @@ def synth(
     out: Annotated[Path | None, typer.Option(help="Output folder (dicom/ and labels.csv).")] = None,
     patients: Annotated[int | None, typer.Option(help="Number of patients.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same bytes).")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Write a synthetic DICOM cohort and its labels file."""
@@ -109,7 +121,7 @@ def ingest(
     labels: Annotated[Path | None, typer.Option(help="Labels CSV.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Read, de-identify and store every image; quarantine every file that cannot be used."""
@@ -125,7 +137,7 @@ def ingest(
 
 
 def _simple_stage(stage: str, doc: str) -> None:
-    def command(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    def command(params: ParamsOpt = catalog.PARAMS_FILE, set_: SetOpt = None) -> None:
         run_stage(stage, params, set_)
 
     command.__doc__ = doc
@@ -151,7 +163,7 @@ def predict(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/radops-classifier@champion.")],
     input: Annotated[Path, typer.Option("--input", help="DICOM folder to score.")],
     out: Annotated[Path, typer.Option(help="Predictions CSV.")],
-    params: ParamsOpt = Path("params.yaml"),
+    params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
 ) -> None:
     """Score new DICOMs with a registered model (same ingest and preprocessing as training)."""
@@ -159,13 +171,19 @@ def predict(
 
 
 def main() -> None:
+    """Run the CLI: an explained failure prints ``radops: error: <message>`` (URLs redacted)
+    and exits with its code; a usage error (unknown option, bad value) is reported by Click
+    and exits 2 (``USAGE_EXIT_CODE``)."""
+    from pipeline.credentials import install_log_redaction, redact_text
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()
     try:
         app()
     except RadopsError as exc:
-        typer.echo(f"radops: error: {exc}", err=True)
+        typer.echo(f"radops: error: {redact_text(str(exc))}", err=True)
         if status_file := os.environ.get(EXIT_STATUS_ENV):
             Path(status_file).write_text(f"{exc.exit_code}\n")
         sys.exit(exc.exit_code)

@@ -1,7 +1,11 @@
 """Typed configuration: ``params.yaml`` parsed once into pydantic models.
 
 Every section forbids unknown keys so that a typo in ``params.yaml`` fails loudly instead of
-silently falling back to a default.
+silently falling back to a default. The defaults here are the shipped ``params.yaml`` (one
+source: ``tests/unit/test_config.py`` checks that ``Params()`` equals the parsed file), and
+every numeric setting has bounds. A bad value is a :class:`ConfigError` naming the key, e.g.
+``params.yaml: train.max_epochs: must be ≥ 1 (got -3)`` (exit code 2), and a credential in a
+URL setting is a :class:`SecretError` (see ``pipeline/credentials.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-DEFAULT_PARAMS = Path("params.yaml")
+from pipeline import catalog
+from pipeline.errors import ConfigError
+
+DEFAULT_PARAMS = catalog.PARAMS_FILE
 
 
 class Section(BaseModel):
@@ -20,16 +27,20 @@ class Section(BaseModel):
 
 
 class BaseSection(Section):
-    seed: int = 42
-    experiment_name: str = "radops"
+    seed: int = Field(42, ge=0)
+    experiment_name: str = Field("radops", min_length=1)
+    # A password-free URL only; credentials come from MLFLOW_TRACKING_URI (credentials.py).
     tracking_uri: str = ""
-    registered_model_name: str = "radops-classifier"
-    secret_key_path: Path = Path(".radops/pseudonym.key")
+    registered_model_name: str = Field("radops-classifier", min_length=1)
+    secret_key_path: Path = catalog.LOCAL_DIR / "pseudonym.key"
+    # Port of `make ui` (the MLflow UI), used in the run summary's links.
+    mlflow_ui_port: int = Field(5000, ge=1, le=65535)
 
 
 class DataSection(Section):
-    dicom_dir: Path = Path("data/synthetic/dicom")
-    labels_csv: Path = Path("data/synthetic/labels.csv")
+    # The default input is synth's output.
+    dicom_dir: Path = Path("data/synthetic") / catalog.SYNTH_DICOM_DIR
+    labels_csv: Path = Path("data/synthetic") / catalog.LABELS_FILE
 
 
 class SynthSection(Section):
@@ -92,10 +103,11 @@ class PreprocessSection(Section):
 class AugmentationSection(Section):
     enabled: bool = True
     strength: float = Field(1.0, ge=0)
-    rotation_deg: float = Field(10.0, ge=0)
+    # Flips only by default (see params.yaml for why).
+    rotation_deg: float = Field(0.0, ge=0, le=180)
     flip: bool = True
-    scale: float = Field(0.1, ge=0)
-    intensity: float = Field(0.1, ge=0)
+    scale: float = Field(0.0, ge=0, lt=1)
+    intensity: float = Field(0.0, ge=0)
 
 
 Activation = Literal["relu", "leakyrelu", "gelu", "tanh", "sigmoid"]
@@ -116,13 +128,16 @@ class TrainSection(Section):
     lr: float = Field(0.002, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     lr_schedule: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    lr_step_size: int = Field(0, ge=0)  # step: epochs between decays (0: a third of the run)
+    lr_step_factor: float = Field(0.1, gt=0, le=1)  # step: multiply the rate by this
+    lr_plateau_factor: float = Field(0.5, gt=0, lt=1)  # plateau: multiply the rate by this
     batch_size: int = Field(32, ge=1)
-    max_epochs: int = Field(25, ge=1)
+    max_epochs: int = Field(40, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
     l1_lambda: float = Field(0.0, ge=0)
     class_weighting: Literal["balanced", "none"] = "balanced"
     early_stopping_monitor: Literal["val_auc", "val_loss"] = "val_auc"
-    early_stopping_patience: int = Field(5, ge=1)
+    early_stopping_patience: int = Field(8, ge=1)
     early_stopping_min_delta: float = Field(0.001, ge=0)
     augmentation: AugmentationSection = AugmentationSection()
     accelerator: str = "auto"
@@ -131,6 +146,8 @@ class TrainSection(Section):
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     num_threads: int = Field(1, ge=0)
+    # Training arrays up to this size are read into memory; larger ones stay memory-mapped.
+    in_memory_limit_mb: int = Field(4096, ge=0)
 
 
 class FloatSpace(Section):
@@ -139,6 +156,12 @@ class FloatSpace(Section):
     high: float
     log: bool = False
 
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatSpace:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
 
 class IntSpace(Section):
     type: Literal["int"]
@@ -146,26 +169,45 @@ class IntSpace(Section):
     high: int
     log: bool = False
 
+    @model_validator(mode="after")
+    def _ordered(self) -> IntSpace:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
 
 class CategoricalSpace(Section):
     type: Literal["categorical"]
-    choices: list[Any]
+    choices: list[Any] = Field(min_length=1)
 
 
 SearchDimension = Annotated[FloatSpace | IntSpace | CategoricalSpace, Field(discriminator="type")]
 
+# The shipped search space (params.yaml holds the same, with comments).
+SEARCH_SPACE: dict[str, SearchDimension] = {
+    "lr": FloatSpace(type="float", low=0.0003, high=0.01, log=True),
+    "batch_size": CategoricalSpace(type="categorical", choices=[32, 64]),
+    "optimizer": CategoricalSpace(type="categorical", choices=["adam", "adamw", "sgd"]),
+    "dropout": FloatSpace(type="float", low=0.0, high=0.4),
+    "base_width": CategoricalSpace(type="categorical", choices=[8, 16]),
+    "depth": IntSpace(type="int", low=2, high=3),
+    "weight_decay": FloatSpace(type="float", low=0.000001, high=0.001, log=True),
+}
+
 
 class TuneSection(Section):
     out_dir: Path = Path("models/tune")
-    storage: str = "sqlite:///optuna/radops.db"
-    study_name: str = "radops-cnn"
+    # A password-free URL only; credentials come from RADOPS_OPTUNA_STORAGE (credentials.py).
+    storage: str = f"sqlite:///{catalog.OPTUNA_DB}"
+    study_name: str = Field("radops-cnn", min_length=1)
     n_trials: int = Field(10, ge=1)
     timeout_s: float = Field(900, gt=0)
-    max_epochs: int = Field(8, ge=1)
+    max_epochs: int = Field(10, ge=1)
     pruner: Literal["median", "successive_halving", "none"] = "median"
-    n_startup_trials: int = Field(3, ge=0)
-    n_warmup_epochs: int = Field(1, ge=0)
-    search_space: dict[str, SearchDimension] = {}
+    n_startup_trials: int = Field(2, ge=0)
+    n_warmup_epochs: int = Field(2, ge=0)
+    reduction_factor: int = Field(3, ge=2)  # successive_halving: rungs at 1, r, r², ... epochs
+    search_space: dict[str, SearchDimension] = Field(default_factory=lambda: dict(SEARCH_SPACE))
 
 
 class BaselineSection(Section):
@@ -197,6 +239,8 @@ class EvaluateSection(Section):
     calibration_bins: int = Field(10, ge=2)
     overfit_gap: float = Field(0.1, gt=0)
     underfit_auc: float = Field(0.7, gt=0, le=1)
+    # Manifest columns whose groups get their own row in subgroups.csv.
+    subgroup_columns: list[str] = ["site", "manufacturer"]
 
 
 class RegisterSection(Section):
@@ -232,14 +276,116 @@ class Params(Section):
 def load_params(
     path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
 ) -> Params:
-    """Read ``params.yaml`` (and optional dotted-key overrides) into a validated ``Params``."""
+    """Read ``params.yaml`` (and optional dotted-key overrides) into a validated ``Params``.
+
+    Raises :class:`ConfigError` for a missing or malformed file or an invalid value, and
+    :class:`SecretError` for a credential in a URL setting.
+    """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"params file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
-    return Params.model_validate(raw)
+        try:
+            set_dotted(raw, dotted, value)
+        except (TypeError, AttributeError):
+            raise ConfigError(
+                f"{path}: cannot set {dotted}: a parent key is not a section"
+            ) from None
+    return validate_params(raw, str(path))
+
+
+def validate_params(raw: dict[str, Any], source: str = str(DEFAULT_PARAMS)) -> Params:
+    """``Params`` from a parsed tree; errors name the key (``source: a.b: message``)."""
+    from pipeline.credentials import check_params_urls
+
+    # Credentials first: a password must never be echoed back in a validation message.
+    urls = {
+        "tune.storage": (raw.get("tune") or {}).get("storage", "")
+        if isinstance(raw.get("tune"), dict)
+        else "",
+        "base.tracking_uri": (raw.get("base") or {}).get("tracking_uri", "")
+        if isinstance(raw.get("base"), dict)
+        else "",
+    }
+    check_params_urls({k: v for k, v in urls.items() if isinstance(v, str)})
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+_BOUNDS = {
+    "greater_than_equal": ("≥", "ge"),
+    "greater_than": (">", "gt"),
+    "less_than_equal": ("≤", "le"),
+    "less_than": ("<", "lt"),
+}
+_TYPES = {
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+    "list_type": "must be a list",
+    "dict_type": "must be a section (a mapping)",
+    "model_type": "must be a section (a mapping)",
+    "missing": "is required",
+    "extra_forbidden": "unknown key (a typo? see params.yaml for the keys)",
+}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError, source: str = str(DEFAULT_PARAMS)) -> str:
+    """One line per problem: ``source: section.key: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        # union members (e.g. ``int`` of ``int | str``) add a type name to the location
+        loc = [
+            str(p)
+            for p in err["loc"]
+            if not (isinstance(p, str) and p[:1].islower() and p in {"int", "str", "float", "bool"})
+        ]
+        key = ".".join(p.removesuffix("_") for p in loc) or "(top level)"
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        if kind in _BOUNDS:
+            symbol, name = _BOUNDS[kind]
+            bound = ctx.get(name)
+            message = (
+                f"must be {symbol} {bound:g}"
+                if isinstance(bound, float)
+                else f"must be {symbol} {bound}"
+            )
+        elif kind == "literal_error":
+            message = f"must be one of {ctx.get('expected')}"
+        elif kind in _TYPES:
+            message = _TYPES[kind]
+        else:
+            message = str(err["msg"]).removeprefix("Value error, ")
+        if not isinstance(err.get("input"), dict) and kind not in ("missing", "extra_forbidden"):
+            message += f" (got {_show(err.get('input'))})"
+        lines.append(f"{source}: {key}: {message}")
+    unique = list(dict.fromkeys(lines))
+    return "\n".join(unique[:10]) + (
+        f"\n... and {len(unique) - 10} more" if len(unique) > 10 else ""
+    )
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -271,15 +417,15 @@ def write_overrides(path: Path | str, overrides: dict[str, Any]) -> None:
 
     from ruamel.yaml import YAML
 
-    from pipeline.io import write_text
+    from pipeline.io import replace_user_file
 
     path = Path(path)
     rt = YAML()
     tree = rt.load(path.read_text())
     for dotted, value in overrides.items():
         set_dotted(tree, dotted, value)
-    Params.model_validate(yaml.safe_load(_dump(rt, tree, io.StringIO())))
-    write_text(path, _dump(rt, tree, io.StringIO()))
+    validate_params(yaml.safe_load(_dump(rt, tree, io.StringIO())), str(path))
+    replace_user_file(path, _dump(rt, tree, io.StringIO()).encode("utf-8"))
 
 
 def _dump(rt: Any, tree: Any, buffer: Any) -> str:

@@ -12,10 +12,11 @@ import secrets
 import stat
 from pathlib import Path
 
+from pipeline import catalog
 from pipeline.errors import SecretError
 
 # Folder for every local secret and local-only table (relative to the project root).
-SECRETS_DIR = Path(".radops")
+SECRETS_DIR = catalog.LOCAL_DIR
 
 
 def check_private(path: Path) -> None:

@@ -9,11 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.catalog import Catalog
 from pipeline.config import Params
 from pipeline.io import read_json
 from pipeline.tracking import data_version
 
-UI_URL = "http://127.0.0.1:5000"
+
+def ui_url(port: int) -> str:
+    """The MLflow UI that ``make ui`` serves (``base.mlflow_ui_port``)."""
+    return f"http://127.0.0.1:{port}"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -30,6 +34,7 @@ class RunSummary:
     registration: dict[str, Any]
     promotion: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
+    ui_port: int = 5000
 
     def format(self) -> str:
         def auc(m: dict[str, Any]) -> str:
@@ -51,7 +56,7 @@ class RunSummary:
         if self.train_run_id and self.experiment_id:
             lines.append(f"  MLflow run       {self.train_run_id}")
             lines.append(
-                f"  open it          make ui, then {UI_URL}/#/experiments/"
+                f"  open it          make ui, then {ui_url(self.ui_port)}/#/experiments/"
                 f"{self.experiment_id}/runs/{self.train_run_id}"
             )
         if self.registration:
@@ -70,7 +75,8 @@ class RunSummary:
 
 def collect(params: Params, stages_run: list[str] | None = None) -> RunSummary:
     """Gather the summary from the evaluate, train and register outputs."""
-    train_run = _read(params.train.out_dir / "run.json")
+    cat = Catalog(params)
+    train_run = _read(cat.train_run)
     experiment_id = None
     if train_run.get("run_id"):
         import mlflow
@@ -81,10 +87,11 @@ def collect(params: Params, stages_run: list[str] | None = None) -> RunSummary:
         experiment_id = mlflow.get_run(train_run["run_id"]).info.experiment_id
     return RunSummary(
         data_version=data_version(),
-        cnn=_read(params.evaluate.out_dir / "metrics_cnn.json"),
-        baseline=_read(params.evaluate.out_dir / "metrics_baseline.json"),
+        cnn=_read(cat.metrics("cnn")),
+        baseline=_read(cat.metrics("baseline")),
         train_run_id=train_run.get("run_id"),
         experiment_id=experiment_id,
-        registration=_read(params.register_.out_dir / "registration.json"),
+        registration=_read(cat.registration),
         stages_run=stages_run or [],
+        ui_port=params.base.mlflow_ui_port,
     )

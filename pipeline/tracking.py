@@ -1,7 +1,10 @@
 """MLflow set-up and run lifecycle, in one place.
 
 * The store is SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` unless
-  ``base.tracking_uri`` or ``MLFLOW_TRACKING_URI`` names another (e.g. a tracking server).
+  ``MLFLOW_TRACKING_URI``, ``.radops/tracking-uri`` or ``base.tracking_uri`` (password-free)
+  names another (e.g. a tracking server); see ``pipeline/credentials.py``.
+* Logged params and failure tags pass through URL redaction; keys named like a password are
+  masked.
 * ``tracked_run`` guarantees that no run is left RUNNING: an exception marks it FAILED, a
   SIGTERM/SIGINT marks it KILLED, and runs left RUNNING by dead processes are marked FAILED
   the next time any stage starts.
@@ -23,12 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipeline import catalog
+from pipeline.credentials import redact_text
+
 if TYPE_CHECKING:
     import mlflow
 
     from pipeline.config import Params
 
-MLRUNS_DIR = Path("mlruns")
+MLRUNS_DIR = catalog.MLRUNS_DIR
 PID_TAG = "radops.pid"
 HOST_TAG = "radops.host"
 
@@ -39,15 +45,17 @@ class RunTerminated(BaseException):
 
 def tracking_uri(params: Params) -> str:
     """The tracking URI in force: env var, then params, then the local SQLite store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.base.tracking_uri
+    from pipeline.credentials import tracking_uri_setting
+
+    uri = tracking_uri_setting(params)
     if uri:
         return uri
     MLRUNS_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{(MLRUNS_DIR / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(MLRUNS_DIR / catalog.MLFLOW_DB).resolve()}"
 
 
 def artifact_root() -> str:
-    return (MLRUNS_DIR / "artifacts").resolve().as_uri()
+    return (MLRUNS_DIR / catalog.MLFLOW_ARTIFACTS).resolve().as_uri()
 
 
 def configure(params: Params) -> str:
@@ -93,7 +101,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def data_version(lock_path: Path = Path("dvc.lock")) -> str:
+def data_version(lock_path: Path = catalog.DVC_LOCK) -> str:
     """A short hash of the ingested data as recorded in ``dvc.lock`` ('unversioned' if absent)."""
     if not lock_path.exists():
         return "unversioned"
@@ -190,7 +198,8 @@ def tracked_run(
         raise
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            mlflow.set_tag("radops.failure", f"{type(exc).__name__}: {exc}"[:500])
+            message = redact_text(f"{type(exc).__name__}: {exc}")
+            mlflow.set_tag("radops.failure", message[:500])
         mlflow.end_run(status="FAILED")
         raise
     else:
@@ -211,4 +220,13 @@ def log_params_flat(prefix: str, values: dict[str, Any]) -> None:
             flat[key] = value
 
     walk(prefix, values)
-    mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+    mlflow.log_params({k: safe_param(k, v) for k, v in flat.items()})
+
+
+def safe_param(key: str, value: Any) -> str:
+    """A parameter as logged: URLs redacted, secret-named keys masked, at most 500 chars."""
+    from pipeline.credentials import MASK, _is_secret_key
+
+    if _is_secret_key(key.rsplit(".", 1)[-1]) and value not in (None, ""):
+        return MASK
+    return redact_text(str(value))[:500]

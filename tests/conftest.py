@@ -1,8 +1,9 @@
 """Root fixtures, shared by every test package.
 
 ``make_params(root, **sections)``
-    Params whose every output folder, pseudonym key, MLflow store and Optuna storage lie under
-    ``root``; keyword arguments update sections, e.g.
+    The shipped defaults (``Params()`` equals ``params.yaml``) with every output folder,
+    pseudonym key, MLflow store and Optuna storage under ``root``; keyword arguments update
+    sections, e.g.
     ``make_params(tmp_path, synth={"patients": 4}, ingest={"workers": 2})``.
     (tests/model overrides this fixture name with its own factory.)
 
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from pipeline import catalog
 from pipeline.config import Params, with_updates
 
 # section -> its path fields, relative to the root handed to build_params.
@@ -48,7 +50,7 @@ def build_params(root: Path, **sections: dict[str, Any]) -> Params:
         "secret_key_path": str(root / ".radops/pseudonym.key"),
         "tracking_uri": f"sqlite:///{root / 'mlruns/mlflow.db'}",
     }
-    updates["tune"]["storage"] = f"sqlite:///{root / 'optuna/radops.db'}"
+    updates["tune"]["storage"] = f"sqlite:///{root / catalog.OPTUNA_DB}"
     for name, values in sections.items():
         updates.setdefault(name.rstrip("_"), {}).update(values)
     return with_updates(Params(), **updates)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,9 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.skops"
-META_FILE = "baseline.json"
-RUN_FILE = "run.json"
+MODEL_FILE = catalog.BASELINE_MODEL_FILE
+META_FILE = catalog.BASELINE_META_FILE
+RUN_FILE = catalog.RUN_FILE
 RFE_STEP = 0.1
 # Types skops does not trust by default that a radops baseline legitimately contains. Loading
 # refuses any file holding a type outside this list (and skops' own defaults).
@@ -48,7 +49,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(data_dir=params.preprocess.out_dir, out_dir=params.baseline.out_dir)
+        cat = catalog.Catalog(params)
+        return cls(data_dir=cat.preprocess_dir, out_dir=cat.baseline_dir)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray
     import pandas as pd
 
     data_dir = Path(data_dir)
-    files = [data_dir / f"{split}_{part}" for part in ("x.npy", "y.npy", "index.parquet")]
+    parts = (catalog.IMAGES_SUFFIX, catalog.LABELS_SUFFIX, catalog.INDEX_SUFFIX)
+    files = [catalog.split_file(data_dir, split, part) for part in parts]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise InputError(f"preprocessed {split} split is incomplete, missing: {missing}")
@@ -283,7 +286,7 @@ def run(params: Params, paths: Paths) -> BaselineResult:
         mlflow.log_params({f"best.{k}": v for k, v in best.items()})
         metrics = {"val_auc": val_auc, "train_auc": train_auc, "cv_auc": cv_auc}
         mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
-        mlflow.log_dict({"selected_features": selected}, "selected_features.json")
+        mlflow.log_dict({"selected_features": selected}, catalog.SELECTED_FEATURES_FILE)
         mlflow.log_dict(meta, META_FILE)
         save(pipe, paths.out_dir / MODEL_FILE)
         mlflow.log_artifact(str(paths.out_dir / MODEL_FILE), artifact_path="model")

@@ -29,18 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from pipeline.config import AugmentationSection, TrainSection
 
 SPLITS = ("train", "val")
-IN_MEMORY_LIMIT_BYTES = 4 * 1024**3
+IN_MEMORY_LIMIT_BYTES = 4 * 1024**3  # default of train.in_memory_limit_mb
 
 
 def split_files(data_dir: Path, split: str) -> tuple[Path, Path]:
     """The image and label files of one split."""
-    return data_dir / f"{split}_x.npy", data_dir / f"{split}_y.npy"
+    return (
+        catalog.split_file(data_dir, split, catalog.IMAGES_SUFFIX),
+        catalog.split_file(data_dir, split, catalog.LABELS_SUFFIX),
+    )
 
 
 def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +70,7 @@ def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray
 
 def load_stats(data_dir: Path | str) -> dict[str, Any]:
     """The preprocessing statistics (copied into the saved model)."""
-    path = Path(data_dir) / "stats.json"
+    path = Path(data_dir) / catalog.STATS_FILE
     if not path.exists():
         raise InputError(f"missing {path}: run `radops preprocess` first")
     stats: dict[str, Any] = json.loads(path.read_text())
@@ -267,4 +271,5 @@ def make_datamodule(
         num_workers=train_cfg.num_workers,
         seed=seed,
         augment=BatchAugment.from_config(train_cfg.augmentation) if augment else None,
+        in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,
     )

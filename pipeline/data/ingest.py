@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.data.workers import MIN_CHUNK, chunks, process_all, process_chunk
 from pipeline.errors import InputError
 
@@ -57,11 +58,12 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
+        cat = catalog.Catalog(params)
         return cls(
-            input_dir=params.data.dicom_dir,
-            labels_csv=params.data.labels_csv,
-            out_dir=params.ingest.out_dir,
-            key_path=params.base.secret_key_path,
+            input_dir=cat.dicom_dir,
+            labels_csv=cat.labels_csv,
+            out_dir=cat.ingest_dir,
+            key_path=cat.secret_key,
         )
 
 
@@ -154,8 +156,9 @@ def ingest_folder(
     input's ``source_id -> path`` rows into (None: none is written)."""
     from pipeline.data.deid import Pseudonymizer, update_linkage
     from pipeline.data.safe_read import Limits
-    from pipeline.io import atomic_path
+    from pipeline.io import atomic_path, check_outputs
 
+    check_outputs([out_dir], [input_dir, labels_csv])
     start = time.perf_counter()
     root = Path(input_dir)
     if not root.is_dir():
@@ -176,8 +179,8 @@ def ingest_folder(
     files, early = _split_listing(found, pseudo)
     sources = {pseudo.source(rel): rel for rel, _, _ in found}
     limits = Limits(os.path.realpath(root), max_megapixels)
-    with atomic_path(out_dir) as staged:
-        (staged / "pixels").mkdir(parents=True)
+    with atomic_path(out_dir, stage="ingest") as staged:
+        (staged / catalog.PIXELS_DIR).mkdir(parents=True)
         outcomes = process_all(files, str(staged), key, workers, limits)
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
@@ -284,8 +287,8 @@ def _write_outputs(
             log.warning("labels: %d %s (see summary.json)", labels[name], name.replace("_", " "))
     manifest = manifest.astype({"label": "int64", "official_split": "str"})
     order = [*ROW_FIELDS[:_PIXEL_PATH], "label", "official_split", *ROW_FIELDS[_PIXEL_PATH:]]
-    manifest[[*order, *extras]].to_parquet(staged / "manifest.parquet", index=False)
-    with (staged / "quarantine.csv").open("w", newline="") as fh:
+    manifest[[*order, *extras]].to_parquet(staged / catalog.MANIFEST_FILE, index=False)
+    with (staged / catalog.QUARANTINE_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["source_id", "reason"])
         writer.writerows(quarantine)
@@ -303,7 +306,7 @@ def _write_outputs(
         "dates": "not stored",
         "pseudonym_key": key_note,
     }
-    (staged / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (staged / catalog.SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, STATS_KEYS
 from pipeline.errors import InputError
@@ -44,11 +45,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(
-            ingest_dir=params.ingest.out_dir,
-            split_dir=params.split.out_dir,
-            out_dir=params.preprocess.out_dir,
-        )
+        cat = catalog.Catalog(params)
+        return cls(ingest_dir=cat.ingest_dir, split_dir=cat.split_dir, out_dir=cat.preprocess_dir)
 
 
 @dataclass
@@ -204,7 +202,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     from pipeline.io import atomic_path, write_json, write_parquet
 
     start = time.perf_counter()
-    splits_path = paths.split_dir / "splits.parquet"
+    splits_path = paths.split_dir / catalog.SPLITS_FILE
     if not splits_path.is_file():
         raise InputError(f"no splits at {splits_path}; run `radops split` first")
     splits = pd.read_parquet(splits_path)
@@ -214,17 +212,26 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     located = _pixel_locations(paths.ingest_dir)
     stats = stats_from_params(params)
     counts: dict[str, int] = {}
-    with atomic_path(paths.out_dir) as staged:
+    with atomic_path(paths.out_dir, stage="preprocess") as staged:
         staged.mkdir(parents=True)
         arrays: dict[str, np.memmap] = {}
         for name in SPLIT_NAMES:
             part = splits[splits["split"] == name].reset_index(drop=True)
             counts[name] = len(part)
             arrays[name] = _prepare_split(
-                part, located, paths.ingest_dir, stats, staged / f"{name}_x.npy"
+                part,
+                located,
+                paths.ingest_dir,
+                stats,
+                catalog.split_file(staged, name, catalog.IMAGES_SUFFIX),
             )
-            np.save(staged / f"{name}_y.npy", part["label"].to_numpy(dtype=np.int64))
-            write_parquet(staged / f"{name}_index.parquet", part[list(INDEX_COLUMNS)])
+            np.save(
+                catalog.split_file(staged, name, catalog.LABELS_SUFFIX),
+                part["label"].to_numpy(dtype=np.int64),
+            )
+            write_parquet(
+                catalog.split_file(staged, name, catalog.INDEX_SUFFIX), part[list(INDEX_COLUMNS)]
+            )
         if counts["train"] == 0:
             raise InputError("the training split is empty; cannot fit normalisation statistics")
         stats |= fit_stats(arrays["train"])
@@ -233,7 +240,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
                 x[i : i + _CHUNK] = normalize(np.asarray(x[i : i + _CHUNK]), stats)
             x.flush()
         arrays.clear()  # close the memmaps before the folder is renamed into place
-        write_json(staged / "stats.json", {k: stats[k] for k in STATS_KEYS})
+        write_json(staged / catalog.STATS_FILE, {k: stats[k] for k in STATS_KEYS})
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
 
 
@@ -242,7 +249,7 @@ def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
     indexed by ``image_id``, from the ingest manifest."""
     import pandas as pd
 
-    manifest_path = ingest_dir / "manifest.parquet"
+    manifest_path = ingest_dir / catalog.MANIFEST_FILE
     if not manifest_path.is_file():
         raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
     manifest = pd.read_parquet(manifest_path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import SPLIT_NAMES, SPLITS_COLUMNS
 from pipeline.errors import InputError, LeakageError
@@ -30,7 +31,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(ingest_dir=params.ingest.out_dir, out_dir=params.split.out_dir)
+        cat = catalog.Catalog(params)
+        return cls(ingest_dir=cat.ingest_dir, out_dir=cat.split_dir)
 
 
 @dataclass
@@ -50,7 +52,7 @@ class SplitResult:
                 f"  {name:<6}{s['images']:>8}{s['patients']:>10}{s['positives']:>11}"
                 f"{s['positive_fraction']:>10.3f}"
             )
-        lines.append(f"  -> {self.out_dir / 'splits.parquet'}")
+        lines.append(f"  -> {self.out_dir / catalog.SPLITS_FILE}")
         return "\n".join(lines)
 
 
@@ -60,7 +62,7 @@ def run(params: Params, paths: Paths) -> SplitResult:
 
     from pipeline.io import atomic_path, write_json, write_parquet
 
-    manifest_path = paths.ingest_dir / "manifest.parquet"
+    manifest_path = paths.ingest_dir / catalog.MANIFEST_FILE
     if not manifest_path.is_file():
         raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
     manifest = pd.read_parquet(manifest_path)
@@ -97,10 +99,10 @@ def run(params: Params, paths: Paths) -> SplitResult:
         "dropped_unlabelled": dropped,
         "splits": stats,
     }
-    with atomic_path(paths.out_dir) as staged:
+    with atomic_path(paths.out_dir, stage="split") as staged:
         staged.mkdir(parents=True)
-        write_parquet(staged / "splits.parquet", frame)
-        write_json(staged / "summary.json", summary)
+        write_parquet(staged / catalog.SPLITS_FILE, frame)
+        write_json(staged / catalog.SUMMARY_FILE, summary)
     return SplitResult(paths.out_dir, method, dropped, stats)
 
 

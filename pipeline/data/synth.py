@@ -30,6 +30,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pipeline import catalog
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -85,7 +87,7 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(out_dir=params.synth.out_dir)
+        return cls(out_dir=catalog.Catalog(params).synth_dir)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def run(params: Params, paths: Paths) -> SynthResult:
     import numpy as np
     from pydicom import config as dcm_config
 
-    from pipeline.io import atomic_path
+    from pipeline.io import atomic_path, check_outputs
 
     cfg = params.synth
     start = time.perf_counter()
@@ -131,14 +133,15 @@ def run(params: Params, paths: Paths) -> SynthResult:
     previous = dcm_config.settings.writing_validation_mode
     dcm_config.settings.writing_validation_mode = dcm_config.RAISE  # never write invalid values
     try:
-        with atomic_path(paths.out_dir) as tmp:
-            (tmp / "dicom").mkdir(parents=True)
-            with (tmp / "labels.csv").open("w", newline="") as fh:
+        check_outputs([paths.out_dir], [])
+        with atomic_path(paths.out_dir, stage="synth") as tmp:
+            (tmp / catalog.SYNTH_DICOM_DIR).mkdir(parents=True)
+            with (tmp / catalog.LABELS_FILE).open("w", newline="") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
                 writer.writerow(["sop_instance_uid", "patient_id", "label"])
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
-                    written = _write_patient(rng, p, size, grid, tmp / "dicom")
+                    written = _write_patient(rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR)
                     studies += len({w[0] for w in written})
                     for _, sop, pid, label in written:
                         writer.writerow([sop, pid, label])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.config import Params
 from pipeline.errors import InputError, ValidationFailed
 
@@ -63,7 +64,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(ingest_dir=params.ingest.out_dir, out_dir=params.validate_.out_dir)
+        cat = catalog.Catalog(params)
+        return cls(ingest_dir=cat.ingest_dir, out_dir=cat.validate_dir)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class ValidateResult:
 
     @property
     def docs_index(self) -> Path:
-        return self.out_dir / "data_docs" / "index.html"
+        return self.out_dir / catalog.DATA_DOCS_DIR / catalog.DATA_DOCS_INDEX
 
     def summary(self) -> str:
         status = "passed" if self.success else f"FAILED ({len(self.failed)})"
@@ -101,26 +103,26 @@ def run(params: Params, paths: Paths) -> ValidateResult:
     from pipeline.io import atomic_path, write_json
 
     start = time.perf_counter()
-    manifest_path = paths.ingest_dir / "manifest.parquet"
+    manifest_path = paths.ingest_dir / catalog.MANIFEST_FILE
     if not manifest_path.is_file():
         raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
     manifest = pd.read_parquet(manifest_path)
     frames = batches(manifest, paths.ingest_dir, params.validate_.pixel_sample)
     with _quiet_gx():
         suites = build_suites(params.validate_)
-        with atomic_path(paths.out_dir) as staged:
+        with atomic_path(paths.out_dir, stage="validate") as staged:
             staged.mkdir(parents=True)
-            entries = _run_gx(frames, suites, staged / "data_docs")
+            entries = _run_gx(frames, suites, staged / catalog.DATA_DOCS_DIR)
             failed = [_describe(e) for e in entries if not e["success"]]
             report = {
                 "success": not failed,
                 "evaluated_expectations": len(entries),
                 "failed_expectations": len(failed),
                 "summary": _observed_summary(manifest, params.validate_.allowed_modalities),
-                "data_docs": "data_docs/index.html",
+                "data_docs": f"{catalog.DATA_DOCS_DIR}/{catalog.DATA_DOCS_INDEX}",
                 "expectations": entries,
             }
-            write_json(staged / "report.json", report)
+            write_json(staged / catalog.VALIDATION_REPORT, report)
     result = ValidateResult(
         out_dir=paths.out_dir,
         success=not failed,
@@ -133,7 +135,7 @@ def run(params: Params, paths: Paths) -> ValidateResult:
         raise ValidationFailed(
             f"{len(failed)} of {len(entries)} data-contract expectations failed:\n"
             + "\n".join(f"  - {item}" for item in failed)
-            + f"\nreport: {paths.out_dir / 'report.json'}\nData Docs: {result.docs_index}"
+            + f"\nreport: {paths.out_dir / catalog.VALIDATION_REPORT}\nData Docs: {result.docs_index}"
         )
     return result
 
@@ -305,7 +307,7 @@ def _run_gx(
     # One Data Docs build for all four results (an UpdateDataDocsAction per checkpoint would
     # re-render the site four times, which is most of this stage's run time).
     context.build_data_docs(site_names=["radops"])
-    if not (site_dir / "index.html").is_file():
+    if not (site_dir / catalog.DATA_DOCS_INDEX).is_file():
         raise RuntimeError(f"Great Expectations wrote no Data Docs index under {site_dir}")
     return entries
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline import catalog
+from pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,11 +53,12 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
+        cat = catalog.Catalog(params)
         return cls(
-            data_dir=params.preprocess.out_dir,
-            cnn_dir=params.train.out_dir,
-            baseline_dir=params.baseline.out_dir,
-            out_dir=params.evaluate.out_dir,
+            data_dir=cat.preprocess_dir,
+            cnn_dir=cat.train_dir,
+            baseline_dir=cat.baseline_dir,
+            out_dir=cat.reports_dir,
         )
 
 
@@ -80,8 +82,10 @@ class EvaluateResult:
             )
         for flag in ("overfitting", "underfitting"):
             if self.flags.get(flag):
-                lines.append(f"  WARNING: CNN {flag} flagged (see {self.out_dir}/evaluation.md)")
-        lines.append(f"  report: {self.out_dir / 'evaluation.md'}")
+                lines.append(
+                    f"  WARNING: CNN {flag} flagged (see {self.out_dir / catalog.EVALUATION_REPORT})"
+                )
+        lines.append(f"  report: {self.out_dir / catalog.EVALUATION_REPORT}")
         return "\n".join(lines)
 
 
@@ -97,7 +101,7 @@ def check_preprocessing(meta: dict[str, Any], data_dir: Path) -> None:
     """
     from pipeline.io import read_json
 
-    stats_path = data_dir / "stats.json"
+    stats_path = data_dir / catalog.STATS_FILE
     model_pre = meta.get("preprocessing") or {}
     if not stats_path.exists() or not isinstance(model_pre, dict):
         return
@@ -179,19 +183,28 @@ def model_metrics(
 
 
 def subgroup_table(
-    index: pd.DataFrame, probs: dict[str, np.ndarray], thresholds: dict[str, float]
+    index: pd.DataFrame,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    columns: list[str] | tuple[str, ...] = ("site", "manufacturer"),
 ) -> pd.DataFrame:
-    """AUC (where both classes are present), n, sensitivity and specificity per site and per
-    manufacturer, and overall, for each model."""
+    """AUC (where both classes are present), n, sensitivity and specificity per group of each
+    of ``columns`` (``evaluate.subgroup_columns``), and overall, for each model."""
     import pandas as pd
 
     from pipeline.evaluation import stats
 
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise ConfigError(
+            f"evaluate.subgroup_columns: {missing} not in the test index "
+            f"(available: {sorted(map(str, index.columns))})"
+        )
     y = index["label"].to_numpy().astype(np.int64)
     rows: list[dict[str, Any]] = []
     for name, prob in probs.items():
         parts: list[tuple[str, str, np.ndarray]] = [("overall", "all", np.ones(len(y), bool))]
-        for attribute in ("site", "manufacturer"):
+        for attribute in columns:
             values = index[attribute].astype(str).to_numpy()
             parts += [(attribute, g, values == g) for g in sorted(set(values))]
         for attribute, group, mask in parts:
@@ -347,34 +360,35 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         )
         for name in MODELS
     }
-    history_path = paths.cnn_dir / "history.json"
+    history_path = paths.cnn_dir / catalog.HISTORY_FILE
     flags = fit_flags(read_json(history_path) if history_path.exists() else None, cfg)
     if flags.get("train_val_gap") is not None:
         metrics["cnn"]["train_val_gap"] = flags["train_val_gap"]
     subgroups = subgroup_table(
-        idx_test.assign(label=y_test), probs["test"], {n: metrics[n]["threshold"] for n in MODELS}
+        idx_test.assign(label=y_test),
+        probs["test"],
+        {n: metrics[n]["threshold"] for n in MODELS},
+        cfg.subgroup_columns,
     )
 
     out = paths.out_dir
     for split, index, labels in (("val", idx_val, y_val), ("test", idx_test, y_test)):
         frame = index.reindex(columns=PREDICTION_COLUMNS).assign(label=labels)
         frame = frame.assign(prob_cnn=probs[split]["cnn"], prob_baseline=probs[split]["baseline"])
-        write_parquet(out / f"predictions_{split}.parquet", frame)
+        write_parquet(catalog.predictions_file(out, split), frame)
     for name in MODELS:
-        write_json(out / f"metrics_{name}.json", metrics[name])
+        write_json(catalog.metrics_file(out, name), metrics[name])
     rocs = {n: stats.roc_points(y_test, probs["test"][n]) for n in MODELS}
     cals = {n: stats.calibration(y_test, probs["test"][n], cfg.calibration_bins) for n in MODELS}
-    report.write_plot_data(out / "plots", rocs, cals)
-    write_csv(out / "subgroups.csv", subgroups)
-    figures = out / "figures"
+    report.write_plot_data(out / catalog.PLOTS_DIR, rocs, cals)
+    write_csv(out / catalog.SUBGROUPS_FILE, subgroups)
+    figures = out / catalog.FIGURES_DIR
     shared = [
-        report.plot_roc(rocs, metrics, figures / "roc.png", cfg.ci_level),
-        report.plot_calibration(cals, metrics, figures / "calibration.png"),
+        report.plot_roc(rocs, metrics, figures / catalog.ROC_PLOT, cfg.ci_level),
+        report.plot_calibration(cals, metrics, figures / catalog.CALIBRATION_PLOT),
     ]
     confusion = {
-        n: report.plot_confusion(
-            metrics[n], report.LABELS[n], figures / f"confusion_matrix_{n}.png"
-        )
+        n: report.plot_confusion(metrics[n], report.LABELS[n], catalog.confusion_plot(figures, n))
         for n in MODELS
     }
     thresholds = {n: metrics[n]["threshold"] for n in MODELS}
@@ -386,14 +400,14 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         cfg.ci_level,
         cfg.bootstrap_iterations,
     )
-    write_text(out / "evaluation.md", markdown)
+    write_text(out / catalog.EVALUATION_REPORT, markdown)
     run_ids = {
         n: _log_to_mlflow(
             params,
             n,
-            (paths.cnn_dir if n == "cnn" else paths.baseline_dir) / "run.json",
+            (paths.cnn_dir if n == "cnn" else paths.baseline_dir) / catalog.RUN_FILE,
             metrics[n],
-            [*shared, confusion[n], out / "evaluation.md", out / f"metrics_{n}.json"],
+            [*shared, confusion[n], out / catalog.EVALUATION_REPORT, catalog.metrics_file(out, n)],
         )
         for n in MODELS
     }

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import catalog
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
+WEIGHTS_FILE = catalog.WEIGHTS_FILE
+META_FILE = catalog.MODEL_META_FILE
 ARCH_KEYS = (
     "depth",
     "base_width",
@@ -94,10 +96,10 @@ def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) ->
     """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically."""
     from safetensors.torch import save_file
 
-    from pipeline.io import atomic_path, write_json
+    from pipeline.io import atomic_path, ensure_parent, write_json
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out_dir / WEIGHTS_FILE)  # a folder radops creates is marked as its own
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -69,12 +70,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        from pipeline.registry.register import REGISTRATION_FILE
-
-        return cls(
-            registration=params.register_.out_dir / REGISTRATION_FILE,
-            data_dir=params.preprocess.out_dir,
-        )
+        cat = catalog.Catalog(params)
+        return cls(registration=cat.registration, data_dir=cat.preprocess_dir)
 
 
 @dataclass(frozen=True)

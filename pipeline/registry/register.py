@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REGISTRATION_FILE = "registration.json"
+REGISTRATION_FILE = catalog.REGISTRATION_FILE
 TAG_PREFIX = "radops."
 
 
@@ -37,11 +38,8 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(
-            cnn_dir=params.train.out_dir,
-            reports_dir=params.evaluate.out_dir,
-            out_dir=params.register_.out_dir,
-        )
+        cat = catalog.Catalog(params)
+        return cls(cnn_dir=cat.train_dir, reports_dir=cat.reports_dir, out_dir=cat.registry_dir)
 
 
 @dataclass(frozen=True)
@@ -74,9 +72,9 @@ def read_inputs(paths: Paths) -> tuple[dict[str, Any], dict[str, Any], dict[str,
     from pipeline.io import read_json
 
     files = {
-        "run": paths.cnn_dir / "run.json",
-        "metrics": paths.reports_dir / "metrics_cnn.json",
-        "meta": paths.cnn_dir / "model.json",
+        "run": paths.cnn_dir / catalog.RUN_FILE,
+        "metrics": catalog.metrics_file(paths.reports_dir, "cnn"),
+        "meta": paths.cnn_dir / catalog.MODEL_META_FILE,
     }
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:

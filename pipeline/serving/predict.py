@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.config import Params
 from pipeline.errors import InputError
 
@@ -32,7 +33,7 @@ class Paths:
         return cls(
             model_uri=f"models:/{params.base.registered_model_name}@champion",
             input_dir=params.data.dicom_dir,
-            out_csv=Path("predictions.csv"),
+            out_csv=catalog.PREDICTIONS_FILE,
         )
 
 
@@ -93,9 +94,11 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data import ingest
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
-    from pipeline.io import write_csv
+    from pipeline.io import check_outputs, check_replaceable, write_csv
     from pipeline.models.networks import load_model, predict_proba
 
+    check_outputs([paths.out_csv], [paths.input_dir])
+    check_replaceable(paths.out_csv, directory=False)  # before any work: a file radops wrote
     if not paths.input_dir.is_dir():
         raise InputError(f"input folder not found: {paths.input_dir}")
     with tempfile.TemporaryDirectory(prefix="radops-predict-") as tmp:
@@ -110,8 +113,8 @@ def run(params: Params, paths: Paths) -> PredictResult:
             params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)
         )
         path_of = ingested_result.sources  # source_id -> path: this local file may show it
-        manifest = pd.read_parquet(ingested / "manifest.parquet")
-        quarantine = pd.read_csv(ingested / "quarantine.csv")
+        manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
+        quarantine = pd.read_csv(ingested / catalog.QUARANTINE_FILE)
         stats: dict[str, Any] = meta["preprocessing"]
         if len(manifest):
             with PixelStore(ingested) as store:
@@ -145,7 +148,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         )
         frames = [f for f in (scored, failed) if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else scored
-        write_csv(paths.out_csv, table)
+        write_csv(paths.out_csv, table, stage="predict")
     return PredictResult(
         out_csv=paths.out_csv,
         scored=len(scored),

@@ -129,19 +129,21 @@ class CNNClassifier(L.LightningModule):
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSection, max_epochs: int) -> Any:
     """The learning-rate schedule, stepped once per epoch.
 
-    cosine: anneal to 0 over ``max_epochs``; step: ×0.1 every third of the run; plateau: ×0.5
-    when the early-stopping metric has not improved for half the early-stopping patience.
+    cosine: anneal to 0 over ``max_epochs``; step: ×``lr_step_factor`` every ``lr_step_size``
+    epochs (0: a third of the run); plateau: ×``lr_plateau_factor`` when the early-stopping
+    metric has not improved for half the early-stopping patience.
     """
     sched = torch.optim.lr_scheduler
     if cfg.lr_schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs))
     if cfg.lr_schedule == "step":
-        return sched.StepLR(optimizer, step_size=max(1, math.ceil(max_epochs / 3)), gamma=0.1)
+        step = cfg.lr_step_size or max(1, math.ceil(max_epochs / 3))
+        return sched.StepLR(optimizer, step_size=step, gamma=cfg.lr_step_factor)
     if cfg.lr_schedule == "plateau":
         return sched.ReduceLROnPlateau(
             optimizer,
             mode=monitor_mode(cfg.early_stopping_monitor),  # type: ignore[arg-type]
-            factor=0.5,
+            factor=cfg.lr_plateau_factor,
             patience=max(1, cfg.early_stopping_patience // 2),
         )
     return None

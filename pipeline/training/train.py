@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ ALIASES = {"aug_strength": "augmentation.strength"}
 # Settings that change neither the arithmetic nor the result (left out of the fingerprint).
 RUNTIME_ONLY = ("num_workers", "num_threads")
 NOT_HYPERPARAMETERS = {"out_dir", "checkpoint_dir", "use_tuned_params"}
-FINGERPRINT_FILE = "fingerprint.json"
-LAST_CKPT = "last.ckpt"
+FINGERPRINT_FILE = catalog.FINGERPRINT_FILE
+LAST_CKPT = catalog.LAST_CKPT
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,12 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
+        cat = catalog.Catalog(params)
         return cls(
-            data_dir=params.preprocess.out_dir,
-            best_params=params.tune.out_dir / "best_params.json",
-            out_dir=params.train.out_dir,
-            checkpoint_dir=params.train.checkpoint_dir,
+            data_dir=cat.preprocess_dir,
+            best_params=cat.best_params,
+            out_dir=cat.train_dir,
+            checkpoint_dir=cat.checkpoint_dir,
         )
 
 
@@ -145,7 +147,7 @@ def fingerprint(cfg: TrainSection, seed: int, data_dir: Path) -> str:
 
     hp = {k: v for k, v in hyperparameters(cfg).items() if k not in RUNTIME_ONLY}
     digest = hashlib.sha256(json.dumps({"hp": hp, "seed": seed}, sort_keys=True).encode())
-    digest.update((data_dir / "stats.json").read_bytes())
+    digest.update((data_dir / catalog.STATS_FILE).read_bytes())
     for split in ("train", "val"):
         x, y = load_split(data_dir, split)
         digest.update(f"{split}:{x.shape}:{x.dtype}".encode())
@@ -159,6 +161,9 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> tuple[Path | None, str]:
     """``(last.ckpt to resume from or None, what happened)``; clears unusable checkpoints."""
     import torch
 
+    from pipeline.io import claim_dir, clear_dir
+
+    claim_dir(ckpt_dir, "train")  # refuses a non-empty folder radops did not create
     last = ckpt_dir / LAST_CKPT
     stored_file = ckpt_dir / FINGERPRINT_FILE
     stored = (
@@ -175,8 +180,7 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> tuple[Path | None, str]:
         except Exception as exc:
             note = f"checkpoint {last} is unreadable ({type(exc).__name__}); starting fresh"
     if resume is None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        clear_dir(ckpt_dir, "train")
         stored_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
     return resume, note
 
@@ -271,7 +275,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
     import torch
 
     from pipeline.data.datasets import load_stats, make_datamodule
-    from pipeline.io import atomic_path, write_json
+    from pipeline.io import atomic_path, remove_output, write_json
     from pipeline.models.networks import save_model
     from pipeline.tracking import log_params_flat, tracked_run
     from pipeline.training.lit_module import (
@@ -371,16 +375,16 @@ def run(params: Params, paths: Paths) -> TrainResult:
         # back to the standard layout: what is saved is exactly what predicts after a reload
         network = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
         run_id = active.info.run_id
-        with atomic_path(paths.out_dir) as staged:
+        with atomic_path(paths.out_dir, stage="train") as staged:
             save_model(network, meta, staged)
-            write_json(staged / "history.json", history_doc)
-            write_json(staged / "train_metrics.json", outcome)
-            mlflow.log_artifact(str(staged / "history.json"))
-            mlflow.log_artifact(str(staged / "train_metrics.json"))
+            write_json(staged / catalog.HISTORY_FILE, history_doc)
+            write_json(staged / catalog.TRAIN_METRICS_FILE, outcome)
+            mlflow.log_artifact(str(staged / catalog.HISTORY_FILE))
+            mlflow.log_artifact(str(staged / catalog.TRAIN_METRICS_FILE))
             sample = np.array(data.val_set.x[:2], dtype=np.float32)  # type: ignore[union-attr]
             model_uri = log_pyfunc_model(staged, network, sample)
-            write_json(staged / "run.json", {"run_id": run_id, "model_uri": model_uri})
-    shutil.rmtree(paths.checkpoint_dir, ignore_errors=True)
+            write_json(staged / catalog.RUN_FILE, {"run_id": run_id, "model_uri": model_uri})
+    remove_output(paths.checkpoint_dir)
     return TrainResult(
         source=source,
         epochs_run=epochs_run,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import ConfigError, RadopsError
 
 if TYPE_CHECKING:
@@ -48,11 +48,12 @@ class Paths:
 
     @property
     def best_params(self) -> Path:
-        return self.out_dir / "best_params.json"
+        return self.out_dir / catalog.BEST_PARAMS_FILE
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
-        return cls(data_dir=params.preprocess.out_dir, out_dir=params.tune.out_dir)
+        cat = catalog.Catalog(params)
+        return cls(data_dir=cat.preprocess_dir, out_dir=cat.tune_dir)
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,34 @@ def _tag(key: str, value: str) -> None:
 
 
 def make_pruner(
-    kind: str, n_startup_trials: int = 3, n_warmup_epochs: int = 1
+    kind: str,
+    n_startup_trials: int | None = None,
+    n_warmup_epochs: int | None = None,
+    reduction_factor: int | None = None,
 ) -> optuna.pruners.BasePruner:
     """``median`` (after ``n_startup_trials`` trials and ``n_warmup_epochs`` epochs),
-    ``successive_halving`` (rungs at 1, 3, 9 ... epochs) or ``none``."""
+    ``successive_halving`` (rungs at 1, r, r² ... epochs for ``reduction_factor`` r) or
+    ``none``. Unset arguments take ``params.yaml``'s defaults (``TuneSection``)."""
     import optuna
+
+    from pipeline.config import TuneSection
+
+    defaults = TuneSection()
+    if n_startup_trials is None:
+        n_startup_trials = defaults.n_startup_trials
+    if n_warmup_epochs is None:
+        n_warmup_epochs = defaults.n_warmup_epochs
+    if reduction_factor is None:
+        reduction_factor = defaults.reduction_factor
 
     if kind == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_epochs
         )
     if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=reduction_factor
+        )
     if kind == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"unknown pruner {kind!r}")
@@ -136,7 +153,9 @@ def open_storage(url: str) -> Any:
 
 def redact_url(url: str) -> str:
     """The storage URL without a password (it is logged to MLflow)."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    from pipeline.credentials import redact_url as redact
+
+    return redact(url)
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:
@@ -257,7 +276,9 @@ def run_study(
     study_name = study_name or tune.study_name
     if pruner is None or isinstance(pruner, str):
         kind = pruner or tune.pruner
-        pruner = make_pruner(kind, tune.n_startup_trials, tune.n_warmup_epochs)
+        pruner = make_pruner(
+            kind, tune.n_startup_trials, tune.n_warmup_epochs, tune.reduction_factor
+        )
     check_space(params.train, tune.search_space)
     for split in ("train", "val"):
         load_split(paths.data_dir, split)  # fail here, not in every trial
@@ -281,7 +302,9 @@ def run_study(
     # A study only resumes for the same data, base config and search space: after a change
     # (e.g. `dvc repro` on new data) its old trials would be stale, so a study named after
     # the fingerprint takes over, and is itself resumed by later runs with the same inputs.
-    backend = open_storage(tune.storage if storage is None else storage)
+    from pipeline.credentials import optuna_storage
+
+    backend = open_storage(optuna_storage(params) if storage is None else storage)
     fp = study_fingerprint(params, paths.data_dir)
     study = open_study(study_name)
     if study.user_attrs.get(FINGERPRINT_ATTR, fp) != fp:
@@ -397,7 +420,9 @@ def run(params: Params, paths: Paths) -> TuneResult:
     tune = params.tune
     with tracked_run(params, "tune", run_name="tune") as parent:
         settings = tune.model_dump(mode="json", exclude={"out_dir", "search_space", "storage"})
-        log_params_flat("", settings | {"storage": redact_url(tune.storage)})
+        from pipeline.credentials import optuna_storage
+
+        log_params_flat("", settings | {"storage": redact_url(optuna_storage(params))})
         stats = run_study(params, paths)
         log_params_flat("best", stats.best_params)
         counts = {k: getattr(stats, k) for k in ("n_trials", "n_complete", "n_pruned", "n_failed")}

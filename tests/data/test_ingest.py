@@ -380,8 +380,9 @@ def test_sharded_store_round_trips_exactly(tmp_path: Path) -> None:
 def test_a_crash_leaves_no_output_and_keeps_the_old_one(
     small_cohort: SmallCohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
+    from pipeline.io import claim_dir
+
+    out = claim_dir(tmp_path / "out", "ingest")  # a previous run's output (marked)
     (out / "old.txt").write_text("previous run")
 
     def boom(*args: Any, **kwargs: Any) -> None:

@@ -56,10 +56,12 @@ def deflate_bomb(path: Path, side: int = SIDE, nbytes: int | None = None) -> Non
 
 
 SCRIPT = """
-import json, resource, sys
+import json, sys
 from pipeline.data import ingest
 result = ingest.ingest_folder(sys.argv[1], sys.argv[2], bytes(range(32)), None, 1)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process's own peak (ru_maxrss would carry the forking pytest's peak over exec)
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+peak = int(status[0]) * 1024
 print(json.dumps({"peak": peak, "reasons": result.reasons}))
 """
 

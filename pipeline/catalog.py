@@ -1,0 +1,249 @@
+"""The catalog: where every artifact lives, in one place.
+
+Stage folders come from ``params.yaml`` (each stage's ``out_dir``); the names of the files
+inside them are defined here and nowhere else. Stages, flows, the run summary and the tests
+ask the catalog (``Catalog(params).manifest``, ``catalog.RUN_FILE``) instead of spelling a
+file name, so renaming an artifact is a one-line change.
+
+:data:`STAGE_IO` says which fields of each stage's ``Paths`` are inputs and which are outputs;
+the CLI uses it to refuse an output that overlaps an input (:func:`pipeline.io.check_outputs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+
+# ---------------------------------------------------------------- configuration and state
+PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
+LOCAL_DIR = Path(".radops")  # local secrets and tool state: never in git, DVC or MLflow
+OPTUNA_DB = LOCAL_DIR / "optuna.db"  # default study storage (not a folder named like a package)
+MLRUNS_DIR = Path("mlruns")
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "artifacts"
+
+# ---------------------------------------------------------------- synth
+SYNTH_DICOM_DIR = "dicom"
+LABELS_FILE = "labels.csv"
+
+# ---------------------------------------------------------------- ingest
+MANIFEST_FILE = "manifest.parquet"
+QUARANTINE_FILE = "quarantine.csv"
+PIXELS_DIR = "pixels"
+SUMMARY_FILE = "summary.json"  # ingest and split
+
+# ---------------------------------------------------------------- validate
+VALIDATION_REPORT = "report.json"
+DATA_DOCS_DIR = "data_docs"
+DATA_DOCS_INDEX = "index.html"
+
+# ---------------------------------------------------------------- split
+SPLITS_FILE = "splits.parquet"
+
+# ---------------------------------------------------------------- preprocess
+STATS_FILE = "stats.json"
+IMAGES_SUFFIX = "x.npy"
+LABELS_SUFFIX = "y.npy"
+INDEX_SUFFIX = "index.parquet"
+
+# ---------------------------------------------------------------- tune / train
+BEST_PARAMS_FILE = "best_params.json"
+RUN_FILE = "run.json"  # train, baseline, evaluate: the MLflow run that made the folder
+HISTORY_FILE = "history.json"
+TRAIN_METRICS_FILE = "train_metrics.json"
+FINGERPRINT_FILE = "fingerprint.json"
+LAST_CKPT = "last.ckpt"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_META_FILE = "model.json"
+
+# ---------------------------------------------------------------- baseline
+BASELINE_MODEL_FILE = "model.skops"
+BASELINE_META_FILE = "baseline.json"
+SELECTED_FEATURES_FILE = "selected_features.json"
+
+# ---------------------------------------------------------------- evaluate
+EVALUATION_REPORT = "evaluation.md"
+SUBGROUPS_FILE = "subgroups.csv"
+PLOTS_DIR = "plots"
+FIGURES_DIR = "figures"
+ROC_PLOT = "roc.png"
+CALIBRATION_PLOT = "calibration.png"
+
+# ---------------------------------------------------------------- register / predict
+REGISTRATION_FILE = "registration.json"
+PREDICTIONS_FILE = Path("predictions.csv")
+
+
+def split_file(folder: Path | str, split: str, suffix: str) -> Path:
+    """``<folder>/<split>_<suffix>``, e.g. ``split_file(d, "train", IMAGES_SUFFIX)``."""
+    return Path(folder) / f"{split}_{suffix}"
+
+
+def metrics_file(folder: Path | str, model: str) -> Path:
+    return Path(folder) / f"metrics_{model}.json"
+
+
+def predictions_file(folder: Path | str, split: str) -> Path:
+    return Path(folder) / f"predictions_{split}.parquet"
+
+
+def confusion_plot(folder: Path | str, model: str) -> Path:
+    return Path(folder) / f"confusion_matrix_{model}.png"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every artifact path of one configuration."""
+
+    params: Params
+
+    # stage folders -------------------------------------------------------------------
+    @property
+    def synth_dir(self) -> Path:
+        return self.params.synth.out_dir
+
+    @property
+    def dicom_dir(self) -> Path:
+        return self.params.data.dicom_dir
+
+    @property
+    def labels_csv(self) -> Path:
+        return self.params.data.labels_csv
+
+    @property
+    def ingest_dir(self) -> Path:
+        return self.params.ingest.out_dir
+
+    @property
+    def validate_dir(self) -> Path:
+        return self.params.validate_.out_dir
+
+    @property
+    def split_dir(self) -> Path:
+        return self.params.split.out_dir
+
+    @property
+    def preprocess_dir(self) -> Path:
+        return self.params.preprocess.out_dir
+
+    @property
+    def tune_dir(self) -> Path:
+        return self.params.tune.out_dir
+
+    @property
+    def train_dir(self) -> Path:
+        return self.params.train.out_dir
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.params.train.checkpoint_dir
+
+    @property
+    def baseline_dir(self) -> Path:
+        return self.params.baseline.out_dir
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.params.evaluate.out_dir
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.params.register_.out_dir
+
+    @property
+    def secret_key(self) -> Path:
+        return self.params.base.secret_key_path
+
+    # files -----------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.ingest_dir / MANIFEST_FILE
+
+    @property
+    def quarantine(self) -> Path:
+        return self.ingest_dir / QUARANTINE_FILE
+
+    @property
+    def splits(self) -> Path:
+        return self.split_dir / SPLITS_FILE
+
+    @property
+    def stats(self) -> Path:
+        return self.preprocess_dir / STATS_FILE
+
+    @property
+    def best_params(self) -> Path:
+        return self.tune_dir / BEST_PARAMS_FILE
+
+    @property
+    def train_run(self) -> Path:
+        return self.train_dir / RUN_FILE
+
+    @property
+    def registration(self) -> Path:
+        return self.registry_dir / REGISTRATION_FILE
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.reports_dir / EVALUATION_REPORT
+
+    def metrics(self, model: str) -> Path:
+        return metrics_file(self.reports_dir, model)
+
+
+# Which fields of each stage's ``Paths`` are read and which are written.
+# How each written path is written (what ``pipeline.io.check_output`` checks up front):
+# "folder" replaced as a whole, "holder" a folder files are written into, "workdir" a folder
+# filled and cleared in place (checkpoints), "file" a single file.
+OUTPUT_KINDS: dict[tuple[str, str], str] = {
+    ("tune", "out_dir"): "holder",
+    ("baseline", "out_dir"): "holder",
+    ("evaluate", "out_dir"): "holder",
+    ("register", "out_dir"): "holder",
+    ("train", "checkpoint_dir"): "workdir",
+    ("predict", "out_csv"): "file",
+}
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "synth": ((), ("out_dir",)),
+    "ingest": (("input_dir", "labels_csv", "key_path"), ("out_dir",)),
+    "validate": (("ingest_dir",), ("out_dir",)),
+    "split": (("ingest_dir",), ("out_dir",)),
+    "preprocess": (("ingest_dir", "split_dir"), ("out_dir",)),
+    "tune": (("data_dir",), ("out_dir",)),
+    "train": (("data_dir", "best_params"), ("out_dir", "checkpoint_dir")),
+    "baseline": (("data_dir",), ("out_dir",)),
+    "evaluate": (("data_dir", "cnn_dir", "baseline_dir"), ("out_dir",)),
+    "register": (("cnn_dir", "reports_dir"), ("out_dir",)),
+    "promote": (("registration", "data_dir"), ()),
+    "predict": (("input_dir", "model_uri"), ("out_csv",)),
+}
+
+
+def output_kind(stage: str, field: str) -> str:
+    """How ``stage`` writes its ``Paths`` field ``field`` (see :data:`OUTPUT_KINDS`)."""
+    return OUTPUT_KINDS.get((stage, field), "folder")
+
+
+def stage_io(stage: str, paths: object) -> tuple[list[Path], list[Path]]:
+    """``(inputs, outputs)`` of a stage's ``Paths`` (fields it lacks are skipped; a model URI
+    counts only when it names a local folder)."""
+    inputs_f, outputs_f = STAGE_IO.get(stage, ((), ()))
+
+    def values(names: tuple[str, ...]) -> list[Path]:
+        found: list[Path] = []
+        for name in names:
+            value = getattr(paths, name, None)
+            if value is None or value == "":
+                continue
+            if isinstance(value, str) and ":" in value:  # models:/..., runs:/...
+                continue
+            found.append(Path(value))
+        return found
+
+    return values(inputs_f), values(outputs_f)

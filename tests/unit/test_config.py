@@ -1,0 +1,152 @@
+"""One source of defaults, one catalog of artifact names, and the knobs that became params."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+
+from pipeline import catalog
+from pipeline.config import Params, TuneSection, load_params, with_updates
+from tests.conftest import _PATH_FIELDS, build_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_params_equal_the_code_defaults() -> None:
+    """params.yaml and pipeline/config.py cannot drift apart again (they disagreed on
+    max_epochs, patience, augmentation and three tune settings)."""
+    assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_test_params_use_the_shipped_defaults(tmp_path: Path) -> None:
+    shipped = load_params(REPO / "params.yaml").model_dump(by_alias=True)
+    built = build_params(tmp_path).model_dump(by_alias=True)
+    for section, fields in shipped.items():
+        path_fields = set(_PATH_FIELDS.get(section, {}))
+        path_fields |= {"storage"} if section == "tune" else set()
+        path_fields |= {"secret_key_path", "tracking_uri"} if section == "base" else set()
+        for key, value in fields.items():
+            if key not in path_fields:
+                assert built[section][key] == value, f"{section}.{key}"
+    assert built["train"]["max_epochs"] == 40 and built["tune"]["n_warmup_epochs"] == 2
+
+
+def test_make_pruner_defaults_are_the_params_defaults() -> None:
+    optuna = pytest.importorskip("optuna")
+    from pipeline.training.tune import make_pruner
+
+    median = make_pruner("median")
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert median._n_startup_trials == TuneSection().n_startup_trials
+    assert median._n_warmup_steps == TuneSection().n_warmup_epochs
+    halving = make_pruner("successive_halving", reduction_factor=4)
+    assert halving._reduction_factor == 4
+    assert make_pruner("successive_halving")._reduction_factor == TuneSection().reduction_factor
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def test_no_module_spells_an_artifact_file_name() -> None:
+    """Every artifact file name lives in pipeline/catalog.py; stages ask the catalog."""
+    names = {
+        str(value)
+        for key, value in vars(catalog).items()
+        if key.isupper() and isinstance(value, str | Path) and Path(value).suffix
+    }
+    assert {"manifest.parquet", "run.json", "registration.json", "stats.json"} <= names
+    found = []
+    for path in sorted((REPO / "pipeline").rglob("*.py")):
+        if path.name == "catalog.py":
+            continue
+        for line, text in _string_constants(path):
+            if any(c.isspace() for c in text):  # prose: docstrings and messages
+                continue
+            if text in names or any(f"/{n}" in text or f"{n}/" in text for n in names):
+                found.append(f"{path.relative_to(REPO)}:{line}: {text!r}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("stage", sorted(catalog.STAGE_IO))
+def test_catalog_knows_every_stage_paths_field(stage: str, tmp_path: Path) -> None:
+    from pipeline.cli import STAGE_MODULES
+
+    module = importlib.import_module(STAGE_MODULES[stage])
+    fields = {f.name for f in dataclasses.fields(module.Paths)}
+    inputs, outputs = catalog.STAGE_IO[stage]
+    assert set(inputs) | set(outputs) <= fields
+    paths = module.Paths.from_params(build_params(tmp_path))
+    ins, outs = catalog.stage_io(stage, paths)
+    assert all(str(p).startswith(str(tmp_path)) for p in outs if stage != "predict")
+    assert not set(ins) & set(outs)
+
+
+def test_catalog_paths_follow_params(tmp_path: Path) -> None:
+    params = build_params(tmp_path)
+    cat = catalog.Catalog(params)
+    assert cat.manifest == params.ingest.out_dir / "manifest.parquet"
+    assert cat.registration == params.register_.out_dir / "registration.json"
+    assert cat.metrics("cnn") == params.evaluate.out_dir / "metrics_cnn.json"
+    assert cat.best_params == params.tune.out_dir / "best_params.json"
+
+
+def test_summary_links_to_the_configured_ui_port(tmp_path: Path) -> None:
+    from pipeline.summary import RunSummary
+
+    summary = RunSummary("v", {}, {}, "run1", "7", {}, ui_port=5123)
+    assert "http://127.0.0.1:5123/#/experiments/7/runs/run1" in summary.format()
+
+
+def test_step_and_plateau_schedules_follow_params() -> None:
+    torch = pytest.importorskip("torch")
+    from pipeline.training.lit_module import make_scheduler
+
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    cfg = with_updates(
+        Params(), train={"lr_schedule": "step", "lr_step_size": 2, "lr_step_factor": 0.5}
+    ).train
+    opt = optimizer()
+    sched = make_scheduler(opt, cfg, max_epochs=40)
+    rates = []
+    for _ in range(5):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.25]
+    cfg = with_updates(Params(), train={"lr_schedule": "plateau", "lr_plateau_factor": 0.25}).train
+    assert make_scheduler(optimizer(), cfg, max_epochs=40).factor == 0.25
+
+
+def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.data.datasets import make_datamodule
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation.evaluate import subgroup_table
+
+    cfg = with_updates(Params(), train={"in_memory_limit_mb": 0}).train
+    assert make_datamodule(tmp_path, cfg, seed=0).in_memory_limit_bytes == 0
+    assert make_datamodule(tmp_path, Params().train, seed=0).in_memory_limit_bytes == 4096 << 20
+
+    index = pd.DataFrame(
+        {"label": [0, 1, 0, 1], "site": list("aabb"), "manufacturer": list("xyxy"), "kvp": [1] * 4}
+    )
+    probs = {"cnn": np.array([0.1, 0.9, 0.2, 0.8])}
+    table = subgroup_table(index, probs, {"cnn": 0.5}, ["kvp"])
+    assert set(table["attribute"]) == {"overall", "kvp"}
+    with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
+        subgroup_table(index, probs, {"cnn": 0.5}, ["scanner_room"])
