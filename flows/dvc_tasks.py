@@ -22,6 +22,7 @@ import yaml
 from prefect import task
 from prefect.logging import get_run_logger
 
+from pipeline import catalog
 from pipeline.cli import EXIT_STATUS_ENV
 from pipeline.errors import is_permanent
 
@@ -53,7 +54,7 @@ class StageOutcome:
 
 def stage_order(workdir: Path) -> list[str]:
     """Stages in the order ``dvc.yaml`` declares them (written there topologically)."""
-    spec = yaml.safe_load((workdir / "dvc.yaml").read_text())
+    spec = yaml.safe_load((workdir / catalog.DVC_FILE).read_text())
     return list(spec["stages"])
 
 

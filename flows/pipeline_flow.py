@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect.logging import get_run_logger
 
 from flows.dvc_tasks import changed_stages, repro_stage, stage_order
+from pipeline import catalog
 
 LOCK_FILE = Path(".radops/pipeline.lock")
 
@@ -72,7 +73,7 @@ def _refuse_deployment_run() -> None:
 
 @flow(name="radops-pipeline", log_prints=True)
 def pipeline_flow(
-    params_file: str = "params.yaml",
+    params_file: str = str(catalog.PARAMS_FILE),
     overrides: dict[str, Any] | None = None,
     promote: bool = True,
     workdir: str = ".",
@@ -85,7 +86,7 @@ def pipeline_flow(
     logger = get_run_logger()
     root = Path(workdir).resolve()
     with pipeline_lock(root):
-        target = root / "params.yaml"
+        target = root / catalog.PARAMS_FILE
         source = (root / params_file).resolve()
         if source != target.resolve():
             logger.info("using %s as params.yaml (copied, as dvc exp run would)", params_file)
@@ -100,7 +101,7 @@ def pipeline_flow(
         else:
             logger.info("every stage is up to date (dvc status): nothing to rerun")
             outcomes = []
-        decision = promote_task("params.yaml", str(root)) if promote else None
+        decision = promote_task(str(catalog.PARAMS_FILE), str(root)) if promote else None
         with contextlib.chdir(root):
             result = summary.collect(
                 load_params(target), [o["stage"] for o in outcomes if o["ran"]]
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.cli import parse_overrides
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default=str(catalog.PARAMS_FILE))
     parser.add_argument("--no-promote", action="store_true")
     parser.add_argument("-S", "--set", action="append", default=[], help="key=value override")
     args = parser.parse_args(argv)

@@ -24,9 +24,10 @@ from prefect.utilities.callables import ParameterSchema
 
 from flows.dvc_tasks import changed_stages
 from flows.pipeline_flow import pipeline_flow
+from pipeline import catalog
 from pipeline.errors import ConfigError, RadopsError
 
-PARAMS_FILE = "params.yaml"
+PARAMS_FILE = str(catalog.PARAMS_FILE)
 # Set by the serving process to the folder it was started in; its flow-run processes inherit it
 # (a run request cannot set the environment of a served flow).
 ROOT_ENV = "RADOPS_PROJECT_ROOT"

@@ -20,7 +20,7 @@ from bench import project as bench_project
 
 REPO = bench_project.REPO
 
-TINY: dict[str, Any] = bench_project.TINY | {"tune.storage": "sqlite:///optuna/radops.db"}
+TINY: dict[str, Any] = bench_project.TINY | {"tune.storage": "sqlite:///.radops/optuna.db"}
 
 
 def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
