@@ -1,7 +1,7 @@
 """Fixtures for the validate / split / preprocess tests: a realistic fake ingest output.
 
 The fake follows the ``manifest.parquet`` contract of docs/stages.md exactly (every column,
-pseudonymous ids, remapped UIDs, HU pixels packed as float32 into ``pixels/shard-*.f32``, or
+pseudonymous ids and ``source_id``s, remapped UIDs, ``pixel_sha256``, HU pixels packed as float32 into ``pixels/shard-*.f32``, or
 with ``layout="legacy"`` one 2-D ``.npy`` per image as older ingests wrote), so these stages
 can be tested without the DICOM reader.
 """
@@ -56,11 +56,16 @@ def build_fake_ingest(
     official_split: bool = False,
     layout: str = "shards",
     per_shard: int = 8,
+    key: str = "",
+    targets: bool = False,
 ) -> pd.DataFrame:
     """Write ``manifest.parquet`` + the pixels into ``out_dir`` and return the manifest.
 
     ``layout``: "shards" (as ingest writes them, ``per_shard`` images a shard) or "legacy"
-    (one ``pixels/<sop>.npy`` per image, ``pixel_offset`` -1).
+    (one ``pixels/<sop>.npy`` per image, ``pixel_offset`` -1). ``key`` stands for the
+    pseudonym key: another key gives other ``patient_id``/``source_id`` values for the very same
+    images. ``targets``: add the synthetic cohort's extra target columns ``grade`` and
+    ``lesion_diameter_mm`` (empty where there is no lesion).
     """
     assert layout in ("shards", "legacy")
     rng = np.random.default_rng(seed)
@@ -70,7 +75,7 @@ def build_fake_ingest(
     rows: list[dict[str, Any]] = []
     n_pos = max(1, round(n_patients * positive_patient_fraction))
     for p in range(n_patients):
-        pid = "P-" + _hex(f"patient{seed}-{p}", 16)
+        pid = "P-" + _hex(f"{key}patient{seed}-{p}", 16)
         patient_positive = p < n_pos
         n_images = int(rng.integers(1, 5))
         study = _uid(f"study{seed}-{p}")
@@ -90,6 +95,13 @@ def build_fake_ingest(
                     shard = ShardWriter(out_dir, len(rows) // per_shard)
                 rel, offset = shard.add(pixels)
             spacing = float(rng.choice([0.6, 0.7, 0.8]))
+            extra: dict[str, Any] = {}
+            if targets:
+                diameter = float(rng.uniform(5.0, 40.0)) if label else float("nan")
+                extra = {
+                    "grade": 0 if not label else (1 if diameter < 20.0 else 2),
+                    "lesion_diameter_mm": diameter,
+                }
             rows.append(
                 {
                     "image_id": sop,
@@ -97,7 +109,7 @@ def build_fake_ingest(
                     "study_uid": study,
                     "series_uid": series,
                     "sop_uid": sop,
-                    "source_file": f"site{p % 3}/[redacted]/{i:04d}.dcm",
+                    "source_id": "F-" + _hex(f"{key}file{seed}-{p}-{i}", 16),
                     "frame": 0,
                     "modality": "CT",
                     "site": site,
@@ -119,6 +131,8 @@ def build_fake_ingest(
                     "pixel_mean": float(pixels.mean()),
                     "pixel_std": float(pixels.std()),
                     "nonfinite_pixels": 0,
+                    "pixel_sha256": hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest(),
+                    **extra,
                 }
             )
     if shard is not None:
