@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REF_SIZE = 128  # lesion and vessel sizes are given in pixels at this image size
+# A patient's lesion radius (pixels at REF_SIZE) is drawn from this range; each image jitters it.
+LESION_RADIUS_PX = (3.5, 7.0)
+# ``grade`` in labels.csv: 0 no lesion, 1 lesion diameter below this (mm), 2 at or above it.
+# Chosen near the median diameter of the default cohort's lesions, so grades 1 and 2 are about
+# equally frequent.
+GRADE_LARGE_MM = 30.0
+LABELS_HEADER = ("sop_instance_uid", "patient_id", "label", "grade", "lesion_diameter_mm")
 
 
 class Site(NamedTuple):
@@ -135,15 +142,17 @@ def run(params: Params, paths: Paths) -> SynthResult:
             (tmp / "dicom").mkdir(parents=True)
             with (tmp / "labels.csv").open("w", newline="") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(["sop_instance_uid", "patient_id", "label"])
+                writer.writerow(LABELS_HEADER)
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
                     written = _write_patient(rng, p, size, grid, tmp / "dicom")
-                    studies += len({w[0] for w in written})
-                    for _, sop, pid, label in written:
-                        writer.writerow([sop, pid, label])
+                    studies += len({w.study for w in written})
+                    for w in written:
+                        writer.writerow(
+                            [w.sop, w.patient_id, w.label, grade(w.diameter_mm), _mm(w.diameter_mm)]
+                        )
                         images += 1
-                        positives += label
+                        positives += w.label
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(
@@ -154,14 +163,34 @@ def run(params: Params, paths: Paths) -> SynthResult:
     return result
 
 
+class Written(NamedTuple):
+    study: int
+    sop: str
+    patient_id: str
+    label: int
+    diameter_mm: float | None  # the drawn lesion's diameter; None without a lesion
+
+
+def grade(diameter_mm: float | None) -> int:
+    """0 = no lesion, 1 = small (< ``GRADE_LARGE_MM``), 2 = large."""
+    if diameter_mm is None:
+        return 0
+    return 1 if diameter_mm < GRADE_LARGE_MM else 2
+
+
+def _mm(diameter_mm: float | None) -> str:
+    return "" if diameter_mm is None else f"{diameter_mm:.2f}"
+
+
 def _uid(rng: np.random.Generator) -> str:
     return "2.25." + str(int.from_bytes(rng.bytes(16), "big"))
 
 
 def _write_patient(
     rng: np.random.Generator, index: int, size: int, grid: np.ndarray, dicom_dir: Path
-) -> list[tuple[int, str, str, int]]:
-    """Write one patient's studies; return (study, sop_uid, patient_id, label) per image."""
+) -> list[Written]:
+    """Write one patient's studies; return study, SOP UID, PatientID, label, lesion diameter
+    (mm) per image."""
     site = SITES[int(rng.integers(len(SITES)))]
     patient = {
         "PatientName": f"{rng.choice(LAST_NAMES)}^{rng.choice(FIRST_NAMES)}",
@@ -178,10 +207,10 @@ def _write_patient(
         side=int(rng.choice([-1, 1])),
         rho=float(rng.uniform(0.0, 0.6)),
         theta=float(rng.uniform(0, 2 * math.pi)),
-        radius_px=float(rng.uniform(3.5, 7.0)),
+        radius_px=float(rng.uniform(*LESION_RADIUS_PX)),
         value=float(rng.uniform(-30, 60) if in_lung else rng.uniform(80, 140)),
     )
-    out: list[tuple[int, str, str, int]] = []
+    out: list[Written] = []
     study_day = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 1500)))
     n_studies = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     for s in range(n_studies):
@@ -200,14 +229,16 @@ def _write_patient(
         enhanced = bool(rng.random() < 0.5)
         for e in range(int(rng.choice([1, 2], p=[0.4, 0.6]))):
             positive = bool(rng.random() < p_lesion)
-            hu = render_image(rng, size, grid, site, enhanced, lesion if positive else None)
+            hu, radius = render_image(rng, size, grid, site, enhanced, lesion if positive else None)
             sop = _uid(rng)
             ds = _dataset(rng, site, patient, study, e, sop, hu, size)
+            # The true diameter: drawn radius (pixels) times the spacing written in the header.
+            diameter = 2 * radius * float(ds.PixelSpacing[0]) if positive else None
             rel = f"PA{index + 1:06d}/ST{s + 1:06d}/SE{e + 1:06d}/IM000001{site.extension}"
             target = dicom_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
-            out.append((s, sop, patient["PatientID"], int(positive)))
+            out.append(Written(s, sop, patient["PatientID"], int(positive), diameter))
     return out
 
 
@@ -316,8 +347,9 @@ def render_image(
     site: Site,
     enhanced: bool,
     lesion: Lesion | None,
-) -> np.ndarray:
-    """One chest slice in HU (float32), with a lesion when ``lesion`` is given."""
+) -> tuple[np.ndarray, float]:
+    """One chest slice in HU (float32), with a lesion when ``lesion`` is given; and the drawn
+    lesion's radius in pixels of this image (0.0 without one)."""
     import numpy as np
     from scipy.ndimage import gaussian_filter
 
@@ -381,8 +413,9 @@ def render_image(
         i = int(rng.integers(len(ys)))
         spots -= rng.uniform(60, 120) * _disk(img.shape, ys[i], xs[i], rng.uniform(2, 5) * k, rng)
     img += spots * soft
+    radius = 0.0
     if lesion is not None:
-        _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k)
+        radius = _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k)
     gain = rng.uniform(0.94, 1.06)  # slight contrast variation inside the body
     inside = body <= 1
     img[inside] = tissue + (img[inside] - tissue) * gain
@@ -390,7 +423,7 @@ def render_image(
     noise = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.6)
     sigma = rng.uniform(*site.noise)
     img += noise * (sigma / max(float(noise.std()), 1e-6))
-    return img.astype(np.float32)
+    return img.astype(np.float32), radius
 
 
 def _add_lesion(
@@ -401,8 +434,9 @@ def _add_lesion(
     lungs: np.ndarray,
     tissue: float,
     k: float,
-) -> None:
-    """Paint the patient's lesion (with per-study jitter in position, size and density)."""
+) -> float:
+    """Paint the patient's lesion (with per-study jitter in position, size and density); return
+    its radius in pixels of this image (the disk's edge, where its weight is one half)."""
     import numpy as np
     from scipy.ndimage import distance_transform_edt
 
@@ -412,14 +446,23 @@ def _add_lesion(
     gy, gx, ry, rx = lung_geo[0 if lesion.side < 0 else 1]
     if lesion.in_lung:  # wholly inside aerated lung (not behind the heart), near the usual spot
         depth = distance_transform_edt(lungs)
+        reach = 1.12 * radius + 1  # lobulation adds up to 12 %
         for _ in range(20):
             cy, cx = gy + rho * ry * np.sin(theta), gx + rho * rx * np.cos(theta)
             if (
                 depth[int(np.clip(cy, 0, img.shape[0] - 1)), int(np.clip(cx, 0, img.shape[1] - 1))]
-                > radius + 1
+                > reach
             ):
                 break
             rho, theta = 0.9 * rho, theta + rng.normal(0, 0.5)
+        else:  # too large for this lung near that spot: its deepest point, shrunk to fit
+            mid = int((lung_geo[0][1] + lung_geo[1][1]) / 2)
+            side = np.zeros_like(lungs)
+            side[:, :mid] = lesion.side < 0
+            side[:, mid:] = lesion.side > 0
+            deepest = np.where(side, depth, 0)
+            cy, cx = np.unravel_index(int(np.argmax(deepest)), deepest.shape)
+            radius = min(radius, max((float(deepest[cy, cx]) - 1) / 1.12, 1.5 * k))
         value = lesion.value + rng.normal(0, 10)
     else:  # a pleural-based mass: centred on the lateral lung border, hyperdense
         angle = (0.0 if lesion.side > 0 else np.pi) + (theta % 2.4 - 1.2)
@@ -428,3 +471,4 @@ def _add_lesion(
         radius *= 1.3  # about half of it hides in the chest wall
     w = _disk(img.shape, cy, cx, radius, rng).astype(np.float32)
     img[:] = img * (1 - w) + value * w
+    return float(radius)
