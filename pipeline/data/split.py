@@ -111,6 +111,12 @@ def run(params: Params, paths: Paths) -> SplitResult:
         "seed": params.base.seed,
         "ratios": {"train": cfg.train, "val": cfg.val, "test": cfg.test},
         "dropped_unlabelled": dropped,
+        "patient_order": (
+            "sha256(seed + min pixel_sha256 of the patient's images)"
+            if method == "stratified_group"
+            else "official"
+        ),
+        "target_columns": targets,
         "splits": stats,
     }
     with atomic_path(paths.out_dir) as staged:

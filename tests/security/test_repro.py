@@ -3,6 +3,7 @@
 Two fresh ``git clone``s of this repository's HEAD, each with its own empty ``.radops/`` (so
 each would create its own secret key), run the data stages through the real ``radops`` CLI on a
 small default cohort; every output file of ingest, split and preprocess must hash the same.
+It clones the committed HEAD: commit before running it.
 """
 
 from __future__ import annotations

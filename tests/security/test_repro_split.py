@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,9 @@ def test_two_keys_give_the_same_split(tmp_path: Path) -> None:
 def test_same_split_with_targets_carried(tmp_path: Path) -> None:
     a = _split(tmp_path / "a", key="k1", targets=True)
     assert {"grade", "lesion_diameter_mm"} <= set(a.columns)
+    summary = json.loads((tmp_path / "a/data/split/summary.json").read_text())
+    assert summary["target_columns"] == ["grade", "lesion_diameter_mm"]
+    assert "pixel_sha256" in summary["patient_order"]
     assert a.loc[a["label"] == 0, "lesion_diameter_mm"].isna().all()
 
 
