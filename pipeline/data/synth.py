@@ -20,10 +20,13 @@ lung would be invisible to every model.
 ``lesion_diameter_mm`` (the drawn lesion's diameter in pixels × the PixelSpacing written in the
 header; empty without a lesion). The radius range is wide so that size is learnable from the
 pixels (at 64×64 the lesion is 3.5–14 px across) while the small lesions keep detection hard.
-Measured on the default cohort (64×64, soft-tissue window, 70/15/15 patient split, see
-docs/stages.md): a small CNN reaches binary test AUC ~0.99, an RBF-SVM on global
-intensity/histogram/texture features ~0.75; diameter regression R² ~0.8 for the CNN with enough
-epochs (150), ~0 for an SVR on the same features.
+Measured on the default cohort (preprocessed to 64×64, soft-tissue window, a 70/15/15 patient
+split, test ~140 images of which ~77 with a lesion), with the pipeline's CNN architecture (depth
+3, width 16, AdamW 2e-3, cosine, flips, best validation epoch) and an RBF-SVM/SVR on the
+baseline's hand-crafted features: binary test AUC 0.99–1.00 for the CNN (0.78 for the SVM;
+before the wider lesion range the same check gave 0.99 and 0.63); 3-class ``grade`` macro AUC
+0.98; ``lesion_diameter_mm`` R² 0.86 after 300 epochs (0.80 after 150: regression needs long
+training), SVR R² ~0.
 Disease is a patient property (propensity), so images of a patient are correlated and a
 patient-level split matters. Same seed, same bytes: no clock, UIDs from the seeded RNG.
 """
