@@ -72,6 +72,12 @@ class ValidateSection(Section):
     ct_hu_range: tuple[float, float] = (-2048.0, 4095.0)
     # Images whose stored pixels are re-read to check the manifest's pixel statistics (0: none).
     pixel_sample: int = Field(64, ge=0)
+    # Known ranges [min, max] of extra numeric (candidate target) columns carried from the
+    # labels file; a column not named here is only checked to be numeric. null: no bound.
+    target_ranges: dict[str, tuple[float | None, float | None]] = {
+        "grade": (0, 2),
+        "lesion_diameter_mm": (0.0, 500.0),
+    }
 
 
 class SplitSection(Section):

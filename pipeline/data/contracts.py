@@ -1,5 +1,8 @@
 """Data contracts: the column sets of docs/stages.md and the Great Expectations suites.
 
+Each bound that ``params.yaml`` sets carries the key in the expectation's ``meta`` so that a
+failure names it, with the offending rows by ``source_id`` (see ``validate``).
+
 The suites live apart from ``validate.py`` so that a reviewer can read the whole contract on
 one screen; ``validate`` only builds the batches and runs them. GX is imported inside the
 functions (it is slow to import).
@@ -8,6 +11,7 @@ functions (it is slow to import).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,6 +90,15 @@ STATS_KEYS: tuple[str, ...] = (
 )
 
 PATIENT_ID_REGEX = r"^P-[0-9a-f]{16}$"
+SOURCE_ID_REGEX = r"^F-[0-9a-f]{16}$"
+SHA256_REGEX = r"^[0-9a-f]{64}$"
+# A column named like a file or folder path (``source_file``, ``path``, ``dicom_dir``, ...) can
+# hold identifiers (UIDs, dates, names in folder names): refused in the manifest, whatever it
+# holds. ``pixel_path`` (a shard of the pixel store) is the contract's own.
+PATH_COLUMN_REGEX = (
+    r"^(.*[_ ])?(path|paths|file|files|filename|filenames|filepath|file_path|dir|dirs|"
+    r"directory|folder|folders|url|uri)$"
+)
 UID_REGEX = r"^2\.25\.[0-9]+$"
 SITE_REGEX = r"^SITE-([0-9a-f]{8}|unknown)$"
 
@@ -129,33 +142,92 @@ PHI_KEYWORDS: tuple[str, ...] = (
 
 
 def identifying_column_names() -> list[str]:
-    """Lower-case PHI column names (DICOM keyword and snake_case forms), minus contract columns."""
-    names = set()
+    """Lower-case PHI column names (DICOM keyword and snake_case forms) and the path columns of
+    older manifests (``source_file``), minus contract columns."""
+    names = {"source_file", "source_path", "filename", "file", "path"}
     for keyword in PHI_KEYWORDS:
         names.add(keyword.lower())
         names.add(re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z]{2})", "_", keyword).lower())
     return sorted(names - set(MANIFEST_COLUMNS))
 
 
-def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
-    """The four suites, one per batch that ``validate`` builds (see ``validate.batches``)."""
+def target_columns(frame: Any) -> list[str]:
+    """The manifest's extra columns, in order: candidate targets carried from the labels file
+    (e.g. ``grade``, ``lesion_diameter_mm``). Only numeric ones: the contract refuses others."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    contract = set(MANIFEST_COLUMNS) | set(SPLITS_COLUMNS) | {"split"}
+    return [
+        str(c)
+        for c in frame.columns
+        if c not in contract
+        and is_numeric_dtype(frame[c])
+        and not is_bool_dtype(frame[c])
+        and str(c).lower() not in set(identifying_column_names())
+    ]
+
+
+def schema_frame(manifest: Any) -> Any:
+    """One row per manifest column, for the ``schema`` suite: its lower-case name; for columns
+    outside the contract also the name (``extra_column``) and 1/0 for numeric (``extra_numeric``);
+    null for contract columns, which GX skips."""
+    import pandas as pd
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    names = [str(c) for c in manifest.columns]
+    extra = [n not in MANIFEST_COLUMNS for n in names]
+    numeric = [
+        is_numeric_dtype(manifest[c]) and not is_bool_dtype(manifest[c]) for c in manifest.columns
+    ]
+    return pd.DataFrame(
+        {
+            "column_name": [n.lower() for n in names],
+            "extra_column": pd.Series(
+                [n.lower() if e else None for n, e in zip(names, extra, strict=True)],
+                dtype=object,
+            ),
+            "extra_numeric": pd.Series(
+                [float(k) if e else None for k, e in zip(numeric, extra, strict=True)],
+                dtype=float,
+            ),
+        }
+    )
+
+
+def _keys(**keys: str) -> dict[str, Any]:
+    """Expectation ``meta``: the params.yaml key that sets each bound (``min``, ``max``, ``set``),
+    so that a failure can name it."""
+    return {"params": keys}
+
+
+def build_suites(cfg: ValidateSection, columns: Iterable[str] = ()) -> dict[str, ExpectationSuite]:
+    """The four suites, one per batch that ``validate`` builds (see ``validate.batches``).
+
+    ``columns``: the manifest's columns; extra ones named in ``validate.target_ranges`` get a
+    range check.
+    """
     import great_expectations as gx
 
     ex = gx.expectations
     lo_hu, hi_hu = cfg.ct_hu_range
+    present = set(columns)
     manifest: list[Any] = [
         ex.ExpectTableRowCountToBeBetween(min_value=1),
-        ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=True),
+        # Every contract column; extra columns are checked by the schema suite (numeric
+        # candidate targets only, never a path or an identifier).
+        ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=False),
         *[
             ex.ExpectColumnValuesToNotBeNull(column=c)
             for c in (
                 "image_id",
                 "patient_id",
+                "source_id",
                 "sop_uid",
                 "modality",
                 "label",
                 "pixel_path",
                 "pixel_offset",
+                "pixel_sha256",
             )
         ],
         ex.ExpectColumnValuesToBeUnique(column="image_id"),
@@ -164,22 +236,34 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ex.ExpectColumnValuesToBeBetween(column="pixel_offset", min_value=0),
         ex.ExpectCompoundColumnsToBeUnique(column_list=["pixel_path", "pixel_offset"]),
         ex.ExpectColumnValuesToMatchRegex(column="patient_id", regex=PATIENT_ID_REGEX),
+        ex.ExpectColumnValuesToMatchRegex(column="source_id", regex=SOURCE_ID_REGEX),
+        ex.ExpectColumnValuesToMatchRegex(column="pixel_sha256", regex=SHA256_REGEX),
         *[
             ex.ExpectColumnValuesToMatchRegex(column=c, regex=UID_REGEX)
             for c in ("study_uid", "series_uid", "sop_uid")
         ],
         ex.ExpectColumnValuesToMatchRegex(column="site", regex=SITE_REGEX),
-        ex.ExpectColumnValuesToBeInSet(column="modality", value_set=list(cfg.allowed_modalities)),
+        ex.ExpectColumnValuesToBeInSet(
+            column="modality",
+            value_set=list(cfg.allowed_modalities),
+            meta=_keys(set="validate.allowed_modalities"),
+        ),
         ex.ExpectColumnValuesToBeInSet(column="photometric", value_set=list(PHOTOMETRIC)),
         *[
             ex.ExpectColumnValuesToBeBetween(
-                column=c, min_value=cfg.min_spacing_mm, max_value=cfg.max_spacing_mm
+                column=c,
+                min_value=cfg.min_spacing_mm,
+                max_value=cfg.max_spacing_mm,
+                meta=_keys(min="validate.min_spacing_mm", max="validate.max_spacing_mm"),
             )
             for c in ("pixel_spacing_row", "pixel_spacing_col")
         ],
         *[
             ex.ExpectColumnValuesToBeBetween(
-                column=c, min_value=cfg.min_size, max_value=cfg.max_size
+                column=c,
+                min_value=cfg.min_size,
+                max_value=cfg.max_size,
+                meta=_keys(min="validate.min_size", max="validate.max_size"),
             )
             for c in ("rows", "columns")
         ],
@@ -188,11 +272,24 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
         ex.ExpectColumnValuesToBeInSet(
             column="official_split", value_set=["", "train", "val", "test"]
         ),
+        # Candidate targets with a known range (empty values pass: a row may lack a target).
+        *[
+            ex.ExpectColumnValuesToBeBetween(
+                column=c,
+                min_value=lo,
+                max_value=hi,
+                meta=_keys(min=f"validate.target_ranges.{c}", max=f"validate.target_ranges.{c}"),
+            )
+            for c, (lo, hi) in sorted(cfg.target_ranges.items())
+            if c in present and c not in MANIFEST_COLUMNS
+        ],
     ]
     schema = [
         ex.ExpectColumnValuesToNotBeInSet(
             column="column_name", value_set=identifying_column_names()
-        )
+        ),
+        ex.ExpectColumnValuesToNotMatchRegex(column="extra_column", regex=PATH_COLUMN_REGEX),
+        ex.ExpectColumnValuesToBeInSet(column="extra_numeric", value_set=[1.0]),
     ]
     labels = [
         ex.ExpectTableRowCountToBeBetween(min_value=2),
@@ -200,13 +297,21 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
             column="positive",
             min_value=cfg.min_positive_fraction,
             max_value=cfg.max_positive_fraction,
+            meta=_keys(min="validate.min_positive_fraction", max="validate.max_positive_fraction"),
         ),
     ]
     pixels = [
         ex.ExpectColumnValuesToBeBetween(column="nonfinite_pixels", min_value=0, max_value=0),
         ex.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=0, strict_min=True),
-        ex.ExpectColumnValuesToBeBetween(column="ct_pixel_min", min_value=lo_hu, max_value=hi_hu),
-        ex.ExpectColumnValuesToBeBetween(column="ct_pixel_max", min_value=lo_hu, max_value=hi_hu),
+        *[
+            ex.ExpectColumnValuesToBeBetween(
+                column=c,
+                min_value=lo_hu,
+                max_value=hi_hu,
+                meta=_keys(min="validate.ct_hu_range", max="validate.ct_hu_range"),
+            )
+            for c in ("ct_pixel_min", "ct_pixel_max")
+        ],
         ex.ExpectColumnPairValuesAToBeGreaterThanB(
             column_A="pixel_max", column_B="pixel_mean", or_equal=True
         ),
@@ -218,7 +323,10 @@ def build_suites(cfg: ValidateSection) -> dict[str, ExpectationSuite]:
     ]
     notes = {
         "manifest": "Contract of manifest.parquet (docs/stages.md): columns, ids, ranges.",
-        "schema": "No column named after an identifying DICOM attribute.",
+        "schema": (
+            "No column named after an identifying DICOM attribute or a file path (e.g. "
+            "source_file); columns beyond the contract are numeric (candidate targets)."
+        ),
         "labels": "Class balance among labelled images.",
         "pixels": (
             "Per-image pixel statistics: finite, in range, not blank; every image inside its "

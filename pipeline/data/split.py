@@ -4,6 +4,15 @@ Why grouped: images of one patient are correlated, so a patient in two splits in
 test metrics. Why stratified at patient level: every split must contain both classes for
 AUC and thresholds to mean anything. The leakage check runs on every split, including an
 official one taken from the labels file, because a hand-made split can leak too.
+
+Why the order is drawn from pixels, not pseudonyms: the pseudonyms depend on the secret key a
+machine holds, so an order drawn from them gave every key its own split (and its own test
+metrics). Patients are ordered by SHA-256(seed + the smallest ``pixel_sha256`` of their
+images): the same cohort gives the same split under any key and the same seed, and the value
+reveals nothing about the patient (it is a hash of a hash of pixel bytes already in the
+versioned pixel store). Extra numeric columns of the manifest (candidate targets such as
+``grade`` or ``lesion_diameter_mm``) are carried into ``splits.parquet`` after the contract
+columns.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
 from pipeline.config import Params
-from pipeline.data.contracts import SPLIT_NAMES, SPLITS_COLUMNS
+from pipeline.data.contracts import SPLIT_NAMES, SPLITS_COLUMNS, target_columns
 from pipeline.errors import InputError, LeakageError
 
 if TYPE_CHECKING:
@@ -70,6 +79,12 @@ def run(params: Params, paths: Paths) -> SplitResult:
     missing = sorted(required - set(manifest.columns))
     if missing:
         raise InputError(f"manifest lacks column(s) {', '.join(missing)}")
+    if "pixel_sha256" not in manifest.columns:
+        raise InputError(
+            f"manifest at {manifest_path} has no pixel_sha256 column (written by an older "
+            "radops); rerun `radops ingest` (the split is ordered by pixel hashes, not by the "
+            "key-dependent pseudonyms)"
+        )
     labelled = manifest[manifest["label"].isin([0, 1])].reset_index(drop=True)
     dropped = len(manifest) - len(labelled)
     if dropped:
@@ -86,7 +101,8 @@ def run(params: Params, paths: Paths) -> SplitResult:
     if assignment is None:
         ratios = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
         assignment = assign_patients(labelled, ratios, params.base.seed)
-    frame = labelled.assign(split=assignment)[list(SPLITS_COLUMNS)]
+    targets = target_columns(labelled)
+    frame = labelled.assign(split=assignment)[[*SPLITS_COLUMNS, *targets]]
     frame["label"] = frame["label"].astype("int64")
     check_leakage(frame)
     stats = split_stats(frame)
@@ -97,6 +113,12 @@ def run(params: Params, paths: Paths) -> SplitResult:
         "seed": params.base.seed,
         "ratios": {"train": cfg.train, "val": cfg.val, "test": cfg.test},
         "dropped_unlabelled": dropped,
+        "patient_order": (
+            "sha256(seed + min pixel_sha256 of the patient's images)"
+            if method == "stratified_group"
+            else "official"
+        ),
+        "target_columns": targets,
         "splits": stats,
     }
     with atomic_path(paths.out_dir, stage="split") as staged:
@@ -125,18 +147,45 @@ def official_assignment(labelled: pd.DataFrame) -> pd.Series | None:
     return official
 
 
-def assign_patients(labelled: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
-    """Split label for each row: patients (positive if any image is) shuffled per class by
-    ``seed`` and dealt out in the given ratios, at least one per split and class when possible.
-    """
-    import numpy as np
+def patient_order_keys(labelled: pd.DataFrame, seed: int) -> pd.Series:
+    """Per patient, a key-independent sort key: SHA-256(str(seed) + min ``pixel_sha256``).
 
+    Ties (two patients whose smallest image hash is the same, i.e. a duplicated image) are
+    broken by the hash over all their images' sorted pixel hashes, still independent of the
+    pseudonym key.
+    """
+    import hashlib
+
+    import pandas as pd
+
+    hashes = labelled["pixel_sha256"].astype("string")
+    bad = hashes.isna() | ~hashes.fillna("").str.fullmatch(r"[0-9a-f]{64}")
+    if bad.any():
+        raise InputError(
+            f"{int(bad.sum())} manifest row(s) have no valid pixel_sha256 (64 hex digits); "
+            "rerun `radops ingest`"
+        )
+    by_patient = hashes.groupby(labelled["patient_id"], sort=True).agg(lambda h: sorted(h))
+    keys = {}
+    for patient, values in by_patient.items():
+        first = hashlib.sha256(f"{seed}{values[0]}".encode()).hexdigest()
+        every = hashlib.sha256(f"{seed}{''.join(values)}".encode()).hexdigest()
+        keys[patient] = first + every
+    return pd.Series(keys, dtype=object)
+
+
+def assign_patients(labelled: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
+    """Split label for each row: patients (positive if any image is), per class ordered by
+    :func:`patient_order_keys` and dealt out in the given ratios, at least one per split and
+    class when possible. Needs the ``pixel_sha256`` column; never reads the pseudonyms' values
+    except to group rows by patient.
+    """
     patient_label = labelled.groupby("patient_id", sort=True)["label"].max()
-    rng = np.random.default_rng(seed)
+    order = patient_order_keys(labelled, seed)
     split_of: dict[str, str] = {}
     for cls in (0, 1):
-        patients = patient_label.index[patient_label == cls].to_numpy(dtype=object)
-        patients = patients[rng.permutation(len(patients))]
+        members = patient_label.index[patient_label == cls]
+        patients = sorted(members, key=lambda p: order[p])
         counts = _allocate(len(patients), [ratios[s] for s in SPLIT_NAMES])
         start = 0
         for name, count in zip(SPLIT_NAMES, counts, strict=True):

@@ -9,12 +9,24 @@ Image model (HU; CT Image Storage, int16 with RescaleIntercept -1024): a body el
 tissue with a fat rim, two lungs, heart, aorta (contrast-enhanced in half the studies), spine
 and smooth texture; lung vessels (dots, lines) and small bright or dark blobs in soft tissue as
 distractors; blur and site-dependent noise (sigma 8–30 HU). About 45 % of images carry a round
-lesion (radius 3.5–7 px at 128 px): 70 % solid nodules inside the lung (-30…+60 HU), 30 %
-pleural-based masses 80–140 HU above soft tissue. Lesions are solid because the default
-preprocessing window (WC 40 / WW 400) clips everything below -160 HU: a faint ground-glass
-lesion 40–120 HU above lung would be invisible to every model. Measured on the default cohort
-(64×64, soft-tissue window): a small CNN reaches test AUC ~0.96, an RBF-SVM on global
-intensity/histogram/texture features ~0.7.
+lesion (radius 3.5–14 px at 128 px, log-uniform; a lung nodule too large for its lung is shrunk to fit, so it
+is always wholly visible): 70 % solid nodules inside the lung (-30…+60 HU), 30 % pleural-based
+masses 80–140 HU above soft tissue. Lesions are solid because the default preprocessing window
+(WC 40 / WW 400) clips everything below -160 HU: a faint ground-glass lesion 40–120 HU above
+lung would be invisible to every model.
+
+``labels.csv`` carries three targets per image: ``label`` (lesion or not), ``grade`` (0 none,
+1 diameter < ``GRADE_LARGE_MM``, 2 larger; about half the lesions each) and
+``lesion_diameter_mm`` (the drawn lesion's diameter in pixels × the PixelSpacing written in the
+header; empty without a lesion). The radius range is wide so that size is learnable from the
+pixels (at 64×64 the lesion is 3.5–14 px across) while the small lesions keep detection hard.
+Measured on the default cohort (preprocessed to 64×64, soft-tissue window, a 70/15/15 patient
+split, test ~140 images of which ~77 with a lesion), with the pipeline's CNN architecture (depth
+3, width 16, AdamW 2e-3, cosine, flips, best validation epoch) and an RBF-SVM/SVR on the
+baseline's hand-crafted features: binary test AUC 0.99–1.00 for the CNN (0.78 for the SVM;
+before the wider lesion range the same check gave 0.99 and 0.63); 3-class ``grade`` macro AUC
+0.98; ``lesion_diameter_mm`` R² 0.86 after 300 epochs (0.80 after 150: regression needs long
+training), SVR R² ~0.
 Disease is a patient property (propensity), so images of a patient are correlated and a
 patient-level split matters. Same seed, same bytes: no clock, UIDs from the seeded RNG.
 """
@@ -40,6 +52,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REF_SIZE = 128  # lesion and vessel sizes are given in pixels at this image size
+# A patient's lesion radius (pixels at REF_SIZE) is drawn log-uniformly from this range; each
+# image jitters it.
+LESION_RADIUS_PX = (3.5, 14.0)
+# ``grade`` in labels.csv: 0 no lesion, 1 lesion diameter below this (mm), 2 at or above it.
+# Chosen near the median diameter of the default cohort's lesions, so grades 1 and 2 are about
+# equally frequent.
+GRADE_LARGE_MM = 45.0
+LABELS_HEADER = ("sop_instance_uid", "patient_id", "label", "grade", "lesion_diameter_mm")
 
 
 class Site(NamedTuple):
@@ -138,15 +158,17 @@ def run(params: Params, paths: Paths) -> SynthResult:
             (tmp / catalog.SYNTH_DICOM_DIR).mkdir(parents=True)
             with (tmp / catalog.LABELS_FILE).open("w", newline="") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
-                writer.writerow(["sop_instance_uid", "patient_id", "label"])
+                writer.writerow(LABELS_HEADER)
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
                     written = _write_patient(rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR)
-                    studies += len({w[0] for w in written})
-                    for _, sop, pid, label in written:
-                        writer.writerow([sop, pid, label])
+                    studies += len({w.study for w in written})
+                    for w in written:
+                        writer.writerow(
+                            [w.sop, w.patient_id, w.label, grade(w.diameter_mm), _mm(w.diameter_mm)]
+                        )
                         images += 1
-                        positives += label
+                        positives += w.label
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(
@@ -157,14 +179,41 @@ def run(params: Params, paths: Paths) -> SynthResult:
     return result
 
 
+class Written(NamedTuple):
+    study: int
+    sop: str
+    patient_id: str
+    label: int
+    diameter_mm: float | None  # the drawn lesion's diameter; None without a lesion
+
+
+def _radius(rng: np.random.Generator) -> float:
+    """A patient's lesion radius: log-uniform over ``LESION_RADIUS_PX``, so that small, hard to
+    detect lesions stay as common as before while large ones make size learnable."""
+    lo, hi = LESION_RADIUS_PX
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def grade(diameter_mm: float | None) -> int:
+    """0 = no lesion, 1 = small (< ``GRADE_LARGE_MM``), 2 = large."""
+    if diameter_mm is None:
+        return 0
+    return 1 if diameter_mm < GRADE_LARGE_MM else 2
+
+
+def _mm(diameter_mm: float | None) -> str:
+    return "" if diameter_mm is None else f"{diameter_mm:.2f}"
+
+
 def _uid(rng: np.random.Generator) -> str:
     return "2.25." + str(int.from_bytes(rng.bytes(16), "big"))
 
 
 def _write_patient(
     rng: np.random.Generator, index: int, size: int, grid: np.ndarray, dicom_dir: Path
-) -> list[tuple[int, str, str, int]]:
-    """Write one patient's studies; return (study, sop_uid, patient_id, label) per image."""
+) -> list[Written]:
+    """Write one patient's studies; return study, SOP UID, PatientID, label, lesion diameter
+    (mm) per image."""
     site = SITES[int(rng.integers(len(SITES)))]
     patient = {
         "PatientName": f"{rng.choice(LAST_NAMES)}^{rng.choice(FIRST_NAMES)}",
@@ -181,10 +230,10 @@ def _write_patient(
         side=int(rng.choice([-1, 1])),
         rho=float(rng.uniform(0.0, 0.6)),
         theta=float(rng.uniform(0, 2 * math.pi)),
-        radius_px=float(rng.uniform(3.5, 7.0)),
+        radius_px=_radius(rng),
         value=float(rng.uniform(-30, 60) if in_lung else rng.uniform(80, 140)),
     )
-    out: list[tuple[int, str, str, int]] = []
+    out: list[Written] = []
     study_day = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 1500)))
     n_studies = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     for s in range(n_studies):
@@ -203,14 +252,16 @@ def _write_patient(
         enhanced = bool(rng.random() < 0.5)
         for e in range(int(rng.choice([1, 2], p=[0.4, 0.6]))):
             positive = bool(rng.random() < p_lesion)
-            hu = render_image(rng, size, grid, site, enhanced, lesion if positive else None)
+            hu, radius = render_image(rng, size, grid, site, enhanced, lesion if positive else None)
             sop = _uid(rng)
             ds = _dataset(rng, site, patient, study, e, sop, hu, size)
+            # The true diameter: drawn radius (pixels) times the spacing written in the header.
+            diameter = 2 * radius * float(ds.PixelSpacing[0]) if positive else None
             rel = f"PA{index + 1:06d}/ST{s + 1:06d}/SE{e + 1:06d}/IM000001{site.extension}"
             target = dicom_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
-            out.append((s, sop, patient["PatientID"], int(positive)))
+            out.append(Written(s, sop, patient["PatientID"], int(positive), diameter))
     return out
 
 
@@ -319,8 +370,9 @@ def render_image(
     site: Site,
     enhanced: bool,
     lesion: Lesion | None,
-) -> np.ndarray:
-    """One chest slice in HU (float32), with a lesion when ``lesion`` is given."""
+) -> tuple[np.ndarray, float]:
+    """One chest slice in HU (float32), with a lesion when ``lesion`` is given; and the drawn
+    lesion's radius in pixels of this image (0.0 without one)."""
     import numpy as np
     from scipy.ndimage import gaussian_filter
 
@@ -384,8 +436,9 @@ def render_image(
         i = int(rng.integers(len(ys)))
         spots -= rng.uniform(60, 120) * _disk(img.shape, ys[i], xs[i], rng.uniform(2, 5) * k, rng)
     img += spots * soft
+    radius = 0.0
     if lesion is not None:
-        _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k)
+        radius = _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k)
     gain = rng.uniform(0.94, 1.06)  # slight contrast variation inside the body
     inside = body <= 1
     img[inside] = tissue + (img[inside] - tissue) * gain
@@ -393,7 +446,7 @@ def render_image(
     noise = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.6)
     sigma = rng.uniform(*site.noise)
     img += noise * (sigma / max(float(noise.std()), 1e-6))
-    return img.astype(np.float32)
+    return img.astype(np.float32), radius
 
 
 def _add_lesion(
@@ -404,8 +457,9 @@ def _add_lesion(
     lungs: np.ndarray,
     tissue: float,
     k: float,
-) -> None:
-    """Paint the patient's lesion (with per-study jitter in position, size and density)."""
+) -> float:
+    """Paint the patient's lesion (with per-study jitter in position, size and density); return
+    its radius in pixels of this image (the disk's edge, where its weight is one half)."""
     import numpy as np
     from scipy.ndimage import distance_transform_edt
 
@@ -415,14 +469,23 @@ def _add_lesion(
     gy, gx, ry, rx = lung_geo[0 if lesion.side < 0 else 1]
     if lesion.in_lung:  # wholly inside aerated lung (not behind the heart), near the usual spot
         depth = distance_transform_edt(lungs)
+        reach = 1.12 * radius + 1  # lobulation adds up to 12 %
         for _ in range(20):
             cy, cx = gy + rho * ry * np.sin(theta), gx + rho * rx * np.cos(theta)
             if (
                 depth[int(np.clip(cy, 0, img.shape[0] - 1)), int(np.clip(cx, 0, img.shape[1] - 1))]
-                > radius + 1
+                > reach
             ):
                 break
             rho, theta = 0.9 * rho, theta + rng.normal(0, 0.5)
+        else:  # too large for this lung near that spot: its deepest point, shrunk to fit
+            mid = int((lung_geo[0][1] + lung_geo[1][1]) / 2)
+            side = np.zeros_like(lungs)
+            side[:, :mid] = lesion.side < 0
+            side[:, mid:] = lesion.side > 0
+            deepest = np.where(side, depth, 0)
+            cy, cx = np.unravel_index(int(np.argmax(deepest)), deepest.shape)
+            radius = min(radius, max((float(deepest[cy, cx]) - 1) / 1.12, 1.5 * k))
         value = lesion.value + rng.normal(0, 10)
     else:  # a pleural-based mass: centred on the lateral lung border, hyperdense
         angle = (0.0 if lesion.side > 0 else np.pi) + (theta % 2.4 - 1.2)
@@ -431,3 +494,4 @@ def _add_lesion(
         radius *= 1.3  # about half of it hides in the chest wall
     w = _disk(img.shape, cy, cx, radius, rng).astype(np.float32)
     img[:] = img * (1 - w) + value * w
+    return float(radius)

@@ -56,10 +56,15 @@ def build_fake_ingest(
     official_split: bool = False,
     layout: str = "shards",
     per_shard: int = 8,
+    key: str = "",
+    targets: bool = False,
 ) -> pd.DataFrame:
     """Write ``manifest.parquet`` + the pixels into ``out_dir`` and return the manifest.
 
     ``layout``: "shards" (as ingest writes them, ``per_shard`` images a shard; the only one).
+    ``key`` stands for the pseudonym key: another key gives other ``patient_id``/``source_id``
+    values for the very same images. ``targets``: add the synthetic cohort's extra target
+    columns ``grade`` and ``lesion_diameter_mm`` (empty where there is no lesion).
     """
     assert layout == "shards"
     rng = np.random.default_rng(seed)
@@ -69,7 +74,7 @@ def build_fake_ingest(
     rows: list[dict[str, Any]] = []
     n_pos = max(1, round(n_patients * positive_patient_fraction))
     for p in range(n_patients):
-        pid = "P-" + _hex(f"patient{seed}-{p}", 16)
+        pid = "P-" + _hex(f"{key}patient{seed}-{p}", 16)
         patient_positive = p < n_pos
         n_images = int(rng.integers(1, 5))
         study = _uid(f"study{seed}-{p}")
@@ -85,6 +90,13 @@ def build_fake_ingest(
                 shard = ShardWriter(out_dir, len(rows) // per_shard)
             rel, offset = shard.add(pixels)
             spacing = float(rng.choice([0.6, 0.7, 0.8]))
+            extra: dict[str, Any] = {}
+            if targets:
+                diameter = float(rng.uniform(5.0, 40.0)) if label else float("nan")
+                extra = {
+                    "grade": 0 if not label else (1 if diameter < 20.0 else 2),
+                    "lesion_diameter_mm": diameter,
+                }
             rows.append(
                 {
                     "image_id": sop,
@@ -92,7 +104,7 @@ def build_fake_ingest(
                     "study_uid": study,
                     "series_uid": series,
                     "sop_uid": sop,
-                    "source_id": "F-" + _hex(f"file{seed}-{p}-{i}", 16),
+                    "source_id": "F-" + _hex(f"{key}file{seed}-{p}-{i}", 16),
                     "frame": 0,
                     "modality": "CT",
                     "site": site,
@@ -116,6 +128,7 @@ def build_fake_ingest(
                     "nonfinite_pixels": 0,
                     "pixel_sha256": hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest(),
                     "channels": 1,
+                    **extra,
                 }
             )
     if shard is not None:

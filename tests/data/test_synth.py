@@ -101,7 +101,13 @@ def test_cohort_is_multi_site_multi_study_and_pacs_shaped(small_cohort: SmallCoh
 def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
     with small_cohort.labels_csv.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == ["sop_instance_uid", "patient_id", "label"]
+        assert reader.fieldnames == [
+            "sop_instance_uid",
+            "patient_id",
+            "label",
+            "grade",
+            "lesion_diameter_mm",
+        ]
         rows = list(reader)
     by_uid = {r["sop_instance_uid"]: r for r in rows}
     assert len(by_uid) == len(rows) == small_cohort.result.images
@@ -110,6 +116,15 @@ def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
         row = by_uid.pop(ds.SOPInstanceUID)
         assert row["patient_id"] == ds.PatientID
         assert row["label"] in ("0", "1")
+        # grade and diameter agree with the label and with each other
+        if row["label"] == "0":
+            assert (row["grade"], row["lesion_diameter_mm"]) == ("0", "")
+        else:
+            diameter = float(row["lesion_diameter_mm"])
+            assert 5.0 < diameter < 150.0
+            assert row["grade"] == ("1" if diameter < synth.GRADE_LARGE_MM else "2")
+            # about a whole number of pixels (x 2 radius) at the header's spacing
+            assert diameter / float(ds.PixelSpacing[0]) > 2 * 1.5
     assert not by_uid
     assert {r["label"] for r in rows} == {"0", "1"}
     assert sum(r["label"] == "1" for r in rows) == small_cohort.result.positives
@@ -130,15 +145,29 @@ def test_labels_cluster_by_patient(tmp_path: Path) -> None:
     assert agree > chance + 0.2
 
 
+def test_grades_split_lesions_about_in_half_and_diameters_vary(tmp_path: Path) -> None:
+    out = _run(tmp_path, "cohort", patients=80, seed=11, image_size=64)
+    with (out / "labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] == "1"]
+    grades = [r["grade"] for r in rows]
+    diameters = np.array([float(r["lesion_diameter_mm"]) for r in rows])
+    assert 0.3 < grades.count("1") / len(rows) < 0.7, grades
+    # a regression target worth learning: spread wide relative to its mean
+    assert diameters.std() / diameters.mean() > 0.3
+    assert np.percentile(diameters, 90) > 2.0 * np.percentile(diameters, 10)
+
+
 def test_a_lesion_is_a_round_blob_of_the_requested_size() -> None:
     size = 128
     img = np.full((size, size), -850.0, dtype=np.float32)
     lungs = np.ones((size, size), dtype=bool)
     lesion = synth.Lesion(True, 1, 0.0, 0.0, 5.0, 20.0)
     geo = [(64.0, 40.0, 40.0, 20.0), (64.0, 88.0, 40.0, 20.0)]
-    synth._add_lesion(img, np.random.default_rng(0), lesion, geo, lungs, 40.0, 1.0)
+    radius = synth._add_lesion(img, np.random.default_rng(0), lesion, geo, lungs, 40.0, 1.0)
     inside = img > -400
-    assert np.pi * 3**2 < inside.sum() < np.pi * 8**2
+    assert 4.0 < radius < 6.0  # 5 px, jittered per image
+    # the returned radius is the one drawn: the blob's area is about pi r^2
+    assert 0.85 * np.pi * radius**2 < inside.sum() < 1.15 * np.pi * radius**2
     ys, xs = np.nonzero(inside)
     assert abs(ys.mean() - 64) < 3 and abs(xs.mean() - 88) < 3  # right lung, centre
     assert -20 < img[inside].max() < 60
@@ -151,3 +180,18 @@ def test_default_cohort_size_prevalence_and_speed(tmp_path: Path) -> None:
     assert 800 <= result.images <= 1200
     assert 0.38 <= result.positives / result.images <= 0.52
     assert result.seconds < 30
+
+
+def test_a_lung_lesion_too_large_for_its_lung_is_shrunk_to_fit() -> None:
+    size = 128
+    img = np.full((size, size), 40.0, dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    lungs = ((yy - 64) / 30.0) ** 2 + ((xx - 88) / 12.0) ** 2 <= 1  # right lung, 12 px wide
+    img[lungs] = -850.0
+    lesion = synth.Lesion(True, 1, 0.3, 0.0, 20.0, 20.0)  # radius 20 px: cannot fit
+    geo = [(64.0, 40.0, 30.0, 12.0), (64.0, 88.0, 30.0, 12.0)]
+    radius = synth._add_lesion(img, np.random.default_rng(1), lesion, geo, lungs, 40.0, 1.0)
+    assert 3.0 < radius < 12.0
+    inside = (img > -400) & lungs
+    assert 0.8 * np.pi * radius**2 < inside.sum() < 1.2 * np.pi * radius**2
+    assert not ((img > -400) & (img < 39.0) & ~lungs).any()  # painted in lung only

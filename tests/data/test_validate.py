@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -65,6 +66,7 @@ def _nonfinite(m: pd.DataFrame, ingest: Path) -> None:
     pixels[3, 3] = np.nan
     rewrite_pixels(ingest, m.loc[0], pixels)
     m.loc[0, "nonfinite_pixels"] = 1
+    m.loc[0, "pixel_sha256"] = hashlib.sha256(pixels.astype("<f4").tobytes()).hexdigest()
 
 
 def _balance(m: pd.DataFrame, _: Path) -> None:
@@ -108,11 +110,37 @@ def _misaligned_offset(m: pd.DataFrame, ingest: Path) -> None:
     m.loc[0, "pixel_offset"] += 2  # not a whole float32 (and still within the file)
 
 
+def _source_file(m: pd.DataFrame, _: Path) -> None:
+    # A manifest of an older ingest: a (redacted) input path per row.
+    m["source_file"] = "MRN-12345/[redacted]/IM0001.dcm"
+
+
+def _path_column(m: pd.DataFrame, _: Path) -> None:
+    m["dicom_path"] = 1.0  # named like a path: refused whatever it holds
+
+
+def _text_column(m: pd.DataFrame, _: Path) -> None:
+    m["comment"] = "seen by Dr Who"  # extra columns must be numeric candidate targets
+
+
+def _pixel_hash(m: pd.DataFrame, _: Path) -> None:
+    m.loc[0, "pixel_sha256"] = "0" * 64  # stored pixels no longer match their hash
+
+
+def _source_id(m: pd.DataFrame, _: Path) -> None:
+    m.loc[2, "source_id"] = "scans/0001.dcm"
+
+
 VIOLATIONS = {
     "modality": (_bad_modality, "expect_column_values_to_be_in_set(modality)"),
     "duplicate_sop": (_duplicate_sop, "expect_compound_columns_to_be_unique(['sop_uid', 'frame'])"),
     "spacing": (_spacing, "expect_column_values_to_be_between(pixel_spacing_row): 1 of"),
-    "phi_column": (_phi_column, "unexpected columns: PatientName"),
+    "phi_column": (_phi_column, "column(s): PatientName"),
+    "source_file": (_source_file, "not_be_in_set(column_name): 1 of"),
+    "path_column": (_path_column, "not_match_regex(extra_column): 1 of"),
+    "text_column": (_text_column, "be_in_set(extra_numeric): 1 of"),
+    "pixel_hash": (_pixel_hash, "expect_column_values_to_be_in_set(sample_stats_match): 1 of"),
+    "source_id": (_source_id, "expect_column_values_to_match_regex(source_id): 1 of"),
     "nonfinite": (_nonfinite, "expect_column_values_to_be_between(nonfinite_pixels): 1 of"),
     "balance": (_balance, "expect_column_mean_to_be_between(positive)"),
     "hu_range": (_hu_range, "expect_column_values_to_be_between(ct_pixel_max): 1 of"),
@@ -150,7 +178,7 @@ def test_violation_fails_cli(
     manifest.to_parquet(tmp_path / "ingested" / "manifest.parquet", index=False)
     params_path, params = fake_params()
     code, output = run_cli(monkeypatch, capsys, "validate", "-p", str(params_path))
-    assert code == 1
+    assert code == ValidationFailed.exit_code
     assert "data-contract expectations failed" in output
     assert expected in output
     if name == "phi_column":
