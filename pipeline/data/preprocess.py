@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Params
-from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, STATS_KEYS
+from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -173,7 +173,8 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
                 part, located, paths.ingest_dir, stats, staged / f"{name}_x.npy"
             )
             np.save(staged / f"{name}_y.npy", part["label"].to_numpy(dtype=np.int64))
-            write_parquet(staged / f"{name}_index.parquet", part[list(INDEX_COLUMNS)])
+            index_columns = [*INDEX_COLUMNS, *candidate_targets(part)]
+            write_parquet(staged / f"{name}_index.parquet", part[index_columns])
         if counts["train"] == 0:
             raise InputError("the training split is empty; cannot fit normalisation statistics")
         stats |= fit_stats(arrays["train"])
@@ -184,6 +185,19 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
         arrays.clear()  # close the memmaps before the folder is renamed into place
         write_json(staged / "stats.json", {k: stats[k] for k in STATS_KEYS})
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
+
+
+def candidate_targets(splits: pd.DataFrame) -> list[str]:
+    """Numeric columns that ``split`` carried beyond its contract (labels-file columns such
+    as ``grade`` or ``lesion_diameter_mm``): kept in the index as candidate ``task.target``s."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    fixed = {*SPLITS_COLUMNS, *INDEX_COLUMNS, "split"}
+    return [
+        str(c)
+        for c in splits.columns
+        if c not in fixed and is_numeric_dtype(splits[c]) and not is_bool_dtype(splits[c])
+    ]
 
 
 def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
