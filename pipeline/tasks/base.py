@@ -308,9 +308,12 @@ class Task(ABC):
         *,
         prefix: str = "test",
         rng: np.random.Generator | None = None,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, float]:
         """Flat metrics ``{prefix}_<name>`` (+ ``_ci_low``/``_ci_high``, patient-level
-        bootstrap over ``groups``) for predictions as ``networks.predict`` returns them."""
+        bootstrap over ``groups``) for predictions as ``networks.predict`` returns them.
+        ``validation``: ``(y_val, predictions_val)`` of the same model, for what must be
+        chosen on validation data (the binary operating threshold)."""
         raise NotImplementedError(f"evaluation of {self.kind} tasks")
 
     def paired_test(
@@ -321,8 +324,10 @@ class Task(ABC):
         groups: np.ndarray,
         cfg: RegisterSection,
         rng: np.random.Generator | None = None,
+        n_iter: int = 1000,
     ) -> PairedTest:
-        """Is the candidate better than the champion on the same test cases?"""
+        """Is the candidate better than the champion on the same test cases? One-sided, at
+        ``cfg.alpha``; ``n_iter`` resamples where the test is a bootstrap."""
         raise NotImplementedError(f"promotion of {self.kind} tasks")
 
     @abstractmethod

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.tasks.base import Mode, SplitTargets, TargetKind, Task
+from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
     import torch
     from torchmetrics import Metric
 
-    from pipeline.config import TrainSection
+    from pipeline.config import EvaluateSection, RegisterSection, TrainSection
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,63 @@ class ClassificationTask(Task):
     @property
     def promotion_metric(self) -> str:
         return "test_auc" if self.binary else "test_auc_macro"
+
+    def evaluation_summary(
+        self,
+        y_true: np.ndarray,
+        predictions: np.ndarray,
+        groups: np.ndarray,
+        cfg: EvaluateSection,
+        *,
+        prefix: str = "test",
+        rng: np.random.Generator | None = None,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, float]:
+        """K=2: the original radops metrics (threshold chosen on ``validation``, required);
+        K>2: macro and per-class one-vs-rest AUC with CIs, accuracy, macro F1, per-class
+        sensitivity/PPV and the K×K confusion counts. See ``pipeline.evaluation.classification``."""
+        from pipeline.evaluation import classification as ev
+
+        seed = np.random.default_rng(0) if rng is None else rng
+        if self.binary:
+            if validation is None:
+                raise ValueError("binary evaluation chooses its threshold on validation data")
+            y_val, p_val = validation
+            return ev.binary_summary(y_val, p_val, y_true, predictions, groups, cfg, seed, prefix)
+        return ev.multiclass_summary(y_true, predictions, groups, cfg, seed, prefix, validation)
+
+    def paired_test(
+        self,
+        y_true: np.ndarray,
+        new: np.ndarray,
+        champion: np.ndarray,
+        groups: np.ndarray,
+        cfg: RegisterSection,
+        rng: np.random.Generator | None = None,
+        n_iter: int = 1000,
+    ) -> PairedTest:
+        """K=2: AUC by DeLong's test or a paired patient-level bootstrap
+        (``register.promotion_test``), as before; K>2: macro AUC by a paired patient-level
+        bootstrap (whatever ``promotion_test`` says: DeLong is for one AUC)."""
+        from pipeline.evaluation import multiclass_stats as ms
+        from pipeline.evaluation import stats
+
+        seed = np.random.default_rng(0) if rng is None else rng
+        y = np.asarray(y_true).astype(np.int64)
+        if self.binary:
+            method: str = cfg.promotion_test
+            if method == "delong":
+                a, b, _, p = stats.delong_test(y, new, champion, alternative="greater")
+            else:
+                _, p = stats.paired_bootstrap_test(y, new, champion, groups, n_iter, seed)
+                a, b = stats.roc_auc(y, new), stats.roc_auc(y, champion)
+            statistic = "auc"
+        else:
+            method, statistic = "paired_bootstrap", "auc_macro"
+            _, p = ms.paired_bootstrap_macro_auc(y, new, champion, groups, n_iter, seed)
+            a, b = ms.macro_auc(y, new), ms.macro_auc(y, champion)
+        better = bool(a > b and p < cfg.alpha)
+        return PairedTest(statistic, float(a), float(b), float(p), better, method)
 
     def prediction_columns(
         self, predictions: np.ndarray, threshold: float | None = None

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.tasks.base import Mode, SplitTargets, TargetKind, Task
+from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
     import torch
     from torchmetrics import Metric
 
-    from pipeline.config import TrainSection
+    from pipeline.config import EvaluateSection, RegisterSection, TrainSection
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,49 @@ class RegressionTask(Task):
     @property
     def promotion_metric(self) -> str:
         return "test_mae"
+
+    def evaluation_summary(
+        self,
+        y_true: np.ndarray,
+        predictions: np.ndarray,
+        groups: np.ndarray,
+        cfg: EvaluateSection,
+        *,
+        prefix: str = "test",
+        rng: np.random.Generator | None = None,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, float]:
+        """MAE, RMSE and R² with patient-level bootstrap CIs, bias and limits of agreement
+        (see ``pipeline.evaluation.regression``)."""
+        from pipeline.evaluation import regression as ev
+
+        seed = np.random.default_rng(0) if rng is None else rng
+        return ev.summary(y_true, predictions, groups, cfg, seed, prefix, validation)
+
+    def paired_test(
+        self,
+        y_true: np.ndarray,
+        new: np.ndarray,
+        champion: np.ndarray,
+        groups: np.ndarray,
+        cfg: RegisterSection,
+        rng: np.random.Generator | None = None,
+        n_iter: int = 1000,
+    ) -> PairedTest:
+        """Per-patient absolute errors, one-sided: a Wilcoxon signed-rank test
+        (``register.promotion_test: delong``, the analytic choice) or a paired patient-level
+        bootstrap (``bootstrap``). Better = lower MAE and p < ``register.alpha``."""
+        from pipeline.evaluation import regression_stats as rs
+
+        method: rs.PairedMethod = (
+            "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
+        )
+        seed = np.random.default_rng(0) if rng is None else rng
+        mae_new, mae_old, p = rs.paired_abs_error_test(
+            y_true, new, champion, groups, method, n_iter, seed
+        )
+        better = bool(mae_new < mae_old and p < cfg.alpha)
+        return PairedTest("mae", mae_new, mae_old, p, better, method)
 
     def prediction_columns(
         self, predictions: np.ndarray, threshold: float | None = None

@@ -108,7 +108,7 @@ def make_preprocessed(
     return root
 
 
-def tiny_arch(size: int = SIZE, width: int = 4) -> dict[str, Any]:
+def tiny_arch(size: int = SIZE, width: int = 4, out_channels: int = 1) -> dict[str, Any]:
     return {
         "depth": 2,
         "base_width": width,
@@ -118,6 +118,7 @@ def tiny_arch(size: int = SIZE, width: int = 4) -> dict[str, Any]:
         "activation": "relu",
         "image_size": size,
         "in_channels": 1,
+        "out_channels": out_channels,
     }
 
 

@@ -105,7 +105,7 @@ def test_weighted_auc_equals_replicated_sklearn() -> None:
     p = np.round(p, 1)  # plenty of ties
     rng = np.random.default_rng(1)
     w = rng.integers(0, 3, size=(5, len(y))).astype(float)
-    got = stats._weighted_aucs(y, p, w)
+    got = stats.weighted_aucs(y, p, w)
     for row, value in zip(w, got, strict=True):
         reps = row.astype(int)
         assert value == pytest.approx(roc_auc_score(np.repeat(y, reps), np.repeat(p, reps)))
@@ -127,8 +127,8 @@ def test_bootstrap_ci_contains_estimate_and_narrows() -> None:
 def test_bootstrap_resamples_patients_not_images() -> None:
     # Every image of a patient must appear exactly as often as its patient is drawn.
     groups = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
-    codes = stats._group_codes(groups, len(groups))
-    for w in stats._bootstrap_weight_chunks(codes, 50, seed=0):
+    codes = stats.group_codes(groups, len(groups))
+    for w in stats.bootstrap_weight_chunks(codes, 50, seed=0):
         for g in range(10):
             assert (w[:, groups == g] == w[:, groups == g][:, :1]).all()
         per_patient = np.array([w[:, groups == g][:, 0] for g in range(10)]).T
