@@ -373,7 +373,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             load_best_weights(module, checkpoint.best_model_path)
         best_epoch, best_value = history.best(monitor, mode)
         outcome = training_outcome(history.history, best_epoch, task, cfg.max_epochs)
-        outcome |= {"monitor": monitor, "best_value": best_value}
+        outcome["best_value"] = best_value  # of `monitor` (in model.json and history.json)
         meta = {
             "architecture": module.arch,
             "preprocessing": stats,
@@ -401,7 +401,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             {
                 k: float(v)
                 for k, v in outcome.items()
-                if k != "monitor" and not k.startswith("final_")
+                if not k.startswith("final_")
             }
         )
         # back to the standard layout: what is saved is exactly what predicts after a reload
