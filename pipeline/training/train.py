@@ -397,13 +397,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "monitor": monitor,
             "resumed": resume is not None,
         }
-        mlflow.log_metrics(
-            {
-                k: float(v)
-                for k, v in outcome.items()
-                if not k.startswith("final_")
-            }
-        )
+        mlflow.log_metrics({k: float(v) for k, v in outcome.items() if not k.startswith("final_")})
         # back to the standard layout: what is saved is exactly what predicts after a reload
         network = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
         run_id = active.info.run_id

@@ -39,7 +39,12 @@ def batch(n: int = 8, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 1, size, size, generator=g), torch.arange(n) % 2
 
 
-def fit(settings: tuple[TrainSection, ModelSection], data: RadDataModule, epochs: int, callbacks: list[Any] | None = None):  # type: ignore[no-untyped-def]
+def fit(
+    settings: tuple[TrainSection, ModelSection],
+    data: RadDataModule,
+    epochs: int,
+    callbacks: list[Any] | None = None,
+):  # type: ignore[no-untyped-def]
     L.seed_everything(0, verbose=False)
     module = TaskModule(data.task, settings[0], settings[1], data.image_shape[-1])
     history = EpochHistory(log_to_mlflow=False)

@@ -81,7 +81,9 @@ def test_regression_trains_on_mae_and_predicts_in_target_units(
     train_values = pd.read_parquet(graded_data / "train_index.parquet")[target].dropna()
     assert meta["output"]["shift"] == pytest.approx(train_values.mean())
     assert abs(pred.mean() - train_values.mean()) < train_values.std()
-    assert np.abs(pred - truth).mean() == pytest.approx(history[result.best_epoch]["val_mae"], rel=1e-4)
+    assert np.abs(pred - truth).mean() == pytest.approx(
+        history[result.best_epoch]["val_mae"], rel=1e-4
+    )
     assert task_from_meta(meta).prediction_columns(pred)["prediction"].shape == (len(truth),)
 
 
@@ -91,7 +93,7 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(
     from pipeline.errors import ConfigError
 
     params = make_params(graded_data, task={"kind": "regression", "target": "grade"}, loss="focal")
-    with pytest.raises(ConfigError, match="does not fit task.kind 'regression'"):
+    with pytest.raises(ConfigError, match=r"does not fit task\.kind 'regression'"):
         train.run(params, train.Paths.from_params(params))
     params = make_params(graded_data, early_stopping_monitor="val_mae")
     with pytest.raises(ConfigError, match="early_stopping_monitor 'val_mae'"):

@@ -94,7 +94,10 @@ def test_train_outputs_model_and_run(
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
     assert [x.split()[1] for x in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
     for line, epoch in zip(lines, history["epochs"], strict=True):
-        assert f"val_auc {epoch['val_auc']:.4f}" in line and f"val_loss {epoch['val_loss']:.4f}" in line
+        assert (
+            f"val_auc {epoch['val_auc']:.4f}" in line
+            and f"val_loss {epoch['val_loss']:.4f}" in line
+        )
         assert "train_loss" in line and line.endswith("s")
 
     # the best epoch's weights were saved, and reload without pickle predicts identically
