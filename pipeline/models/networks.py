@@ -107,23 +107,28 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
 
 
 def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) -> Path:
-    """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically."""
+    """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically.
+
+    ``meta["architecture"]`` must hold ``ARCH_KEYS`` (``in_channels`` / ``out_channels``
+    default to 1); ``meta["output"]`` (default: sigmoid) must name a known transform.
+    """
     from safetensors.torch import save_file
 
     from pipeline.io import atomic_path, write_json
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp))
-    missing = [k for k in ARCH_KEYS if k not in meta.get("architecture", {})]
+    arch = ARCH_DEFAULTS | dict(meta.get("architecture", {}))
+    missing = [k for k in ARCH_KEYS if k not in arch]
     if missing:
         raise ValueError(f"model metadata lacks architecture keys: {missing}")
     transform = meta.get("output", OUTPUT_DEFAULT).get("transform")
     if transform not in ("sigmoid", "softmax", "identity"):
         raise ValueError(f"model metadata has an unknown output transform {transform!r}")
-    write_json(out_dir / META_FILE, meta)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp))
+    write_json(out_dir / META_FILE, meta | {"architecture": arch})
     return out_dir
 
 

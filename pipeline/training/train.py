@@ -9,14 +9,9 @@ checkpoints, saved without pickle.
 * Hyperparameters: ``params.train`` (optimisation) and ``params.model`` (architecture),
   overridden by tune's ``best_params.json`` when ``train.use_tuned_params`` is set and the
   file exists; the summary says which.
-* Checkpoints (``train.checkpoint_dir``, not a DVC output) survive a crash. A rerun resumes
-  from ``last.ckpt`` only if the fingerprint stored next to it (hyperparameters, seed,
-  preprocessing statistics and the data) matches; otherwise it starts fresh and says so.
+* Checkpoints (``train.checkpoint_dir``, not a DVC output) survive a crash; a rerun resumes
+  only for the same hyperparameters, task and data (``pipeline.training.checkpoints``).
   Checkpoints are deleted once the model is saved.
-* Trust boundary: Lightning checkpoints are pickled dicts. They are written only by this
-  stage on this machine and read back with ``weights_only=True`` (tensors, dicts and
-  primitives only), so a tampered checkpoint cannot run code. The saved model itself is
-  safetensors + JSON.
 * The best checkpoint's weights (by the monitored metric), not the last, become the model.
 * Without a terminal (``dvc repro``, CI), one line per epoch is printed (``EpochLog``).
 * Reads ``train`` and ``val`` only.
@@ -24,8 +19,6 @@ checkpoints, saved without pickle.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -35,6 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+from pipeline.training.checkpoints import (
+    LAST_CKPT,
+    fingerprint,
+    load_best_weights,
+    prepare_checkpoints,
+    stopping_and_checkpoint,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,11 +47,7 @@ log = logging.getLogger("radops.train")
 
 # Search-space / best_params names that are not field names of ``train`` or ``model``.
 ALIASES = {"aug_strength": "train.augmentation.strength"}
-# Settings that change neither the arithmetic nor the result (left out of the fingerprint).
-RUNTIME_ONLY = ("num_workers", "num_threads")
 NOT_HYPERPARAMETERS = {"out_dir", "checkpoint_dir", "use_tuned_params"}
-FINGERPRINT_FILE = "fingerprint.json"
-LAST_CKPT = "last.ckpt"
 
 
 @dataclass(frozen=True)
@@ -166,59 +162,6 @@ def hyperparameters(cfg: TrainSection, model: ModelSection) -> dict[str, Any]:
     return cfg.model_dump(mode="json", exclude=NOT_HYPERPARAMETERS) | model.model_dump(mode="json")
 
 
-def fingerprint(
-    cfg: TrainSection, model: ModelSection, seed: int, data_dir: Path, task: Task
-) -> str:
-    """A hash of what a checkpoint depends on: hyperparameters, seed, task and the data.
-
-    The data part is stats.json, the task's targets (kept rows and values), the image arrays'
-    shapes and up to 64 rows of each image array (evenly spaced): cheap on large data, and a
-    different preprocessing, split or target changes it.
-    """
-    import numpy as np
-
-    from pipeline.data.datasets import load_split
-
-    hp = {k: v for k, v in hyperparameters(cfg, model).items() if k not in RUNTIME_ONLY}
-    spec = {"hp": hp, "seed": seed, "task": [task.kind, task.target, task.loss_name]}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    digest.update((data_dir / "stats.json").read_bytes())
-    for split in ("train", "val"):
-        x, targets = load_split(data_dir, split, task)
-        digest.update(f"{split}:{x.shape}:{x.dtype}".encode())
-        digest.update(np.ascontiguousarray(targets.rows).tobytes())
-        digest.update(np.ascontiguousarray(targets.values).tobytes())
-        rows = np.unique(np.linspace(0, len(x) - 1, num=min(64, len(x))).astype(int))
-        digest.update(np.ascontiguousarray(x[rows]).tobytes())
-    return digest.hexdigest()
-
-
-def prepare_checkpoints(ckpt_dir: Path, fp: str) -> tuple[Path | None, str]:
-    """``(last.ckpt to resume from or None, what happened)``; clears unusable checkpoints."""
-    import torch
-
-    last = ckpt_dir / LAST_CKPT
-    stored_file = ckpt_dir / FINGERPRINT_FILE
-    stored = (
-        json.loads(stored_file.read_text()).get("fingerprint") if stored_file.exists() else None
-    )
-    note = "no checkpoint, starting fresh"
-    resume: Path | None = None
-    if last.exists() and stored != fp:
-        note = f"checkpoint in {ckpt_dir} is for other hyperparameters or data; starting fresh"
-    elif last.exists():
-        try:
-            epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
-            resume, note = last, f"resumed from epoch {epoch + 1} ({epoch + 1} epochs done)"
-        except Exception as exc:
-            note = f"checkpoint {last} is unreadable ({type(exc).__name__}); starting fresh"
-    if resume is None:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stored_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
-    return resume, note
-
-
 def set_threads(cfg: TrainSection) -> None:
     """Apply ``train.num_threads`` (0 leaves torch's default)."""
     import torch
@@ -230,14 +173,6 @@ def set_threads(cfg: TrainSection) -> None:
 def _rank() -> int:
     """The process's rank under DDP (0 when not distributed)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def load_best_weights(module: Any, ckpt_path: str) -> None:
-    """Load a checkpoint's weights into ``module`` (``weights_only``: no code runs)."""
-    import torch
-
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
 
 
 def pip_requirements() -> list[str]:
@@ -273,32 +208,6 @@ def log_pyfunc_model(
             pip_requirements=pip_requirements(),
         )
     return str(info.model_uri)
-
-
-def stopping_and_checkpoint(
-    cfg: TrainSection, checkpoint_dir: Path, monitor: str, mode: str
-) -> tuple[Any, Any]:
-    """Early stopping on the monitored validation metric (``mode`` max/min), and checkpoints
-    of the best and the last epoch (``last.ckpt`` is what a rerun after a crash resumes
-    from)."""
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    stopper = EarlyStopping(
-        monitor=monitor,
-        mode=mode,
-        patience=cfg.early_stopping_patience,
-        min_delta=cfg.early_stopping_min_delta,
-    )
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_top_k=1,
-        save_last=True,
-        save_on_train_epoch_end=True,
-    )
-    return stopper, checkpoint
 
 
 def run(params: Params, paths: Paths) -> TrainResult:
@@ -373,7 +282,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             load_best_weights(module, checkpoint.best_model_path)
         best_epoch, best_value = history.best(monitor, mode)
         outcome = training_outcome(history.history, best_epoch, task, cfg.max_epochs)
-        outcome |= {"monitor": monitor, "best_value": best_value}
+        outcome["best_value"] = best_value  # of `monitor` (in model.json and history.json)
         meta = {
             "architecture": module.arch,
             "preprocessing": stats,
@@ -397,13 +306,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "monitor": monitor,
             "resumed": resume is not None,
         }
-        mlflow.log_metrics(
-            {
-                k: float(v)
-                for k, v in outcome.items()
-                if k != "monitor" and not k.startswith("final_")
-            }
-        )
+        mlflow.log_metrics({k: float(v) for k, v in outcome.items() if not k.startswith("final_")})
         # back to the standard layout: what is saved is exactly what predicts after a reload
         network = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
         run_id = active.info.run_id

@@ -114,6 +114,17 @@ def write_preprocessed(
     return out
 
 
+def set_target(data_dir: Path, split: str, column: str, values: Any) -> None:
+    """Replace (or add) a target column of ``{split}_index.parquet``, where training reads
+    targets (``label`` also in ``{split}_y.npy``, as preprocess writes it)."""
+    path = data_dir / f"{split}_index.parquet"
+    index = pd.read_parquet(path)
+    index[column] = values
+    index.to_parquet(path, index=False)
+    if column == "label":
+        np.save(data_dir / f"{split}_y.npy", np.asarray(values, dtype=np.int64))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread() -> None:
     """One torch thread: fastest for these tiny models on a shared machine (as in params)."""
