@@ -342,8 +342,9 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     metric, label = FLAG_METRICS.get(task.monitor, ("r2", "R²"))
     history = read_json(history_path) if history_path.exists() else None
     flags = fit_flags(history, cfg, metric=metric, label=label)
-    if flags.get("train_val_gap") is not None:
-        metrics["cnn"]["train_val_gap"] = flags["train_val_gap"]
+    gap = flags.get("train_val_gap")
+    if gap is not None and math.isfinite(gap):
+        metrics["cnn"]["train_val_gap"] = gap
 
     out = paths.out_dir
     for name in MODELS:

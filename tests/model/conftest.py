@@ -13,7 +13,6 @@ targets the synthetic cohort has: ``grade`` (0 no blob, 1 small, 2 large) and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,9 +71,11 @@ def write_preprocessed(
     targets: bool = False,
 ) -> Path:
     """Write ``{split}_x.npy``, ``{split}_y.npy``, ``{split}_index.parquet`` and ``stats.json``
-    (with ``targets``: graded blobs and the ``grade`` / ``lesion_diameter_mm`` columns)."""
+    (with ``targets``: graded blobs and the ``grade`` / ``lesion_diameter_mm`` columns) with
+    the one test writer of the format, ``tests/model/preprocessed.py``."""
+    from tests.model.preprocessed import write_split, write_stats
+
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n == 0:
             continue
@@ -84,10 +85,8 @@ def write_preprocessed(
             extra = {"grade": grade, "lesion_diameter_mm": diameter}
         else:
             x, y = make_images(n, size, rng, amplitude)
-        np.save(out / f"{split}_x.npy", x)
-        np.save(out / f"{split}_y.npy", y)
         ids = [f"{split}-{i}" for i in range(n)]
-        pd.DataFrame(
+        index = pd.DataFrame(
             {
                 "image_id": ids,
                 "sop_uid": ids,
@@ -97,20 +96,9 @@ def write_preprocessed(
                 "manufacturer": "synthetic",
             }
             | extra
-        ).to_parquet(out / f"{split}_index.parquet", index=False)
-    stats = {
-        "window_center": 40.0,
-        "window_width": 400.0,
-        "image_size": size,
-        "denoise": "none",
-        "denoise_sigma": 0.7,
-        "normalization": "zscore",
-        "mean": 0.0,
-        "std": 1.0,
-        "min": -4.0,
-        "max": 6.0,
-    }
-    (out / "stats.json").write_text(json.dumps(stats))
+        )
+        write_split(out, split, x, index)
+    write_stats(out, size)
     return out
 
 
