@@ -249,9 +249,7 @@ def _evaluate_task(root: Path, kind: str, target: str) -> tuple[Any, Any, Any]:
     data = make_preprocessed(root / "data", targets=True)
     task = tiny_task(data, kind, target)
     with mlflow_env(root):
-        params = params_for(
-            root, task={"kind": kind, "target": target}, baseline={"search": False}
-        )
+        params = params_for(root, task={"kind": kind, "target": target}, baseline={"search": False})
         save_cnn(train_tiny_cnn(data, steps=40, task=task), root / "cnn", task=task)
         log_training_run(params, root / "cnn")
         baseline.run(params, baseline.Paths.from_params(params))
@@ -314,7 +312,7 @@ def test_regression_metrics_match_sklearn_and_rows_without_target_are_left_out(
 ) -> None:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    root, task, result = diameters
+    root, _, result = diameters
     out = root / "reports"
     test = pd.read_parquet(out / "predictions_test.parquet")
     index = pd.read_parquet(root / "data/test_index.parquet")
