@@ -315,7 +315,6 @@ def test_regression_promotion_needs_smaller_errors(task_env: dict[str, Any], tes
     env = task_env
     with mlflow_env(env["root"]):
         params = _params(env, promotion_test=test, alpha=0.05)
-        )
         task = task_from_meta(load_model(env["models"]["good"])[1])
         x, y, groups = promotion_split(task, env["data"])
         assert len(y) < len(np.load(env["data"] / "test_x.npy"))  # rows without a value left out
