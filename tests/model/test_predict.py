@@ -36,7 +36,7 @@ def constant_net(bias: list[float]) -> Any:
     with torch.no_grad():
         for parameter in net.parameters():
             parameter.zero_()
-        net.head.bias.copy_(torch.tensor(bias))
+        net.get_parameter("head.bias").copy_(torch.tensor(bias))
     return net.eval()
 
 
