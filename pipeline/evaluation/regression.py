@@ -87,7 +87,9 @@ def report(inp: ReportInput) -> ReportOutput:
     table = subgroups(inp.index, y, dict(preds))
     for n in models:
         pred = np.asarray(preds[n], dtype=float)
-        write_csv(out / "plots" / f"scatter_{n}.csv", pd.DataFrame({"true": y, "predicted": pred}))
+        write_csv(
+            out / "plots" / f"scatter_{n}.csv", pd.DataFrame({"actual": y, "predicted": pred})
+        )
         write_csv(
             out / "plots" / f"bland_altman_{n}.csv",
             pd.DataFrame({"mean": (y + pred) / 2, "difference": pred - y}),

@@ -336,7 +336,7 @@ def test_regression_metrics_match_sklearn_and_rows_without_target_are_left_out(
         for figure in ("scatter.png", f"bland_altman_{name}.png"):
             assert (out / "figures" / figure).read_bytes().startswith(b"\x89PNG")
         scatter = pd.read_csv(out / f"plots/scatter_{name}.csv")
-        np.testing.assert_allclose(scatter["true"], y, rtol=1e-6)
+        np.testing.assert_allclose(scatter["actual"], y, rtol=1e-6)
     assert result.headline == "test_mae" and "left out" in result.summary()
     assert "R²" in (out / "evaluation.md").read_text()
 
