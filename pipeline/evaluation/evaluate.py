@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +348,8 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         metrics["cnn"]["train_val_gap"] = gap
 
     out = paths.out_dir
+    for folder in ("figures", "plots"):  # another task's figures must not linger
+        shutil.rmtree(out / folder, ignore_errors=True)
     for name in MODELS:
         write_json(out / f"metrics_{name}.json", metrics[name])
     made = reporter(task)(

@@ -84,6 +84,7 @@ def report(inp: ReportInput) -> ReportOutput:
 
     out, metrics, preds, y = inp.out, inp.metrics, inp.predictions, np.asarray(inp.y, float)
     models = list(metrics)
+    names = {**rep.LABELS, "baseline": "Baseline (SVR)"}
     table = subgroups(inp.index, y, dict(preds))
     for n in models:
         pred = np.asarray(preds[n], dtype=float)
@@ -95,7 +96,7 @@ def report(inp: ReportInput) -> ReportOutput:
             pd.DataFrame({"mean": (y + pred) / 2, "difference": pred - y}),
         )
     figures = out / "figures"
-    labels = {n: f"{rep.LABELS.get(n, n)}: MAE {rep.fmt(metrics[n]['test_mae'])}" for n in models}
+    labels = {n: f"{names.get(n, n)}: MAE {rep.fmt(metrics[n]['test_mae'])}" for n in models}
     shared = [rep.plot_scatter(y, dict(preds), labels, figures / "scatter.png")]
     per_model = {
         n: [
@@ -103,7 +104,7 @@ def report(inp: ReportInput) -> ReportOutput:
                 y,
                 np.asarray(preds[n], dtype=float),
                 metrics[n],
-                f"Bland–Altman, {rep.LABELS.get(n, n)}",
+                f"Bland–Altman, {names.get(n, n)}",
                 figures / f"bland_altman_{n}.png",
             )
         ]
@@ -127,5 +128,6 @@ def report(inp: ReportInput) -> ReportOutput:
         subgroups=table,
         subgroup_columns=[("n", "n"), ("mae", "MAE"), ("r2", "R²")],
         figures=["figures/scatter.png", *[f"figures/bland_altman_{n}.png" for n in models]],
+        labels=names,
     )
     return rep.ReportOutput(shared, per_model, markdown, table)

@@ -373,6 +373,7 @@ def markdown_report(
     subgroups: pd.DataFrame,
     subgroup_columns: Sequence[tuple[str, str]],
     figures: Sequence[str],
+    labels: Mapping[str, str] = LABELS,
 ) -> str:
     """The evaluation report of any task: test metrics (with CIs where the metrics have
     ``<key>_ci_low/_ci_high``), task-specific sections, fit flags and subgroups."""
@@ -388,7 +389,7 @@ def markdown_report(
                 cell += f" ({fmt(m.get(f'{key}_ci_low'))}–{fmt(m.get(f'{key}_ci_high'))})"
             cells.append(cell)
         rows.append(cells)
-    lines += _table(["metric", *[LABELS.get(n, n) for n in models]], rows)
+    lines += _table(["metric", *[labels.get(n, n) for n in models]], rows)
     for heading, body in sections:
         lines += ["", f"## {heading}", "", *body]
     lines += ["", "## Overfitting / underfitting (CNN training history)", ""]
@@ -397,7 +398,7 @@ def markdown_report(
     ]
     lines += ["", "## Subgroups (test split)", ""]
     sub_rows = [
-        [LABELS.get(str(r["model"]), str(r["model"])), str(r["attribute"]), str(r["group"])]
+        [labels.get(str(r["model"]), str(r["model"])), str(r["attribute"]), str(r["group"])]
         + [fmt(r[col]) for col, _ in subgroup_columns]
         for r in subgroups.to_dict("records")
     ]

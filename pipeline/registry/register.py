@@ -67,9 +67,10 @@ class RegisterResult:
 
     def summary(self) -> str:
         cut = "" if self.threshold is None else f", threshold {self.threshold:.3f}"
+        metric = "test AUC" if self.metric == "test_auc" else self.metric
         return (
             f"register: {self.name} version {self.version} from run {self.run_id} "
-            f"({self.metric} {self.value:.3f}{cut}); no alias moved — "
+            f"({metric} {self.value:.3f}{cut}); no alias moved — "
             f"promotion is decided separately. Wrote {self.path}"
         )
 
