@@ -264,14 +264,6 @@ class Task(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(predictions, targets)`` as the metrics want them (probabilities / target units)."""
 
-    def target_dtype(self) -> np.dtype[Any]:
-        """The dtype of the target tensors the dataset yields."""
-        return (
-            np.dtype(np.int64)
-            if self.target_kind in ("binary", "class_index")
-            else (np.dtype(np.float32))
-        )
-
     # ------------------------------------------------------------------ serving
     @abstractmethod
     def output_spec(self) -> dict[str, Any]:
