@@ -22,17 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.baselines.store import (  # re-exported: the baseline's files
-    META_FILE,
-    MODEL_FILE,
-    TRUSTED_TYPES,
-    load,
-    load_pipeline,
-    save,
-)
+from pipeline.baselines.store import META_FILE, MODEL_FILE, save
+from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-exported
+from pipeline.baselines.store import load as load  # re-exported
+from pipeline.baselines.store import load_pipeline as load_pipeline  # re-exported
 from pipeline.errors import InputError
-
-__all__ = ["META_FILE", "MODEL_FILE", "TRUSTED_TYPES", "load", "load_pipeline", "save"]
 
 if TYPE_CHECKING:
     import pandas as pd
