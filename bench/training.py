@@ -1,7 +1,8 @@
 """In-process training benchmarks for ``bench.run``: data path, loop overhead, pruning.
 
 Each function returns plain numbers; ``bench.run`` turns them into figures. Both sides of a
-comparison use the same model class (``CNNClassifier``), hyperparameters (``params.train``),
+comparison use the same model class (``TaskModule`` for the binary ``label`` task),
+hyperparameters (``params.train`` and ``params.model``),
 seed, batch size and thread count, run alternately after one warm-up each, and are compared
 by their medians.
 """
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from pipeline.config import Params, TrainSection
+from pipeline.config import ModelSection, Params, TrainSection
 from pipeline.data.datasets import RadDataModule, make_datamodule
-from pipeline.training.lit_module import CNNClassifier, make_scheduler, quiet_lightning
+from pipeline.training.lit_module import TaskModule, make_scheduler, quiet_lightning
 from pipeline.training.train import set_threads
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -46,21 +47,23 @@ def alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> t
 
 
 def make_optimizer(cfg: TrainSection, module: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimiser ``CNNClassifier.configure_optimizers`` builds, without a Trainer."""
+    """The optimiser ``TaskModule.configure_optimizers`` builds, without a Trainer."""
     kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.optimizer in ("sgd", "rmsprop"):
         kwargs["momentum"] = cfg.momentum
     return OPTIMIZERS[cfg.optimizer](module.parameters(), **kwargs)
 
 
-def new_module(cfg: TrainSection, data: RadDataModule, seed: int) -> CNNClassifier:
+def new_module(
+    cfg: TrainSection, data: RadDataModule, seed: int, model: ModelSection | None = None
+) -> TaskModule:
     L.seed_everything(seed, workers=True, verbose=False)
     shape = data.image_shape
-    return CNNClassifier(cfg, shape[-1], shape[0], pos_weight=data.pos_weight())
+    return TaskModule(data.task, cfg, model or ModelSection(), shape[-1], shape[0])
 
 
 def train_epoch(
-    module: CNNClassifier, opt: torch.optim.Optimizer, batches: Iterable[Any]
+    module: TaskModule, opt: torch.optim.Optimizer, batches: Iterable[Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, step over ``batches``; (probabilities, labels) for the AUC."""
     module.train()
@@ -89,7 +92,7 @@ def data_path(params: Params, data_dir: Path, repeats: int) -> dict[str, float]:
     perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(seed))
     batches = [(x_all[i], y_all[i]) for i in perm.split(cfg.batch_size)]
     probe = make_datamodule(data_dir, cfg, seed, augment=False)
-    module = new_module(cfg, probe, seed)
+    module = new_module(cfg, probe, seed, params.model)
     opt = make_optimizer(cfg, module)
     setup_s: list[float] = []
 
@@ -117,7 +120,14 @@ def data_path(params: Params, data_dir: Path, repeats: int) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- 3. loop overhead
-def lightning_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int, root: Path) -> int:
+def lightning_fit(
+    cfg: TrainSection,
+    data_dir: Path,
+    seed: int,
+    epochs: int,
+    root: Path,
+    model: ModelSection | None = None,
+) -> int:
     """radops' training as ``pipeline.training.train.run`` sets it up (make_trainer, EpochHistory
     logging to the active MLflow run, EarlyStopping, ModelCheckpoint with save_last);
     returns the number of epochs run."""
@@ -125,9 +135,9 @@ def lightning_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int, roo
     from pipeline.training.train import stopping_and_checkpoint
 
     data = make_datamodule(data_dir, cfg, seed)
-    module = new_module(cfg, data, seed)
+    module = new_module(cfg, data, seed, model)
     history = EpochHistory(log_to_mlflow=True)
-    callbacks = [history, *stopping_and_checkpoint(cfg, root)]
+    callbacks = [history, *stopping_and_checkpoint(cfg, root, module.monitor, module.monitor_mode)]
     # Stages run under DVC with piped output, so no progress bar: make_trainer decides that
     # from stderr, which would make this figure depend on whether the bench has a terminal.
     with contextlib.redirect_stderr(io.StringIO()):
@@ -138,11 +148,13 @@ def lightning_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int, roo
     return history.epochs_run
 
 
-def plain_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int) -> int:
+def plain_fit(
+    cfg: TrainSection, data_dir: Path, seed: int, epochs: int, model: ModelSection | None = None
+) -> int:
     """The same training as a plain PyTorch loop: train epoch, validation (loss and AUC),
     train AUC, LR schedule, best weights kept in memory."""
     data = make_datamodule(data_dir, cfg, seed)
-    module = new_module(cfg, data, seed)
+    module = new_module(cfg, data, seed, model)
     opt = make_optimizer(cfg, module)
     sched = make_scheduler(opt, cfg, epochs)
     best, best_state = -1.0, None
@@ -154,7 +166,7 @@ def plain_fit(cfg: TrainSection, data_dir: Path, seed: int, epochs: int) -> int:
         with torch.inference_mode():
             for x, y in data.val_dataloader():
                 logits = module(x)
-                losses.append(module.bce(logits, y))
+                losses.append(module.task_loss(logits, y))
                 vp.append(torch.sigmoid(logits))
                 vy.append(y)
         val_auc = float(binary_auroc(torch.cat(vp), torch.cat(vy)))
@@ -191,12 +203,12 @@ def loop_overhead(
 
     def lightning() -> float:
         start = time.perf_counter()
-        runs.append(lightning_fit(cfg, data_dir, seed, epochs, work / "ckpt"))
+        runs.append(lightning_fit(cfg, data_dir, seed, epochs, work / "ckpt", params.model))
         return time.perf_counter() - start
 
     def plain() -> float:
         start = time.perf_counter()
-        plain_fit(cfg, data_dir, seed, epochs)
+        plain_fit(cfg, data_dir, seed, epochs, params.model)
         return time.perf_counter() - start
 
     with mlflow.start_run(run_name="loop-overhead"):

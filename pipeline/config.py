@@ -120,16 +120,32 @@ Activation = Literal["relu", "leakyrelu", "gelu", "tanh", "sigmoid"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 
 
-class TrainSection(Section):
-    out_dir: Path = Path("models/cnn")
-    checkpoint_dir: Path = Path("models/checkpoints")
-    use_tuned_params: bool = True
+class TaskSection(Section):
+    """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
+    labels-file column (carried through ingest and preprocess) that holds the target."""
+
+    kind: Literal["classification", "regression"] = "classification"
+    target: str = Field("label", min_length=1)
+
+
+class ModelSection(Section):
+    """The network's architecture (tunable like the optimisation settings in ``train``)."""
+
     depth: int = Field(3, ge=1, le=6)
     base_width: int = Field(16, ge=1)
     kernel_size: int = Field(3, ge=1)
     batch_norm: bool = True
     dropout: float = Field(0.2, ge=0, lt=1)
     activation: Activation = "relu"
+
+
+Loss = Literal["auto", "cross_entropy", "focal", "mse", "mae", "huber"]
+
+
+class TrainSection(Section):
+    out_dir: Path = Path("models/cnn")
+    checkpoint_dir: Path = Path("models/checkpoints")
+    use_tuned_params: bool = True
     optimizer: Optimizer = "adamw"
     lr: float = Field(0.002, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -141,8 +157,12 @@ class TrainSection(Section):
     max_epochs: int = Field(40, ge=1)
     weight_decay: float = Field(1e-4, ge=0)
     l1_lambda: float = Field(0.0, ge=0)
+    # auto: the task's default (cross_entropy for classification, huber for regression).
+    loss: Loss = "auto"
     class_weighting: Literal["balanced", "none"] = "balanced"
-    early_stopping_monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    # auto: the task's monitored metric (val_auc, val_auc_macro, val_mae); or val_loss, or
+    # another val_* metric the task logs.
+    early_stopping_monitor: str = "auto"
     early_stopping_patience: int = Field(8, ge=1)
     early_stopping_min_delta: float = Field(0.001, ge=0)
     augmentation: AugmentationSection = AugmentationSection()
@@ -269,6 +289,8 @@ class Params(Section):
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     split: SplitSection = SplitSection()
     preprocess: PreprocessSection = PreprocessSection()
+    task: TaskSection = TaskSection()
+    model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     tune: TuneSection = TuneSection()
     baseline: BaselineSection = BaselineSection()

@@ -38,6 +38,12 @@ class RunSummary:
 
     def format(self) -> str:
         def auc(m: dict[str, Any]) -> str:
+            for key in ("test_auc_macro", "test_mae"):  # the other tasks' headline metric
+                if key in m and "test_auc" not in m:
+                    return (
+                        f"{key.removeprefix('test_')} {m[key]:.3f} (95% CI "
+                        f"{m[key + '_ci_low']:.3f}–{m[key + '_ci_high']:.3f})"
+                    )
             if "test_auc" not in m:
                 return "not evaluated"
             return (

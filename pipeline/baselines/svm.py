@@ -1,7 +1,11 @@
-"""``radops baseline``: hand-crafted features, feature selection and a kernel SVM.
+"""``radops baseline``: hand-crafted features, feature selection and a kernel SVM / SVR.
 
 The baseline is the yardstick for the CNN: if a radiomics-style model on a few dozen
-features does as well, the CNN is not worth its cost. It is trained on the training split
+features does as well, the CNN is not worth its cost. It follows the task (``task.kind``,
+``task.target``; images without the target are left out): a binary label gets a calibrated
+SVM as before; K > 2 classes a one-vs-rest SVM (one calibrated SVM per class, probabilities
+normalised); a continuous value a support-vector regressor on the standardised target. The
+kernel, grids, feature selection and patient-grouped search are the same ``baseline.*`` keys. It is trained on the training split
 only (scaler, selector and SVM all inside one scikit-learn ``Pipeline``, so nothing is fitted
 on validation data), tuned with patient-grouped cross-validation, and saved with skops —
 never pickle — so that loading a model file cannot run arbitrary code.
@@ -19,6 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.baselines.store import META_FILE, MODEL_FILE, save
+from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-exported
+from pipeline.baselines.store import load as load  # re-exported
+from pipeline.baselines.store import load_pipeline as load_pipeline  # re-exported
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -26,20 +34,12 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
     from pipeline.config import BaselineSection, Params
+    from pipeline.tasks import Task
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = catalog.BASELINE_MODEL_FILE
-META_FILE = catalog.BASELINE_META_FILE
 RUN_FILE = catalog.RUN_FILE
 RFE_STEP = 0.1
-# Types skops does not trust by default that a radops baseline legitimately contains. Loading
-# refuses any file holding a type outside this list (and skops' own defaults).
-TRUSTED_TYPES = [
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.feature_selection._univariate_selection.f_classif",
-]
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class Paths:
 
 @dataclass(frozen=True)
 class BaselineResult:
-    val_auc: float
-    cv_auc: float
+    val_auc: float  # the task's validation score: AUC, macro AUC or MAE (see ``score``)
+    cv_auc: float  # its grouped-CV value (NaN without a search)
     kernel: str
     best_params: dict[str, Any]
     selected_features: list[str]
@@ -65,19 +65,24 @@ class BaselineResult:
     run_id: str
     out_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    score: str = "auc"
 
     def summary(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in sorted(self.best_params.items()))
-        cv = "" if math.isnan(self.cv_auc) else f", grouped-CV AUC {self.cv_auc:.3f}"
+        name = {"auc": "AUC", "auc_macro": "macro AUC", "mae": "MAE"}.get(self.score, self.score)
+        model = "SVR" if self.score == "mae" else "SVM"
+        cv = "" if math.isnan(self.cv_auc) else f", grouped-CV {name} {self.cv_auc:.3f}"
         return (
-            f"baseline: {self.kernel} SVM ({params}) on {len(self.selected_features)} selected "
-            f"features; trained on {self.n_train} images, validation AUC {self.val_auc:.3f}"
-            f" on {self.n_val}{cv}; written to {self.out_dir} (MLflow run {self.run_id})"
+            f"baseline: {self.kernel} {model} ({params}) on {len(self.selected_features)} "
+            f"selected features; trained on {self.n_train} images, validation {name} "
+            f"{self.val_auc:.3f} on {self.n_val}{cv}; written to {self.out_dir} "
+            f"(MLflow run {self.run_id})"
         )
 
 
 def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """``(x, y, index)`` of one preprocessed split; ``x`` is memory-mapped, not read."""
+    """``(x, y, index)`` of one preprocessed split; ``x`` is memory-mapped, not read; ``y`` is
+    the binary ``label`` (``task_split`` reads a task's target instead)."""
     import pandas as pd
 
     data_dir = Path(data_dir)
@@ -96,143 +101,237 @@ def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray
     return x, y, index
 
 
+def task_split(
+    task: Task, data_dir: Path | str, split: str
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, int]:
+    """``(x, targets, index, n_missing)``: the images of ``split`` that have the task's target."""
+    x, _, index = load_split(data_dir, split)
+    targets = task.read_targets(data_dir, split)
+    if targets.n_missing:
+        log.info("baseline: %s", targets.note(task.target))
+        return (
+            np.asarray(x[targets.rows]),
+            targets.values,
+            index.iloc[targets.rows].reset_index(drop=True),
+            targets.n_missing,
+        )
+    return x, targets.values, index, 0
+
+
+def task_of(meta: dict[str, Any]) -> Task:
+    """The task a saved baseline was fitted for (older baselines: the binary ``label``)."""
+    from pipeline.tasks import task_from_meta
+
+    return task_from_meta(meta)
+
+
+def _regression(task: Task | None) -> bool:
+    return task is not None and task.kind == "regression"
+
+
+def _multiclass(task: Task | None) -> bool:
+    return task is not None and task.kind == "classification" and task.n_outputs > 1
+
+
 def build_pipeline(
-    cfg: BaselineSection, n_features: int, seed: int, calibration_cv: Any = None
+    cfg: BaselineSection,
+    n_features: int,
+    seed: int,
+    calibration_cv: Any = None,
+    task: Task | None = None,
 ) -> Pipeline:
-    """Scaler → selector → SVM. With ``calibration_cv`` the SVM is wrapped in a sigmoid
-    (Platt) calibration fitted on those folds' out-of-fold scores, giving probabilities;
-    without it the bare SVM (decision scores) is returned, which is all a ROC-AUC search needs.
-    """
+    """Scaler → selector → SVM (or SVR). With ``calibration_cv`` a classifier is wrapped in a
+    sigmoid (Platt) calibration fitted on those folds' out-of-fold scores, giving
+    probabilities; without it the bare SVM (decision scores) is returned, which is all a
+    ROC-AUC search needs. ``task`` (None: binary) picks SVC, one-vs-rest SVC or SVR; a
+    regression's selector scores features by F-test against the value (``f_regression``) and
+    ranks them, for ``recursive``, with ridge regression or a linear SVR."""
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.feature_selection import RFE, SelectKBest, f_classif
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.feature_selection import RFE, SelectKBest, f_classif, f_regression
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC, LinearSVC
+    from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
 
+    regression = _regression(task)
     k = min(cfg.k_features, n_features)
     selector: Any
     if cfg.selection == "univariate":
-        selector = SelectKBest(f_classif, k=k)
+        selector = SelectKBest(f_regression if regression else f_classif, k=k)
     else:
-        ranker: Any = (
-            LogisticRegression(solver="liblinear", class_weight="balanced", random_state=seed)
-            if cfg.rfe_estimator == "logistic"
-            else LinearSVC(class_weight="balanced", max_iter=5000, random_state=seed)
-        )
+        ranker: Any
+        if regression:
+            ranker = (
+                Ridge()
+                if cfg.rfe_estimator == "logistic"
+                else LinearSVR(max_iter=5000, random_state=seed)
+            )
+        elif cfg.rfe_estimator == "logistic":
+            ranker = LogisticRegression(
+                solver="liblinear", class_weight="balanced", random_state=seed
+            )
+        else:
+            ranker = LinearSVC(class_weight="balanced", max_iter=5000, random_state=seed)
         # drop 10% of the features per round: ~10 refits instead of one per feature
         selector = RFE(ranker, n_features_to_select=k, step=RFE_STEP)
-    svm: Any = SVC(
-        kernel=cfg.kernel,
-        C=cfg.C,
-        gamma=cfg.gamma,
-        degree=cfg.degree,
-        class_weight="balanced",
-        random_state=seed,
-    )
-    if calibration_cv is not None:
-        svm = CalibratedClassifierCV(svm, method="sigmoid", ensemble=False, cv=calibration_cv)
+    kernel = {"kernel": cfg.kernel, "C": cfg.C, "gamma": cfg.gamma, "degree": cfg.degree}
+    svm: Any
+    if regression:
+        svm = SVR(**kernel)
+    else:
+        svm = SVC(**kernel, class_weight="balanced", random_state=seed)
+        if _multiclass(task):
+            svm = OneVsRestClassifier(svm)
+        if calibration_cv is not None:
+            svm = CalibratedClassifierCV(svm, method="sigmoid", ensemble=False, cv=calibration_cv)
     return Pipeline([("scale", StandardScaler()), ("select", selector), ("svm", svm)])
 
 
 def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[Any]:
-    """Patient-grouped, label-stratified folds of the training split."""
+    """Patient-grouped folds of the training split, stratified by class (or, for a
+    continuous target, by its quintile)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     n = min(n_folds, len(np.unique(groups)))
     if n < 2:
         raise InputError("the training split needs at least two patients for cross-validation")
+    strata = y
+    if np.issubdtype(np.asarray(y).dtype, np.floating):
+        edges = np.quantile(y, [0.2, 0.4, 0.6, 0.8])
+        strata = np.searchsorted(edges, y, side="right")
     splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+    return list(splitter.split(np.zeros(len(y)), strata, groups))
+
+
+def _macro_ovr_auc(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """CV score of a K-class SVM: mean one-vs-rest AUC of its decision scores."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = estimator.decision_function(x)
+    classes = list(estimator.classes_)
+    aucs = [
+        roc_auc_score(y == c, scores[:, i])
+        for i, c in enumerate(classes)
+        if 0 < (y == c).sum() < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+def _targets_for(task: Task | None, y: np.ndarray) -> np.ndarray:
+    """What the estimator is fitted on: a regression's value standardised by the fitted
+    task's training mean/SD (undone in ``predict``), class indices as they are."""
+    if _regression(task):
+        assert task is not None
+        return (np.asarray(y, dtype=np.float64) - task.state["mean"]) / task.state["std"]
+    return y
 
 
 def search(
-    cfg: BaselineSection, x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int
+    cfg: BaselineSection,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    task: Task | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """Grid search over C (and gamma for rbf/poly) by patient-grouped CV ROC AUC.
+    """Grid search over C (and gamma for rbf/poly) by patient-grouped CV: ROC AUC (binary),
+    macro one-vs-rest AUC (K classes) or MAE (regression; returned in the target's units).
 
-    Returns the best parameters (as SVC keyword names) and their mean CV AUC. The selector is
-    cached across grid points (its fit does not depend on C or gamma).
+    Returns the best parameters (as SVC keyword names) and their mean CV score. The
+    selector is cached across grid points (its fit does not depend on C or gamma).
     """
     import tempfile
 
     from joblib import Memory
     from sklearn.model_selection import GridSearchCV
 
-    grid: dict[str, list[Any]] = {"svm__C": list(cfg.C_grid)}
+    prefix = "svm__estimator__" if _multiclass(task) else "svm__"
+    grid: dict[str, list[Any]] = {f"{prefix}C": list(cfg.C_grid)}
     if cfg.kernel != "linear":
-        grid["svm__gamma"] = list(cfg.gamma_grid)
+        grid[f"{prefix}gamma"] = list(cfg.gamma_grid)
+    scoring: Any = "roc_auc"
+    if _regression(task):
+        scoring = "neg_mean_absolute_error"
+    elif _multiclass(task):
+        scoring = _macro_ovr_auc
     with tempfile.TemporaryDirectory(prefix="radops-baseline-cache-") as cache:
-        pipe = build_pipeline(cfg, x.shape[1], seed)
+        pipe = build_pipeline(cfg, x.shape[1], seed, task=task)
         pipe.set_params(memory=Memory(cache, verbose=0))
-        gs = GridSearchCV(pipe, grid, scoring="roc_auc", cv=_folds(y, groups, cfg.cv_folds, seed))
-        gs.fit(x, y)
-    best = {k.removeprefix("svm__"): v for k, v in gs.best_params_.items()}
-    return best, float(gs.best_score_)
+        gs = GridSearchCV(pipe, grid, scoring=scoring, cv=_folds(y, groups, cfg.cv_folds, seed))
+        gs.fit(x, _targets_for(task, y))
+    best = {k.removeprefix(prefix): v for k, v in gs.best_params_.items()}
+    score = float(gs.best_score_)
+    if _regression(task):
+        assert task is not None
+        score = -score * float(task.state["std"])
+    return best, score
 
 
 def fit(
-    cfg: BaselineSection, x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int
+    cfg: BaselineSection,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    seed: int,
+    task: Task | None = None,
 ) -> tuple[Pipeline, dict[str, Any], float]:
-    """Search (if configured) and fit the calibrated pipeline on the training data only."""
-    cv_auc = math.nan
+    """Search (if configured) and fit the pipeline on the training data only (calibrated
+    for a classifier)."""
+    cv_score = math.nan
     best: dict[str, Any] = {"C": cfg.C}
     if cfg.kernel != "linear":
         best["gamma"] = cfg.gamma
     if cfg.kernel == "poly":
         best["degree"] = cfg.degree
     if cfg.search:
-        found, cv_auc = search(cfg, x, y, groups, seed)
+        found, cv_score = search(cfg, x, y, groups, seed, task)
         best |= found
     tuned = cfg.model_copy(update={k: v for k, v in best.items() if k in ("C", "gamma")})
-    pipe = build_pipeline(tuned, x.shape[1], seed, _folds(y, groups, cfg.cv_folds, seed))
-    pipe.fit(x, y)
-    return pipe, best, cv_auc
+    calibration = None if _regression(task) else _folds(y, groups, cfg.cv_folds, seed)
+    pipe = build_pipeline(tuned, x.shape[1], seed, calibration, task)
+    pipe.fit(x, _targets_for(task, y))
+    return pipe, best, cv_score
 
 
-def predict_proba(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities for N×1×S×S images (features as in training)."""
+def _features(meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     from pipeline.baselines.features import FeatureSpec, extract_features
 
     feats, names = extract_features(x, FeatureSpec.from_dict(meta["feature_spec"]))
     if names != meta["feature_names"]:
         raise InputError("the feature extractor no longer matches the saved baseline model")
-    return np.asarray(pipe.predict_proba(feats)[:, 1], dtype=np.float64)
+    return feats
 
 
-def save(pipe: Pipeline, path: Path | str) -> Path:
-    """Write the pipeline with skops (no pickle), atomically."""
-    import skops.io as sio
-
-    from pipeline.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        sio.dump(pipe, tmp)
-    return Path(path)
+def outputs(pipe: Pipeline, feats: np.ndarray, task: Task) -> np.ndarray:
+    """Predictions from features, shaped as ``networks.predict`` shapes the CNN's."""
+    if _regression(task):
+        scaled = np.asarray(pipe.predict(feats), dtype=np.float64)
+        return scaled * float(task.state["std"]) + float(task.state["mean"])
+    probs = np.asarray(pipe.predict_proba(feats), dtype=np.float64)
+    return probs if _multiclass(task) else probs[:, 1]
 
 
-def load_pipeline(path: Path | str) -> Pipeline:
-    """Load a skops file, refusing any type outside skops' defaults and ``TRUSTED_TYPES``."""
-    import skops.io as sio
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"baseline model not found: {path}")
-    untrusted = sorted(set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
-    if untrusted:
-        raise InputError(f"refusing to load {path}: it contains untrusted types {untrusted}")
-    return sio.load(path, trusted=TRUSTED_TYPES)
+def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """The baseline's predictions for N×1×S×S images: N probabilities of class 1 (binary),
+    N×K class probabilities, or N values in the target's units."""
+    return outputs(pipe, _features(meta, x), task_of(meta))
 
 
-def load(model_dir: Path | str) -> tuple[Pipeline, dict[str, Any]]:
-    """``(pipeline, meta)`` of a saved baseline folder."""
-    from pipeline.io import read_json
+def predict_proba(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Positive-class probabilities of a binary baseline for N×1×S×S images."""
+    return np.asarray(pipe.predict_proba(_features(meta, x))[:, 1], dtype=np.float64)
 
-    model_dir = Path(model_dir)
-    meta_path = model_dir / META_FILE
-    if not meta_path.exists():
-        raise InputError(f"baseline metadata not found: {meta_path}")
-    return load_pipeline(model_dir / MODEL_FILE), read_json(meta_path)
+
+def _score(task: Task, y: np.ndarray, pred: np.ndarray) -> float:
+    """The validation score the summary reports: AUC, macro AUC or MAE."""
+    from pipeline.evaluation import multiclass_stats, regression_stats, stats
+
+    if _regression(task):
+        return regression_stats.errors(y, pred)["mae"]
+    if _multiclass(task):
+        return multiclass_stats.macro_auc(y, pred)
+    return stats.roc_auc(y, pred)
 
 
 def run(params: Params, paths: Paths) -> BaselineResult:
@@ -240,30 +339,37 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     import mlflow
 
     from pipeline.baselines.features import extract_features, fit_spec
-    from pipeline.evaluation import stats
     from pipeline.io import write_json
+    from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
 
     cfg, seed = params.baseline, params.base.seed
-    x_train, y_train, idx_train = load_split(paths.data_dir, "train")
-    x_val, y_val, _ = load_split(paths.data_dir, "val")
-    for name, labels in (("train", y_train), ("val", y_val)):
-        if np.unique(labels).size < 2:
-            raise InputError(f"the {name} split has one class only; a classifier needs both")
+    task = get_task(params)
+    x_train, y_train, idx_train, _ = task_split(task, paths.data_dir, "train")
+    task = task.fit(task.read_targets(paths.data_dir, "train"))
+    x_val, y_val, _, _ = task_split(task, paths.data_dir, "val")
+    task.check(task.read_targets(paths.data_dir, "val"))
+    if task.kind == "classification":
+        for name, labels in (("train", y_train), ("val", y_val)):
+            if np.unique(labels).size < 2:
+                raise InputError(f"the {name} split has one class only; a classifier needs both")
     spec = fit_spec(x_train, cfg.histogram_bins)
     feats_train, names = extract_features(x_train, spec)
     groups = idx_train["patient_id"].to_numpy()
+    score = {"classification": "auc_macro" if _multiclass(task) else "auc"}.get(task.kind, "mae")
 
-    with tracked_run(params, "baseline", run_name="baseline-svm") as active:
+    model_name = "baseline-svr" if _regression(task) else "baseline-svm"
+    with tracked_run(params, "baseline", run_name=model_name, tags=task.tags()) as active:
         run_id = active.info.run_id
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # constant features in f_classif
             warnings.simplefilter("ignore", UserWarning)
-            pipe, best, cv_auc = fit(cfg, feats_train, y_train, groups, seed)
+            pipe, best, cv_score = fit(cfg, feats_train, y_train, groups, seed, task)
         meta_spec = spec.to_dict()
-        val_prob = predict_proba(pipe, {"feature_spec": meta_spec, "feature_names": names}, x_val)
-        val_auc = stats.roc_auc(y_val, val_prob)
-        train_auc = stats.roc_auc(y_train, pipe.predict_proba(feats_train)[:, 1])
+        partial = {"feature_spec": meta_spec, "feature_names": names}
+        val_pred = outputs(pipe, _features(partial, x_val), task)
+        val_score = _score(task, y_val, val_pred)
+        train_score = _score(task, y_train, outputs(pipe, feats_train, task))
         selected = [
             n
             for n, keep in zip(names, pipe.named_steps["select"].get_support(), strict=True)
@@ -276,15 +382,20 @@ def run(params: Params, paths: Paths) -> BaselineResult:
             "kernel": cfg.kernel,
             "selection": cfg.selection,
             "best_params": best,
-            "cv_auc": cv_auc,
-            "train_auc": train_auc,
-            "val_auc": val_auc,
+            f"cv_{score}": cv_score,
+            f"train_{score}": train_score,
+            f"val_{score}": val_score,
             "n_train": len(y_train),
             "n_val": len(y_val),
+            "task": task.meta(),
         }
         log_params_flat("baseline", cfg.model_dump())
         mlflow.log_params({f"best.{k}": v for k, v in best.items()})
-        metrics = {"val_auc": val_auc, "train_auc": train_auc, "cv_auc": cv_auc}
+        metrics = {
+            f"val_{score}": val_score,
+            f"train_{score}": train_score,
+            f"cv_{score}": cv_score,
+        }
         mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
         mlflow.log_dict({"selected_features": selected}, catalog.SELECTED_FEATURES_FILE)
         mlflow.log_dict(meta, META_FILE)
@@ -296,8 +407,8 @@ def run(params: Params, paths: Paths) -> BaselineResult:
             {"run_id": run_id, "artifact_uri": f"runs:/{run_id}/model/{MODEL_FILE}"},
         )
     return BaselineResult(
-        val_auc=val_auc,
-        cv_auc=cv_auc,
+        val_auc=val_score,
+        cv_auc=cv_score,
         kernel=cfg.kernel,
         best_params=best,
         selected_features=selected,
@@ -305,4 +416,5 @@ def run(params: Params, paths: Paths) -> BaselineResult:
         n_val=len(y_val),
         run_id=run_id,
         out_dir=paths.out_dir,
+        score=score,
     )

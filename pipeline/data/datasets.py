@@ -1,25 +1,34 @@
-"""Training data: the preprocessed train/val arrays as a Lightning DataModule.
+"""Training data: the preprocessed train/val arrays and a task's targets as a Lightning
+DataModule.
 
 Why it looks like this:
 
 * Torch and Lightning are imported at module level: this module is the torch code, and the
   stage modules (``train``, ``tune``) import it only inside their functions.
 * Only ``train`` and ``val`` are ever opened here; the test split belongs to ``evaluate``.
-* The arrays are opened memory-mapped and copied into tensors once in ``setup`` (unless they
-  are larger than ``in_memory_limit_bytes``, then batches are read from the memmap). A batch
-  is then one fancy-index (``Dataset.__getitems__``) with an identity collate: no per-sample
-  Python work, so with augmentation off an epoch costs about what slicing in-memory tensors
-  costs. The standard sampler is kept, so Lightning can still swap in a DistributedSampler.
-* Augmentation (rotation, flips, zoom, intensity jitter) is one batched affine warp
-  (``affine_grid`` + ``grid_sample``) per batch, on the training split only. MONAI's
-  per-sample ``RandRotate``/``RandFlip``/``RandZoom``/``RandScale|ShiftIntensity`` took 2.0 s
-  for an epoch of 700 64×64 images (more than the training step itself) against 0.02 s here.
+* Targets come from the task (``pipeline.tasks``): the column ``task.target`` of
+  ``{split}_index.parquet``. Images without a value are left out (``SplitTargets.rows``
+  says which are kept) and the DataModule reports how many. The task is fitted on the
+  training targets here (number of classes, target mean/std), and the fitted task is what
+  the model is built from.
+* Images are ``{split}_x.npy``, N×C×S×S float32 (N×S×S is read as C = 1). They are opened
+  memory-mapped and the kept rows copied into tensors once in ``setup`` (unless they are
+  larger than ``in_memory_limit_bytes``, then batches are read from the memmap). A batch is
+  then one fancy-index (``Dataset.__getitems__``) with an identity collate: no per-sample
+  Python work. The standard sampler is kept, so Lightning can still swap in a
+  DistributedSampler.
+* Augmentation is a MONAI dictionary transform (``BatchAugment``, a ``MapTransform``): one
+  batched affine warp (``affine_grid`` + ``grid_sample``) per batch, on the training split
+  only, applied with the same draw to the image and to any mask keys (nearest-neighbour), so
+  a segmentation target moves with its image. MONAI's per-sample ``RandAffined`` & co. took
+  2.0 s for an epoch of 700 64×64 images (more than the training step itself) against 0.02 s.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +36,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import MapTransform
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from pipeline import catalog
@@ -34,38 +44,50 @@ from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from pipeline.config import AugmentationSection, TrainSection
+    from pipeline.tasks import SplitTargets, Task
 
 SPLITS = ("train", "val")
 IN_MEMORY_LIMIT_BYTES = 4 * 1024**3  # default of train.in_memory_limit_mb
+IMAGE_KEY = "image"
 
 
-def split_files(data_dir: Path, split: str) -> tuple[Path, Path]:
-    """The image and label files of one split."""
-    return (
-        catalog.split_file(data_dir, split, catalog.IMAGES_SUFFIX),
-        catalog.split_file(data_dir, split, catalog.LABELS_SUFFIX),
-    )
+def images_file(data_dir: Path, split: str) -> Path:
+    """The image array of one split."""
+    return catalog.split_file(data_dir, split, catalog.IMAGES_SUFFIX)
 
 
-def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Open ``{split}_x.npy`` memory-mapped and ``{split}_y.npy``; check shapes and labels."""
+def load_images(data_dir: Path | str, split: str) -> np.ndarray:
+    """``{split}_x.npy`` memory-mapped as N×C×S×S (an N×S×S array gets C = 1)."""
+    path = images_file(Path(data_dir), split)
+    if not path.exists():
+        raise InputError(f"missing {path}: run `radops preprocess` first")
+    x = np.load(path, mmap_mode="r")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[2] != x.shape[3]:
+        raise InputError(f"{path} must be N×S×S or N×C×S×S, got shape {x.shape}")
+    return x
+
+
+def load_split(
+    data_dir: Path | str, split: str, task: Task | None = None
+) -> tuple[np.ndarray, SplitTargets]:
+    """The images of ``split`` (all rows, memory-mapped) and the task's targets (the kept
+    rows and their values). ``task`` defaults to classification of ``label``."""
+    from pipeline.tasks import make_task
+
     if split not in SPLITS:
         raise ValueError(f"training code reads only {SPLITS}, not {split!r}")
-    x_path, y_path = split_files(Path(data_dir), split)
-    for path in (x_path, y_path):
-        if not path.exists():
-            raise InputError(f"missing {path}: run `radops preprocess` first")
-    x = np.load(x_path, mmap_mode="r")
-    y = np.asarray(np.load(y_path), dtype=np.int64)
-    if x.ndim != 4 or x.shape[2] != x.shape[3]:
-        raise InputError(f"{x_path} must be N×C×S×S, got shape {x.shape}")
-    if len(x) != len(y):
-        raise InputError(f"{x_path} has {len(x)} images but {y_path} has {len(y)} labels")
-    if len(y) == 0:
-        raise InputError(f"the {split} split is empty")
-    if not np.isin(y, (0, 1)).all():
-        raise InputError(f"{y_path} must hold 0/1 labels")
-    return x, y
+    x = load_images(data_dir, split)
+    targets = (task or make_task("classification")).read_targets(data_dir, split)
+    if targets.n_total != len(x):
+        raise InputError(
+            f"{images_file(Path(data_dir), split)} has {len(x)} images but the {split} index "
+            f"has {targets.n_total} rows"
+        )
+    if len(targets.rows) == 0:
+        raise InputError(f"the {split} split has no image with a target value")
+    return x, targets
 
 
 def load_stats(data_dir: Path | str) -> dict[str, Any]:
@@ -77,26 +99,44 @@ def load_stats(data_dir: Path | str) -> dict[str, Any]:
     return stats
 
 
-class BatchAugment:
+class BatchAugment(MapTransform):
     """Random rotation, flips, zoom and intensity jitter applied to a whole batch at once.
 
-    Magnitudes are the configured ones times ``strength``: rotation uniform in ±deg, zoom
-    uniform in 1±scale, each axis flipped with probability ½, intensity ``x·(1+a)+b`` with
-    a, b uniform in ±intensity (the data are normalised, so b is in units of the spread).
-    Pixels warped in from outside repeat the border, so no artificial frame appears.
+    A MONAI dictionary transform: ``aug({"image": x, "mask": m}, generator)`` returns the dict
+    with every key in ``keys`` warped by the same random affine (bilinear for images, nearest
+    for ``mask_keys``) and the intensity jitter applied to the images only. Magnitudes are the
+    configured ones times ``strength``: rotation uniform in ±deg, zoom uniform in 1±scale,
+    each axis flipped with probability ½, intensity ``x·(1+a)+b`` with a, b uniform in
+    ±intensity (the data are normalised, so b is in units of the spread). Pixels warped in
+    from outside repeat the border, so no artificial frame appears.
     """
 
-    def __init__(self, rotation_deg: float, flip: bool, scale: float, intensity: float) -> None:
+    def __init__(
+        self,
+        rotation_deg: float,
+        flip: bool,
+        scale: float,
+        intensity: float,
+        keys: Sequence[Hashable] = (IMAGE_KEY,),
+        mask_keys: Sequence[Hashable] = (),
+    ) -> None:
+        super().__init__([*keys, *mask_keys], allow_missing_keys=True)
+        self.image_keys = tuple(keys)
+        self.mask_keys = tuple(mask_keys)
         self.rotation = math.radians(rotation_deg)
         self.flip = flip
         self.scale = min(scale, 0.9)
         self.intensity = intensity
 
     @classmethod
-    def from_config(cls, cfg: AugmentationSection) -> BatchAugment | None:
+    def from_config(
+        cls, cfg: AugmentationSection, mask_keys: Sequence[Hashable] = ()
+    ) -> BatchAugment | None:
         """None when augmentation is disabled or every magnitude is zero."""
         s = cfg.strength
-        aug = cls(cfg.rotation_deg * s, cfg.flip, cfg.scale * s, cfg.intensity * s)
+        aug = cls(
+            cfg.rotation_deg * s, cfg.flip, cfg.scale * s, cfg.intensity * s, mask_keys=mask_keys
+        )
         return aug if cfg.enabled and aug.active else None
 
     @property
@@ -107,34 +147,62 @@ class BatchAugment:
     def spatial(self) -> bool:
         return self.flip or self.rotation > 0 or self.scale > 0
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = x.shape[0]
+    def __call__(  # type: ignore[override]
+        self, data: Mapping[Any, torch.Tensor], generator: torch.Generator
+    ) -> dict[Hashable, torch.Tensor]:
+        out = dict(data)
+        image_keys = [k for k in self.image_keys if k in out]
+        if not image_keys:
+            return out
+        n = out[image_keys[0]].shape[0]
 
         def uniform(bound: float) -> torch.Tensor:
             return (torch.rand(n, generator=generator) * 2 - 1) * bound
 
         if self.spatial:
-            angle = uniform(self.rotation)
-            zoom = 1 + uniform(self.scale)
-            flips = (
-                torch.where(torch.rand(n, 2, generator=generator) < 0.5, -1.0, 1.0)
-                if self.flip
-                else torch.ones(n, 2)
-            )
-            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-            theta = torch.zeros(n, 2, 3)
-            theta[:, 0, 0] = cos * flips[:, 0]
-            theta[:, 0, 1] = -sin * flips[:, 1]
-            theta[:, 1, 0] = sin * flips[:, 0]
-            theta[:, 1, 1] = cos * flips[:, 1]
-            theta = theta.to(device=x.device, dtype=x.dtype)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            theta = self._theta(n, uniform, generator)
+            for key in self.key_iterator(out):
+                mode = "nearest" if key in self.mask_keys else "bilinear"
+                out[key] = _warp(out[key], theta, mode)
         if self.intensity > 0:
-            gain = (1 + uniform(self.intensity)).to(x).view(n, 1, 1, 1)
-            shift = uniform(self.intensity).to(x).view(n, 1, 1, 1)
-            x = x * gain + shift
-        return x
+            gain, shift = 1 + uniform(self.intensity), uniform(self.intensity)
+            for key in image_keys:
+                x = out[key]
+                out[key] = x * gain.to(x).view(n, 1, 1, 1) + shift.to(x).view(n, 1, 1, 1)
+        return out
+
+    def _theta(self, n: int, uniform: Any, generator: torch.Generator) -> torch.Tensor:
+        angle = uniform(self.rotation)
+        zoom = 1 + uniform(self.scale)
+        flips = (
+            torch.where(torch.rand(n, 2, generator=generator) < 0.5, -1.0, 1.0)
+            if self.flip
+            else torch.ones(n, 2)
+        )
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = cos * flips[:, 0]
+        theta[:, 0, 1] = -sin * flips[:, 1]
+        theta[:, 1, 0] = sin * flips[:, 0]
+        theta[:, 1, 1] = cos * flips[:, 1]
+        return theta
+
+    def image(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment an image batch alone (no mask)."""
+        return self({IMAGE_KEY: x}, generator)[IMAGE_KEY]
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
+    """``x`` (N×C×H×W, or N×H×W for a mask of class indices) resampled through ``theta``."""
+    squeeze = x.ndim == 3
+    src = x[:, None] if squeeze else x
+    dtype = src.dtype
+    work = src if src.is_floating_point() else src.float()
+    t = theta.to(device=work.device, dtype=work.dtype)
+    grid = F.affine_grid(t, list(work.shape), align_corners=False)
+    out = F.grid_sample(work, grid, mode=mode, padding_mode="border", align_corners=False)
+    out = out.to(dtype)
+    return out[:, 0] if squeeze else out
 
 
 def _as_batch(batch: Any) -> Any:
@@ -143,7 +211,11 @@ def _as_batch(batch: Any) -> Any:
 
 
 class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images and labels of one split, fetched a whole batch per call."""
+    """Images and targets of one split (only ``rows`` of ``x``), a whole batch per call.
+
+    ``y`` holds one target per kept row. A target with spatial axes (a mask) is augmented
+    together with its image.
+    """
 
     def __init__(
         self,
@@ -152,10 +224,20 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         augment: BatchAugment | None = None,
         seed: int = 0,
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
+        rows: np.ndarray | None = None,
     ) -> None:
-        self.in_memory = x.nbytes <= in_memory_limit_bytes
-        self.x: Any = torch.from_numpy(np.array(x, dtype=np.float32)) if self.in_memory else x
-        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.rows = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
+        if len(self.rows) != len(y):
+            raise InputError(f"{len(self.rows)} images but {len(y)} targets")
+        row_bytes = int(np.prod(x.shape[1:])) * 4
+        self.in_memory = len(self.rows) * row_bytes <= in_memory_limit_bytes
+        if self.in_memory:
+            kept = x if rows is None else x[self.rows]
+            self.x: Any = torch.from_numpy(np.array(kept, dtype=np.float32))
+        else:
+            self.x = x
+        self.y = torch.from_numpy(np.asarray(y))
+        self.mask_target = self.y.ndim >= 3
         self.augment = augment
         self.seed = seed
         self._generator: torch.Generator | None = None
@@ -163,6 +245,10 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
     def _rng(self) -> torch.Generator:
         """A seeded generator, distinct per DataLoader worker so workers do not repeat draws."""
@@ -173,18 +259,26 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self._worker = worker
         return self._generator
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """The images at dataset positions ``indices`` (float32, in that order)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         if self.in_memory:
-            x = self.x[idx]
-        else:  # sorted reads from the memmap, then back into the sampler's order
-            order = np.argsort(indices)
-            rows = np.asarray(indices)[order]
-            x = torch.empty((len(indices), *self.x.shape[1:]), dtype=torch.float32)
-            x[torch.from_numpy(order)] = torch.from_numpy(np.array(self.x[rows], np.float32))
+            return self.x[idx]  # type: ignore[no-any-return]
+        # sorted reads from the memmap, then back into the sampler's order
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        order = np.argsort(rows)
+        x = torch.empty((len(indices), *self.x.shape[1:]), dtype=torch.float32)
+        x[torch.from_numpy(order)] = torch.from_numpy(np.array(self.x[rows[order]], np.float32))
+        return x
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images(indices)
+        y = self.y[torch.as_tensor(indices, dtype=torch.long)]
         if self.augment is not None:
-            x = self.augment(x, self._rng())
-        return x, self.y[idx]
+            data = {IMAGE_KEY: x} | ({"mask": y} if self.mask_target else {})
+            out = self.augment(data, self._rng())
+            x, y = out[IMAGE_KEY], out.get("mask", y)
+        return x, y
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([index])
@@ -192,7 +286,9 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 
 class RadDataModule(L.LightningDataModule):
-    """Train/val loaders over the preprocessed arrays; augmentation on train only."""
+    """Train/val loaders over the preprocessed arrays and one task's targets; augmentation on
+    train only. After ``setup`` (called by every accessor), ``task`` is fitted on the
+    training targets and ``notes`` says how many images each split left out."""
 
     def __init__(
         self,
@@ -202,7 +298,10 @@ class RadDataModule(L.LightningDataModule):
         seed: int = 0,
         augment: BatchAugment | None = None,
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
+        task: Task | None = None,
     ) -> None:
+        from pipeline.tasks import make_task
+
         super().__init__()
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
@@ -210,34 +309,39 @@ class RadDataModule(L.LightningDataModule):
         self.seed = seed
         self.augment = augment
         self.in_memory_limit_bytes = in_memory_limit_bytes
+        self._task = task or make_task("classification")
+        self.notes: list[str] = []
         self.train_set: ArrayDataset | None = None
         self.val_set: ArrayDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        x, y = load_split(self.data_dir, "train")
-        xv, yv = load_split(self.data_dir, "val")
+        task = self._task
+        x, train = load_split(self.data_dir, "train", task)
+        xv, val = load_split(self.data_dir, "val", task)
         if x.shape[1:] != xv.shape[1:]:
             raise InputError(f"train images are {x.shape[1:]} but val are {xv.shape[1:]}")
-        if len(np.unique(y)) < 2:
-            raise InputError("the training split holds a single class; cannot train")
+        if not task.fitted:
+            task = task.fit(train)
+        task.check(val)
+        self._task = task
+        self.notes = [t.note(task.target) for t in (train, val)]
         limit = self.in_memory_limit_bytes
-        self.train_set = ArrayDataset(x, y, self.augment, self.seed, limit)
-        self.val_set = ArrayDataset(xv, yv, None, self.seed, limit)
+        self.train_set = ArrayDataset(x, train.values, self.augment, self.seed, limit, train.rows)
+        self.val_set = ArrayDataset(xv, val.values, None, self.seed, limit, val.rows)
+
+    @property
+    def task(self) -> Task:
+        """The task, fitted on the training targets."""
+        self.setup()
+        return self._task
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         self.setup()
         assert self.train_set is not None
-        return tuple(self.train_set.x.shape[1:])
-
-    def pos_weight(self) -> float:
-        """n_neg / n_pos on the training split (for ``class_weighting: balanced``)."""
-        self.setup()
-        assert self.train_set is not None
-        n_pos = int(self.train_set.y.sum())
-        return (len(self.train_set) - n_pos) / max(n_pos, 1)
+        return self.train_set.image_shape
 
     def _loader(self, split: str) -> DataLoader:
         self.setup()
@@ -262,14 +366,21 @@ class RadDataModule(L.LightningDataModule):
 
 
 def make_datamodule(
-    data_dir: Path | str, train_cfg: TrainSection, seed: int, augment: bool = True
+    data_dir: Path | str,
+    train_cfg: TrainSection,
+    seed: int,
+    augment: bool = True,
+    task: Task | None = None,
 ) -> RadDataModule:
-    """The DataModule configured from a TrainSection (batch size, workers, augmentation)."""
+    """The DataModule configured from a TrainSection (batch size, workers, augmentation) for
+    ``task`` (default: classification of ``label``)."""
+    mask_keys = ("mask",) if task is not None and task.target_kind == "mask" else ()
     return RadDataModule(
         data_dir=data_dir,
         batch_size=train_cfg.batch_size,
         num_workers=train_cfg.num_workers,
         seed=seed,
-        augment=BatchAugment.from_config(train_cfg.augmentation) if augment else None,
+        augment=BatchAugment.from_config(train_cfg.augmentation, mask_keys) if augment else None,
         in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,
+        task=task,
     )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
 from pipeline.config import Params
-from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, STATS_KEYS
+from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -229,8 +229,9 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
                 catalog.split_file(staged, name, catalog.LABELS_SUFFIX),
                 part["label"].to_numpy(dtype=np.int64),
             )
+            index_columns = [*INDEX_COLUMNS, *candidate_targets(part)]
             write_parquet(
-                catalog.split_file(staged, name, catalog.INDEX_SUFFIX), part[list(INDEX_COLUMNS)]
+                catalog.split_file(staged, name, catalog.INDEX_SUFFIX), part[index_columns]
             )
         if counts["train"] == 0:
             raise InputError("the training split is empty; cannot fit normalisation statistics")
@@ -242,6 +243,19 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
         arrays.clear()  # close the memmaps before the folder is renamed into place
         write_json(staged / catalog.STATS_FILE, {k: stats[k] for k in STATS_KEYS})
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
+
+
+def candidate_targets(splits: pd.DataFrame) -> list[str]:
+    """Numeric columns that ``split`` carried beyond its contract (labels-file columns such
+    as ``grade`` or ``lesion_diameter_mm``): kept in the index as candidate ``task.target``s."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    fixed = {*SPLITS_COLUMNS, *INDEX_COLUMNS, "split"}
+    return [
+        str(c)
+        for c in splits.columns
+        if c not in fixed and is_numeric_dtype(splits[c]) and not is_bool_dtype(splits[c])
+    ]
 
 
 def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +239,175 @@ def render_markdown(
         "",
         "Figures: `figures/roc.png`, `figures/confusion_matrix_cnn.png`, "
         "`figures/confusion_matrix_baseline.png`, `figures/calibration.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- any task
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """What a task's reporter (``evaluation/<kind>.py``'s ``report``) gets from evaluate."""
+
+    out: Path
+    task: Any  # the fitted pipeline.tasks.Task
+    metrics: Mapping[str, Mapping[str, Any]]  # per model, as written to metrics_<model>.json
+    predictions: Mapping[str, np.ndarray]  # per model, test predictions (networks.predict shape)
+    y: np.ndarray  # test targets of the kept rows
+    index: pd.DataFrame  # test index rows, aligned with y
+    cfg: Any  # EvaluateSection
+    flags: Mapping[str, Any]
+    notes: Sequence[str] = ()  # e.g. how many test images lacked the target
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    """Files for every model's run (``shared``), for one model's run (``per_model``), the
+    Markdown report and the subgroup table."""
+
+    shared: list[Path]
+    per_model: dict[str, list[Path]]
+    markdown: str
+    subgroups: pd.DataFrame
+
+
+def plot_confusion_matrix(matrix: np.ndarray, title: str, path: Path) -> Path:
+    """A K×K confusion matrix (rows: true class, columns: predicted class), with counts."""
+    matrix = np.asarray(matrix)
+    k = matrix.shape[0]
+    fig = _figure(1.2 + 0.9 * k, 1.0 + 0.9 * k)
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    top = matrix.max() if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = "white" if top and count > top / 2 else "black"
+        ax.text(j, i, str(int(count)), ha="center", va="center", color=colour, fontsize=12)
+    ax.set_xticks(range(k), [str(c) for c in range(k)])
+    ax.set_yticks(range(k), [str(c) for c in range(k)])
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    return _save(fig, path)
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Any, Any]],
+    labels: Mapping[str, str],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    diagonal: bool = True,
+) -> Path:
+    """Line plot of one curve per model (e.g. macro-average ROC), legend from ``labels``."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, lw=2, label=labels.get(name, name))
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_scatter(
+    y: np.ndarray, predictions: Mapping[str, np.ndarray], labels: Mapping[str, str], path: Path
+) -> Path:
+    """Predicted against true values, one colour per model, with the identity line."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    values = [
+        np.asarray(y, dtype=float),
+        *(np.asarray(p, dtype=float) for p in predictions.values()),
+    ]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if len(y) else np.zeros(0)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    for name, pred in predictions.items():
+        ax.scatter(y, pred, s=12, alpha=0.7, label=labels.get(name, name))
+    ax.plot([low, high], [low, high], ls="--", color="grey", lw=1, label="identity")
+    ax.set(xlabel="true value", ylabel="predicted value", title="Predicted vs true, test split")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_bland_altman(
+    y: np.ndarray, pred: np.ndarray, metrics: Mapping[str, Any], title: str, path: Path
+) -> Path:
+    """Bland–Altman: difference (predicted − true) against the mean of the two, with the
+    mean difference (bias) and the 95% limits of agreement."""
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    fig = _figure(5.5, 4.2)
+    ax = fig.add_subplot()
+    ax.scatter((y + pred) / 2, pred - y, s=12, alpha=0.7)
+    for key, style, text in (
+        ("test_bias", "-", "bias"),
+        ("test_loa_low", "--", "−1.96 SD"),
+        ("test_loa_high", "--", "+1.96 SD"),
+    ):
+        value = metrics.get(key)
+        if value is not None and math.isfinite(float(value)):
+            ax.axhline(float(value), ls=style, color="grey", lw=1)
+            ax.annotate(
+                f"{text} {fmt(value, 2)}",
+                (1.0, float(value)),
+                xycoords=("axes fraction", "data"),
+                ha="right",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set(xlabel="mean of true and predicted", ylabel="predicted − true", title=title)
+    return _save(fig, path)
+
+
+def markdown_report(
+    *,
+    intro: str,
+    metric_rows: Sequence[tuple[str, str]],
+    metrics: Mapping[str, Mapping[str, Any]],
+    sections: Sequence[tuple[str, Sequence[str]]],
+    flags: Mapping[str, Any],
+    subgroups: pd.DataFrame,
+    subgroup_columns: Sequence[tuple[str, str]],
+    figures: Sequence[str],
+    labels: Mapping[str, str] = LABELS,
+) -> str:
+    """The evaluation report of any task: test metrics (with CIs where the metrics have
+    ``<key>_ci_low/_ci_high``), task-specific sections, fit flags and subgroups."""
+    models = list(metrics)
+    lines = ["# radops evaluation report", "", intro, "", "## Test metrics", ""]
+    rows = []
+    for key, label in metric_rows:
+        cells = [label]
+        for name in models:
+            m = metrics[name]
+            cell = fmt(m.get(key))
+            if f"{key}_ci_low" in m:
+                cell += f" ({fmt(m.get(f'{key}_ci_low'))}–{fmt(m.get(f'{key}_ci_high'))})"
+            cells.append(cell)
+        rows.append(cells)
+    lines += _table(["metric", *[labels.get(n, n) for n in models]], rows)
+    for heading, body in sections:
+        lines += ["", f"## {heading}", "", *body]
+    lines += ["", "## Overfitting / underfitting (CNN training history)", ""]
+    lines += [f"- {line}" for line in flags.get("statements", [])] or [
+        "- no training history found"
+    ]
+    lines += ["", "## Subgroups (test split)", ""]
+    sub_rows = [
+        [labels.get(str(r["model"]), str(r["model"])), str(r["attribute"]), str(r["group"])]
+        + [fmt(r[col]) for col, _ in subgroup_columns]
+        for r in subgroups.to_dict("records")
+    ]
+    lines += _table(["model", "by", "group", *[h for _, h in subgroup_columns]], sub_rows)
+    lines += [
+        "",
+        "Small subgroups have wide uncertainty.",
+        "",
+        "Figures: " + ", ".join(f"`{f}`" for f in figures) + ".",
         "",
     ]
     return "\n".join(lines)

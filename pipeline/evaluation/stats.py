@@ -21,6 +21,9 @@ from typing import Any, Literal
 import numpy as np
 
 Alternative = Literal["two-sided", "greater"]
+# A bootstrap seed: an int, or a Generator that is drawn from (``default_rng`` passes it
+# through), so one generator can drive several bootstraps in turn.
+Seed = int | np.random.Generator
 _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # bootstrap weights are built in chunks of this size
 
 
@@ -141,7 +144,7 @@ def roc_points(y: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _group_codes(groups: Any, n: int) -> np.ndarray:
+def group_codes(groups: Any, n: int) -> np.ndarray:
     """Integer cluster code per image; each image is its own cluster when ``groups`` is None."""
     if groups is None:
         return np.arange(n)
@@ -151,7 +154,7 @@ def _group_codes(groups: Any, n: int) -> np.ndarray:
     return np.unique(g, return_inverse=True)[1].ravel()
 
 
-def _weighted_aucs(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_aucs(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUC for each row of ``weights`` (B×N image multiplicities), ties counted as 1/2.
 
     Equivalent to replicating image i ``weights[b, i]`` times and computing the Mann–Whitney
@@ -171,8 +174,11 @@ def _weighted_aucs(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.
     return auc
 
 
-def _bootstrap_weight_chunks(codes: np.ndarray, n_iter: int, seed: int) -> Any:
-    """Yield B×N image multiplicities of patient-level resamples, a chunk at a time."""
+def bootstrap_weight_chunks(codes: np.ndarray, n_iter: int, seed: Seed) -> Any:
+    """Yield B×N image multiplicities of patient-level resamples, a chunk at a time.
+
+    ``codes`` are the integer cluster codes of ``group_codes``; the task-specific statistics
+    (multi-class AUC, regression errors) use the same resamples as the binary AUC."""
     rng = np.random.default_rng(seed)
     n_groups = int(codes.max()) + 1 if codes.size else 0
     per_chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // max(1, codes.size + n_groups))
@@ -187,7 +193,7 @@ def _bootstrap_weight_chunks(codes: np.ndarray, n_iter: int, seed: int) -> Any:
 
 
 def bootstrap_aucs(
-    y: Any, probs: list[Any], groups: Any = None, n_iter: int = 1000, seed: int = 0
+    y: Any, probs: list[Any], groups: Any = None, n_iter: int = 1000, seed: Seed = 0
 ) -> np.ndarray:
     """AUCs of each score array over the same patient-level resamples: an (n_iter, k) array.
 
@@ -195,10 +201,10 @@ def bootstrap_aucs(
     """
     y_arr = np.asarray(y).astype(np.int64).ravel()
     scores = [_as_arrays(y_arr, p)[1] for p in probs]
-    codes = _group_codes(groups, y_arr.size)
+    codes = group_codes(groups, y_arr.size)
     out = [
-        np.column_stack([_weighted_aucs(y_arr, s, w) for s in scores])
-        for w in _bootstrap_weight_chunks(codes, n_iter, seed)
+        np.column_stack([weighted_aucs(y_arr, s, w) for s in scores])
+        for w in bootstrap_weight_chunks(codes, n_iter, seed)
     ]
     return np.vstack(out) if out else np.zeros((0, len(scores)))
 
@@ -209,7 +215,7 @@ def bootstrap_auc_ci(
     groups: Any = None,
     n_iter: int = 1000,
     level: float = 0.95,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> tuple[float, float, float]:
     """``(auc, low, high)``: the AUC and its percentile CI from a patient-level bootstrap.
 
@@ -234,7 +240,7 @@ def paired_bootstrap_test(
     prob_b: Any,
     groups: Any = None,
     n_iter: int = 1000,
-    seed: int = 0,
+    seed: Seed = 0,
 ) -> tuple[float, float]:
     """``(delta, p_value)`` for H1: model A has a higher AUC than model B (one-sided).
 

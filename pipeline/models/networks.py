@@ -1,4 +1,4 @@
-"""The CNN classifier, and how it is saved and loaded without pickle.
+"""The CNN, and how it is saved and loaded without pickle.
 
 The network is built from MONAI convolution blocks (conv → norm → dropout → activation),
 with max-pooling between levels and a global max+average pooled head, so a small lesion
@@ -6,9 +6,13 @@ anywhere in the image can drive the prediction. Dropout in the blocks is channel
 neighbouring pixels are correlated, so element-wise dropout regularises feature maps little,
 and its per-pixel Bernoulli draws took about half of every CPU training step.
 
+The network has ``in_channels`` input channels and ``out_channels`` outputs (one logit for a
+binary label, K logits for K classes, one value for a regression); the task decides.
+
 A saved model is two files: ``model.safetensors`` (weights) and ``model.json``
-(architecture, preprocessing statistics and anything else needed to use it), so loading
-never unpickles anything.
+(architecture, preprocessing statistics, the task and its ``output`` spec), so loading
+never unpickles anything. ``predict`` turns raw outputs into predictions with the saved
+``output`` spec, so this file alone (it is what the MLflow model carries) can serve any task.
 """
 
 from __future__ import annotations
@@ -36,28 +40,39 @@ ARCH_KEYS = (
     "activation",
     "image_size",
     "in_channels",
+    "out_channels",
 )
+# Models saved before a key existed load with these values.
+ARCH_DEFAULTS = {"in_channels": 1, "out_channels": 1}
+OUTPUT_DEFAULT = {"transform": "sigmoid"}  # the binary classifier of the original radops
 
 
-def architecture(train_cfg: Any, image_size: int, in_channels: int = 1) -> dict[str, Any]:
-    """The architecture dict stored in ``model.json`` from a TrainSection-like object."""
+def architecture(
+    model_cfg: Any, image_size: int, in_channels: int = 1, out_channels: int = 1
+) -> dict[str, Any]:
+    """The architecture dict stored in ``model.json`` from a ModelSection-like object."""
     return {
-        "depth": int(train_cfg.depth),
-        "base_width": int(train_cfg.base_width),
-        "kernel_size": int(train_cfg.kernel_size),
-        "batch_norm": bool(train_cfg.batch_norm),
-        "dropout": float(train_cfg.dropout),
-        "activation": str(train_cfg.activation),
+        "depth": int(model_cfg.depth),
+        "base_width": int(model_cfg.base_width),
+        "kernel_size": int(model_cfg.kernel_size),
+        "batch_norm": bool(model_cfg.batch_norm),
+        "dropout": float(model_cfg.dropout),
+        "activation": str(model_cfg.activation),
         "image_size": int(image_size),
         "in_channels": int(in_channels),
+        "out_channels": int(out_channels),
     }
 
 
 def build_network(arch: dict[str, Any]) -> nn.Module:
-    """A CNN with ``depth`` levels of width ``base_width * 2**level`` and one logit output."""
+    """A CNN with ``depth`` levels of width ``base_width * 2**level`` and ``out_channels``
+    outputs: shape N for one output (as before), N×K for K."""
     import torch
     from monai.networks.blocks import Convolution
     from torch import nn
+
+    arch = ARCH_DEFAULTS | dict(arch)
+    n_out = int(arch["out_channels"])
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -82,31 +97,40 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
                 channels = width
             self.features = nn.Sequential(*layers)
             self.dropout = nn.Dropout(float(arch["dropout"]))
-            self.head = nn.Linear(2 * channels, 1)
+            self.head = nn.Linear(2 * channels, n_out)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.features(x)
             pooled = torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
-            return self.head(self.dropout(pooled)).squeeze(1)
+            out = self.head(self.dropout(pooled))
+            return out.squeeze(1) if n_out == 1 else out
 
     return Net()
 
 
 def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) -> Path:
-    """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically."""
+    """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically.
+
+    ``meta["architecture"]`` must hold ``ARCH_KEYS`` (``in_channels`` / ``out_channels``
+    default to 1); ``meta["output"]`` (default: sigmoid) must name a known transform.
+    """
     from safetensors.torch import save_file
 
     from pipeline.io import atomic_path, ensure_parent, write_json
 
+    arch = ARCH_DEFAULTS | dict(meta.get("architecture", {}))
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(f"model metadata lacks architecture keys: {missing}")
+    transform = meta.get("output", OUTPUT_DEFAULT).get("transform")
+    if transform not in ("sigmoid", "softmax", "identity"):
+        raise ValueError(f"model metadata has an unknown output transform {transform!r}")
     out_dir = Path(out_dir)
     ensure_parent(out_dir / WEIGHTS_FILE)  # a folder radops creates is marked as its own
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
-    missing = [k for k in ARCH_KEYS if k not in meta.get("architecture", {})]
-    if missing:
-        raise ValueError(f"model metadata lacks architecture keys: {missing}")
-    write_json(out_dir / META_FILE, meta)
+    write_json(out_dir / META_FILE, meta | {"architecture": arch})
     return out_dir
 
 
@@ -122,8 +146,9 @@ def load_model(model_dir: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     return network, meta
 
 
-def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Positive-class probabilities for an N×C×H×W array (e.g. a read-only memmap).
+def raw_outputs(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The network's raw outputs (N or N×K float32) for an N×C×H×W array (e.g. a read-only
+    memmap).
 
     Each batch is copied into a writable float32 array: torch refuses to share memory with a
     read-only memmap without a warning, and the copy is negligible next to the forward pass.
@@ -135,5 +160,36 @@ def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> n
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
-            out.append(torch.sigmoid(network(batch)).numpy())
+            out.append(network(batch).float().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def apply_output(raw: np.ndarray, output: dict[str, Any] | None = None) -> np.ndarray:
+    """Raw outputs → predictions by a model's ``output`` spec: ``sigmoid`` (N probabilities
+    of class 1), ``softmax`` (N×K class probabilities) or ``identity`` (``raw · scale +
+    shift``: N values in the target's units)."""
+    spec = output or OUTPUT_DEFAULT
+    raw = np.asarray(raw, dtype=np.float32)
+    transform = spec.get("transform")
+    if transform == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
+    if transform == "softmax":
+        shifted = raw - raw.max(axis=1, keepdims=True)
+        e = np.exp(shifted.astype(np.float64))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    if transform == "identity":
+        scale, shift = float(spec.get("scale", 1.0)), float(spec.get("shift", 0.0))
+        return (raw.astype(np.float64) * scale + shift).astype(np.float32)
+    raise ValueError(f"unknown output transform {transform!r}")
+
+
+def predict(
+    network: nn.Module, meta: dict[str, Any], x: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Predictions of a loaded model (``load_model``'s pair) for N×C×H×W inputs."""
+    return apply_output(raw_outputs(network, x, batch_size), meta.get("output"))
+
+
+def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Positive-class probabilities of a *binary* (one-logit) network for N×C×H×W inputs."""
+    return apply_output(raw_outputs(network, x, batch_size), OUTPUT_DEFAULT)

@@ -10,8 +10,10 @@ code and ``load_model``, never ``pickle``.
 (nor shadow the ``pipeline`` package of a process that loads it); without that copy (e.g.
 when this file is imported directly) it falls back to ``pipeline.models.networks``.
 
-Input: float32 array N×1×S×S, preprocessed as in ``model.json``'s ``preprocessing``.
-Output: float32 array of N positive-class probabilities.
+Input: float32 array N×C×S×S, preprocessed as in ``model.json``'s ``preprocessing``.
+Output: the task's predictions by ``model.json``'s ``output`` spec (``networks.predict``):
+N probabilities of class 1 (binary), N×K class probabilities, or N values in the target's
+units (regression).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import numpy as np
 from mlflow.pyfunc.model import PythonModel
 
 try:  # the copy logged with the model (see the module docstring)
-    from radops_cnn_model import load_model, predict_proba
+    from radops_cnn_model import load_model, predict
 except ImportError:  # pragma: no cover - used when radops itself is importable
-    from pipeline.models.networks import load_model, predict_proba
+    from pipeline.models.networks import load_model, predict
 
 
 class RadopsCNN(PythonModel):
-    """Positive-class probabilities from the saved CNN (no pickle anywhere)."""
+    """The saved CNN's predictions for its task (no pickle anywhere)."""
 
     def load_context(self, context: Any) -> None:
         self.network, self.meta = load_model(context.artifacts["model_dir"])
@@ -38,7 +40,7 @@ class RadopsCNN(PythonModel):
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
-        return predict_proba(self.network, x)
+        return predict(self.network, self.meta, x)
 
 
 mlflow.models.set_model(RadopsCNN())

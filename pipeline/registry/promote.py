@@ -1,10 +1,14 @@
 """Champion/challenger promotion in the MLflow registry.
 
 A new model version becomes ``champion`` only if it beats the current champion on the *same*
-test images by a one-sided statistical test (DeLong or a patient-level paired bootstrap) at
-``register.alpha`` — a bare "higher AUC" would promote noise half the time. Otherwise it gets
-the ``challenger`` alias. The decision, its p-value and both AUCs are recorded as tags on the
-new version, so the registry explains every alias move. Used by the Prefect flow and the CLI;
+test images by the task's one-sided paired test (``task.paired_test``) at ``register.alpha``
+— a bare "higher AUC" would promote noise half the time. Binary: AUC by DeLong or a
+patient-level paired bootstrap (``register.promotion_test``); K classes: macro AUC by a paired
+patient-level bootstrap; regression: per-patient absolute errors by a Wilcoxon signed-rank
+test (``delong``, the analytic choice) or a paired bootstrap (``bootstrap``). Otherwise it
+gets the ``challenger`` alias. A champion of another task or target (or image size or
+preprocessing) is never compared. The decision, its p-value and both values of the statistic
+are recorded as tags on the new version, so the registry explains every alias move. Used by the Prefect flow and the CLI;
 ``decide_promotion`` only decides (and tags), ``apply_promotion`` moves the aliases.
 """
 
@@ -45,16 +49,22 @@ class PromotionDecision:
     promoted: bool
     alias: str
     p_value: float
-    new_auc: float
-    champion_auc: float
+    new_value: float  # the compared statistic (``statistic``) of the new version
+    champion_value: float
     champion_version: str | None
     test: str
     alpha: float
     reason: str
+    statistic: str = "auc"  # auc | auc_macro | mae
 
     def tags(self) -> dict[str, str]:
-        """The decision as registry tags (strings), prefixed ``radops.promotion.``."""
-        values = asdict(self) | {"decision": self.alias}
+        """The decision as registry tags (strings), prefixed ``radops.promotion.``; the two
+        values also under their statistic's name (``new_auc``, ``champion_mae`` ...)."""
+        values = asdict(self) | {
+            "decision": self.alias,
+            f"new_{self.statistic}": self.new_value,
+            f"champion_{self.statistic}": self.champion_value,
+        }
         skip = {"name", "version", "alias"}
         return {TAG_PREFIX + k: str(v) for k, v in values.items() if k not in skip}
 
@@ -127,23 +137,23 @@ def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
 
 
 def validate_registration(client: MlflowClient, registration: Mapping[str, Any]) -> None:
-    """Refuse a registration that is incomplete, not in the registry, has a non-finite test
-    AUC, or whose training run did not finish."""
+    """Refuse a registration that is incomplete, not in the registry, has a non-finite
+    promotion metric (``test_auc`` for registrations that do not name one), or whose
+    training run did not finish."""
     from pipeline.registry.register import check_run_finished
 
+    metric = str(registration.get("promotion_metric") or "test_auc")
     missing = [
-        k for k in ("name", "version", "run_id", "test_auc") if registration.get(k) in (None, "")
+        k for k in ("name", "version", "run_id", metric) if registration.get(k) in (None, "")
     ]
     if missing:
         raise InputError(f"registration lacks {missing}; refusing to promote")
     try:
-        auc = float(registration["test_auc"])
+        value = float(registration[metric])
     except (TypeError, ValueError):
-        auc = math.nan
-    if not math.isfinite(auc):
-        raise InputError(
-            f"registration test_auc is {registration['test_auc']!r}; refusing to promote"
-        )
+        value = math.nan
+    if not math.isfinite(value):
+        raise InputError(f"registration {metric} is {registration[metric]!r}; refusing to promote")
     try:
         version = client.get_model_version(str(registration["name"]), str(registration["version"]))
     except Exception as exc:
@@ -171,7 +181,19 @@ def _incomparable(champion_meta: dict[str, Any], new_meta: dict[str, Any], size:
     differs = [k for k in PREPROCESSING_KEYS if k in old and k in new and old[k] != new[k]]
     if differs:
         return f"champion was trained with different preprocessing ({', '.join(differs)}): not comparable"
+    from pipeline.tasks import task_from_meta
+
+    champ_task, new_task = task_from_meta(champion_meta), task_from_meta(new_meta)
+    same_task = (champ_task.kind, champ_task.target) == (new_task.kind, new_task.target)
+    if not same_task or champ_task.n_outputs != new_task.n_outputs:
+        return (
+            f"champion is a model of another task ({champ_task.describe()}, "
+            f"{champ_task.n_outputs} output(s)): not comparable"
+        )
     return None
+
+
+STATISTIC_LABELS = {"auc": "AUC", "auc_macro": "macro AUC", "mae": "MAE"}
 
 
 def decide_promotion(
@@ -180,17 +202,20 @@ def decide_promotion(
     test_x: np.ndarray,
     test_y: np.ndarray,
     groups: np.ndarray,
+    new_model: tuple[Any, dict[str, Any]] | None = None,
 ) -> PromotionDecision:
     """Decide champion vs challenger for a new registered version; tag the version with why.
 
     ``registration`` is ``registration.json`` (its path or its content); ``test_x``/``test_y``/
-    ``groups`` are the current preprocessed test split and its patient ids (for the bootstrap).
+    ``groups`` are the current preprocessed test images that have the task's target, their
+    targets and patient ids (for the bootstrap). ``new_model``: the version's ``(net, meta)``
+    if already loaded.
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.evaluation import stats
     from pipeline.io import read_json
-    from pipeline.models.networks import predict_proba
+    from pipeline.models.networks import predict
+    from pipeline.tasks import task_from_meta
     from pipeline.tracking import configure
 
     reg = dict(read_json(registration) if isinstance(registration, Path | str) else registration)
@@ -199,32 +224,37 @@ def decide_promotion(
     validate_registration(client, reg)
     name, version = str(reg["name"]), str(reg["version"])
     cfg = params.register_
-    y = np.asarray(test_y).astype(np.int64)
     size = int(test_x.shape[-1])
-    new_net, new_meta = load_registered(f"models:/{name}/{version}")
+    new_net, new_meta = new_model or load_registered(f"models:/{name}/{version}")
+    task = task_from_meta(new_meta)
+    y = np.asarray(test_y)
     if int(new_meta["architecture"]["image_size"]) != size:
         raise InputError("the test images given are not the size the new model was trained on")
-    new_prob = predict_proba(new_net, test_x)
+    statistic = task.promotion_metric.removeprefix("test_")
+    registered = float(reg.get(task.promotion_metric, math.nan))
 
     def decide(
         promoted: bool,
         reason: str,
         p: float = math.nan,
-        champ_auc: float = math.nan,
+        new_value: float = registered,
+        champ_value: float = math.nan,
         champ_version: str | None = None,
+        method: str = cfg.promotion_test,
     ) -> PromotionDecision:
         decision = PromotionDecision(
             promoted=promoted,
             alias=CHAMPION if promoted else CHALLENGER,
             p_value=p,
-            new_auc=stats.roc_auc(y, new_prob),
-            champion_auc=champ_auc,
+            new_value=new_value,
+            champion_value=champ_value,
             champion_version=champ_version,
             reason=reason,
             name=name,
             version=version,
-            test=cfg.promotion_test,
+            test=method,
             alpha=cfg.alpha,
+            statistic=statistic,
         )
         for key, value in decision.tags().items():
             client.set_model_version_tag(name, version, key, value)
@@ -240,21 +270,39 @@ def decide_promotion(
     why_not = _incomparable(champ_meta, new_meta, size)
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))
-    champ_prob = predict_proba(champ_net, test_x)
-    if cfg.promotion_test == "delong":
-        new_auc, champ_auc, _, p = stats.delong_test(y, new_prob, champ_prob, alternative="greater")
-    else:
-        _, p = stats.paired_bootstrap_test(
-            y, new_prob, champ_prob, groups, params.evaluate.bootstrap_iterations, params.base.seed
-        )
-        new_auc, champ_auc = stats.roc_auc(y, new_prob), stats.roc_auc(y, champ_prob)
-    better = new_auc > champ_auc and p < cfg.alpha
-    verdict = "beats" if better else "does not significantly beat"
-    reason = (
-        f"{verdict} champion v{champion.version}: AUC {new_auc:.4f} vs {champ_auc:.4f}, "
-        f"one-sided {cfg.promotion_test} p = {p:.4g} (alpha {cfg.alpha})"
+    result = task.paired_test(
+        y,
+        predict(new_net, new_meta, test_x),
+        predict(champ_net, champ_meta, test_x),
+        groups,
+        cfg,
+        rng=np.random.default_rng(params.base.seed),
+        n_iter=params.evaluate.bootstrap_iterations,
     )
-    return decide(better, reason, p, champ_auc, str(champion.version))
+    verdict = "beats" if result.better else "does not significantly beat"
+    reason = (
+        f"{verdict} champion v{champion.version}: "
+        f"{STATISTIC_LABELS.get(result.statistic, result.statistic)} {result.new:.4f} vs "
+        f"{result.champion:.4f}, one-sided {result.method} p = {result.p_value:.4g} "
+        f"(alpha {cfg.alpha})"
+    )
+    return decide(
+        result.better,
+        reason,
+        result.p_value,
+        result.new,
+        result.champion,
+        str(champion.version),
+        result.method,
+    )
+
+
+def promotion_split(task: Any, data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, patient ids)`` of the test images that have the task's target."""
+    from pipeline.evaluation.evaluate import load_targets
+
+    targets, x, index = load_targets(task, data_dir, "test")
+    return np.asarray(x), targets.values, index["patient_id"].astype(str).to_numpy()
 
 
 def apply_promotion(client: MlflowClient, decision: PromotionDecision) -> None:
@@ -299,12 +347,13 @@ def recorded_decision(client: MlflowClient, name: str, version: str) -> Promotio
         promoted=tags.get(TAG_PREFIX + "promoted") == "True",
         alias=tags.get(TAG_PREFIX + "decision", CHALLENGER),
         p_value=num("p_value"),
-        new_auc=num("new_auc"),
-        champion_auc=num("champion_auc"),
+        new_value=num("new_value"),
+        champion_value=num("champion_value"),
         champion_version=None if champion_version in (None, "None") else champion_version,
         test=tags.get(TAG_PREFIX + "test", ""),
         alpha=num("alpha"),
         reason=tags.get(TAG_PREFIX + "reason", ""),
+        statistic=tags.get(TAG_PREFIX + "statistic", "auc"),
     )
 
 
@@ -316,8 +365,8 @@ def run(params: Params, paths: Paths) -> PromoteResult:
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.baselines.svm import load_split
     from pipeline.io import read_json
+    from pipeline.tasks import task_from_meta
     from pipeline.tracking import configure
 
     if not paths.registration.exists():
@@ -330,8 +379,8 @@ def run(params: Params, paths: Paths) -> PromoteResult:
     recorded = recorded_decision(client, name, version)
     if recorded is not None:
         return PromoteResult(recorded, changed=False)
-    x, y, index = load_split(paths.data_dir, "test")
-    groups = index["patient_id"].astype(str).to_numpy()
-    decision = decide_promotion(params, registration, x, y, groups)
+    new_model = load_registered(f"models:/{name}/{version}")
+    x, y, groups = promotion_split(task_from_meta(new_model[1]), paths.data_dir)
+    decision = decide_promotion(params, registration, x, y, groups, new_model)
     apply_promotion(client, decision)
     return PromoteResult(decision, changed=True)

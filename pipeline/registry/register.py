@@ -1,8 +1,13 @@
 """``radops register``: put the evaluated CNN into the MLflow model registry.
 
-Registration records *what* the model is (training run, data version, git commit) and *how
-good* it was on the held-out test split (AUC with CI, operating threshold), as tags on the
-new model version, so the registry alone answers "where did this model come from". It never
+Registration records *what* the model is (task and target, training run, data version, git
+commit) and *how good* it was on the held-out test split (the task's promotion metric with
+its CI; for a binary classifier the operating threshold), as tags on the new model version,
+so the registry alone answers "where did this model come from". Each task and target has its
+own registered model (``task.registered_model_name``: ``radops-classifier`` for the binary
+``label``, else e.g. ``radops-regression-lesion_diameter_mm``), so a regression model never
+competes with a classifier for ``champion``; version and training run carry the task tags
+(``radops.task``, ``radops.target``) so the MLflow UI can filter by task. It never
 moves an alias: promotion to ``champion`` needs a statistical comparison with the current
 champion and lives in ``pipeline.registry.promote`` (called by the Prefect flow / ``radops promote``).
 """
@@ -48,14 +53,22 @@ class RegisterResult:
     version: str
     run_id: str
     model_uri: str
-    test_auc: float
-    threshold: float
+    metric: str  # the task's promotion metric, e.g. test_auc, test_auc_macro, test_mae
+    value: float
+    threshold: float | None  # binary classifiers only
     path: Path
 
+    @property
+    def test_auc(self) -> float:
+        """The binary classifier's test AUC (NaN for other tasks)."""
+        return self.value if self.metric == "test_auc" else math.nan
+
     def summary(self) -> str:
+        cut = "" if self.threshold is None else f", threshold {self.threshold:.3f}"
+        metric = "test AUC" if self.metric == "test_auc" else self.metric
         return (
             f"register: {self.name} version {self.version} from run {self.run_id} "
-            f"(test AUC {self.test_auc:.3f}, threshold {self.threshold:.3f}); no alias moved — "
+            f"({metric} {self.value:.3f}{cut}); no alias moved — "
             f"promotion is decided separately. Wrote {self.path}"
         )
 
@@ -68,8 +81,10 @@ def _finite(value: Any) -> bool:
 
 
 def read_inputs(paths: Paths) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(run_json, metrics_cnn, model_meta)``, refusing missing or non-finite inputs."""
+    """``(run_json, metrics_cnn, model_meta)``, refusing missing or non-finite inputs: the
+    task's promotion metric must be in the metrics (and, for a binary model, the threshold)."""
     from pipeline.io import read_json
+    from pipeline.tasks import task_from_meta
 
     files = {
         "run": paths.cnn_dir / catalog.RUN_FILE,
@@ -83,10 +98,20 @@ def read_inputs(paths: Paths) -> tuple[dict[str, Any], dict[str, Any], dict[str,
     for key in ("run_id", "model_uri"):
         if not run_json.get(key):
             raise InputError(f"{files['run']} has no {key!r}; the training run logged no model")
-    bad = [k for k in ("test_auc", "threshold") if not _finite(metrics.get(k))]
+    required = required_metrics(task_from_meta(meta))
+    bad = [k for k in required if not _finite(metrics.get(k))]
     if bad:
         raise InputError(f"cannot register: {files['metrics']} has missing or non-finite {bad}")
     return run_json, metrics, meta
+
+
+def required_metrics(task: Any) -> list[str]:
+    """The metrics a version of ``task`` must have: its promotion metric (+ the threshold
+    for a binary classifier, which ``radops predict`` applies)."""
+    keys = [task.promotion_metric]
+    if task.promotion_metric == "test_auc":
+        keys.append("threshold")
+    return keys
 
 
 def check_run_finished(client: MlflowClient, run_id: str) -> None:
@@ -122,52 +147,76 @@ def register_version(client: MlflowClient, model_uri: str, name: str, run_id: st
 
 
 def run(params: Params, paths: Paths) -> RegisterResult:
-    """Register the CNN, tag the version with its provenance and test performance."""
+    """Register the CNN under its task's name; tag the version with its task, provenance and
+    test performance, and the training run with its task."""
     from mlflow.tracking import MlflowClient
 
     from pipeline.io import write_json
+    from pipeline.tasks import task_from_meta
     from pipeline.tracking import configure, data_version, git_commit
 
     run_json, metrics, meta = read_inputs(paths)
+    task = task_from_meta(meta)
     configure(params)
     client = MlflowClient()
     run_id, model_uri = str(run_json["run_id"]), str(run_json["model_uri"])
     check_run_finished(client, run_id)
-    name = params.base.registered_model_name
+    name = task.registered_model_name(params.base.registered_model_name)
     version = register_version(client, model_uri, name, run_id)
-    test_auc, threshold = float(metrics["test_auc"]), float(metrics["threshold"])
+    key = task.promotion_metric
+    value = float(metrics[key])
+    threshold = float(metrics["threshold"]) if "threshold" in required_metrics(task) else None
     info: dict[str, Any] = {
-        "test_auc": test_auc,
-        "test_auc_ci_low": float(metrics.get("test_auc_ci_low", math.nan)),
-        "test_auc_ci_high": float(metrics.get("test_auc_ci_high", math.nan)),
-        "threshold": threshold,
+        key: value,
+        f"{key}_ci_low": float(metrics.get(f"{key}_ci_low", math.nan)),
+        f"{key}_ci_high": float(metrics.get(f"{key}_ci_high", math.nan)),
+    }
+    if threshold is not None:
+        info["threshold"] = threshold
+    info |= {
         "data_version": data_version(),
         "git_commit": git_commit(),
         "training_run_id": run_id,
         "image_size": int(meta.get("architecture", {}).get("image_size", 0)),
+        "promotion_metric": key,
     }
-    for key, value in info.items():
-        client.set_model_version_tag(name, version.version, TAG_PREFIX + key, str(value))
+    for tag, text in info.items():
+        client.set_model_version_tag(name, version.version, TAG_PREFIX + tag, str(text))
+    for tag, text in task.tags().items():
+        client.set_model_version_tag(name, version.version, tag, text)
+        client.set_tag(run_id, tag, text)
+    cut = "" if threshold is None else f" at threshold {threshold:.4f} (chosen on validation)"
     description = (
-        f"radops CNN from training run {run_id}. Test AUC {info['test_auc']:.3f} "
-        f"(CI {info['test_auc_ci_low']:.3f}–{info['test_auc_ci_high']:.3f}) at threshold "
-        f"{info['threshold']:.4f} (chosen on validation). Data version {info['data_version']}, "
+        f"radops CNN, {task.describe()}, from training run {run_id}. Test "
+        f"{key.removeprefix('test_')} {value:.3f} (CI {info[f'{key}_ci_low']:.3f}–"
+        f"{info[f'{key}_ci_high']:.3f}){cut}. Data version {info['data_version']}, "
         f"commit {info['git_commit'][:12]}."
     )
+    if key == "test_auc":  # the binary classifier's description, as before
+        description = (
+            f"radops CNN from training run {run_id}. Test AUC {value:.3f} "
+            f"(CI {info['test_auc_ci_low']:.3f}–{info['test_auc_ci_high']:.3f}){cut}. "
+            f"Data version {info['data_version']}, commit {info['git_commit'][:12]}."
+        )
     client.update_model_version(name, version.version, description=description)
-    registration = {
-        "name": name,
-        "version": str(version.version),
-        "run_id": run_id,
-        "model_uri": model_uri,
-    } | info
+    registration = (
+        {
+            "name": name,
+            "version": str(version.version),
+            "run_id": run_id,
+            "model_uri": model_uri,
+        }
+        | info
+        | task.tags()
+    )
     path = write_json(paths.out_dir / REGISTRATION_FILE, registration)
     return RegisterResult(
         name=name,
         version=str(version.version),
         run_id=run_id,
         model_uri=model_uri,
-        test_auc=test_auc,
+        metric=key,
+        value=value,
         threshold=threshold,
         path=path,
     )

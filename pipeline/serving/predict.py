@@ -2,7 +2,10 @@
 
 New DICOMs go through exactly the training path: the same strict, de-identifying ingest
 (with quarantine) and the preprocessing statistics saved inside the model, then the model's
-probability and the decision at the operating threshold chosen on validation.
+predictions, written as its task says (``task.prediction_columns``): a binary classifier's
+probability and the decision at the operating threshold chosen on validation (the
+registered version's ``radops.threshold`` tag, else the model's own, else 0.5); K classes:
+the most probable class and every class probability; a regression: the predicted value.
 """
 
 from __future__ import annotations
@@ -30,26 +33,36 @@ class Paths:
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
+        from pipeline.tasks import get_task
+
+        name = get_task(params).registered_model_name(params.base.registered_model_name)
         return cls(
-            model_uri=f"models:/{params.base.registered_model_name}@champion",
+            model_uri=f"models:/{name}@champion",
             input_dir=params.data.dicom_dir,
             out_csv=catalog.PREDICTIONS_FILE,
         )
+
+
+THRESHOLD_TAG = "radops.threshold"  # set by ``radops register`` on a binary version
 
 
 @dataclass
 class PredictResult:
     out_csv: Path
     scored: int
-    positive: int
+    positive: int  # binary: called positive; K classes: not the most common class 0; else 0
     quarantined: int
-    threshold: float
+    threshold: float | None  # binary classifiers only
     model: str
+    task: str = "classification of 'label'"
 
     def summary(self) -> str:
+        if self.threshold is not None:
+            verdict = f"(threshold {self.threshold:.3f}): {self.positive} positive"
+        else:
+            verdict = f"({self.task})"
         return (
-            f"predict: {self.scored} images scored with {self.model} "
-            f"(threshold {self.threshold:.3f}): {self.positive} positive; "
+            f"predict: {self.scored} images scored with {self.model} {verdict}; "
             f"{self.quarantined} files quarantined; written to {self.out_csv}"
         )
 
@@ -82,10 +95,20 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
             name, _, number = model_uri.removeprefix("models:/").partition("/")
             version = client.get_model_version(name, number)
         label = f"{name} version {version.version}"
-        if "threshold" in version.tags:
-            threshold = float(version.tags["threshold"])
+        if THRESHOLD_TAG in version.tags:
+            threshold = float(version.tags[THRESHOLD_TAG])
     downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(workdir)))
     return find_model_dir(downloaded), threshold, label
+
+
+def operating_threshold(task: Any, registry: float | None, meta: dict[str, Any]) -> float | None:
+    """The binary decision threshold: the registry's, else the model's, else 0.5; None for
+    tasks without one."""
+    if not (task.kind == "classification" and task.n_outputs == 1):
+        return None
+    if registry is not None:
+        return float(registry)
+    return float(meta.get("threshold", 0.5))
 
 
 def run(params: Params, paths: Paths) -> PredictResult:
@@ -95,7 +118,8 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
     from pipeline.io import check_outputs, check_replaceable, write_csv
-    from pipeline.models.networks import load_model, predict_proba
+    from pipeline.models.networks import load_model, predict
+    from pipeline.tasks import task_from_meta
 
     check_outputs([paths.out_csv], [paths.input_dir])
     check_replaceable(paths.out_csv, directory=False)  # before any work: a file radops wrote
@@ -103,10 +127,13 @@ def run(params: Params, paths: Paths) -> PredictResult:
         raise InputError(f"input folder not found: {paths.input_dir}")
     with tempfile.TemporaryDirectory(prefix="radops-predict-") as tmp:
         work = Path(tmp)
-        model_dir, threshold, label = resolve_model(params, paths.model_uri, work / "model")
+        model_dir, registry_threshold, label = resolve_model(
+            params, paths.model_uri, work / "model"
+        )
         network, meta = load_model(model_dir)
-        if threshold is None:
-            threshold = float(meta.get("threshold", 0.5))
+        task = task_from_meta(meta)
+        threshold = operating_threshold(task, registry_threshold, meta)
+        if registry_threshold is None and threshold is not None:
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
         ingested = work / "ingested"
         ingested_result = ingest.run(
@@ -121,19 +148,20 @@ def run(params: Params, paths: Paths) -> PredictResult:
                 batch = np.stack(
                     [transform_image(store.load(row), stats) for row in manifest.itertuples()]
                 ).astype(np.float32)
-            probs = predict_proba(network, batch)
+            predictions = predict(network, meta, batch)
         else:
-            probs = np.zeros(0, dtype=np.float32)
+            shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
+            predictions = np.zeros(shape, dtype=np.float32)
+        columns = task.prediction_columns(predictions, threshold)
         scored = pd.DataFrame(
             {
                 "sop_uid": manifest["sop_uid"],
                 "frame": manifest["frame"],
                 "source_file": manifest["source_id"].map(path_of),
                 "status": "scored",
-                "probability": np.round(probs, 6),
-                "prediction": (probs >= threshold).astype(int),
-                "reason": "",
             }
+            | columns
+            | {"reason": ""}
         )
         failed = pd.DataFrame(
             {
@@ -141,19 +169,25 @@ def run(params: Params, paths: Paths) -> PredictResult:
                 "frame": -1,
                 "source_file": quarantine["source_id"].map(path_of),
                 "status": "quarantined",
-                "probability": np.nan,
-                "prediction": -1,
-                "reason": quarantine["reason"],
             }
+            | {
+                c: (-1 if c == "prediction" and task.kind == "classification" else np.nan)
+                for c in columns
+            }
+            | {"reason": quarantine["reason"]}
         )
         frames = [f for f in (scored, failed) if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else scored
         write_csv(paths.out_csv, table, stage="predict")
+    positive = 0
+    if task.kind == "classification":
+        positive = int((scored["prediction"] != 0).sum())
     return PredictResult(
         out_csv=paths.out_csv,
         scored=len(scored),
-        positive=int((scored["prediction"] == 1).sum()),
+        positive=positive,
         quarantined=len(failed),
         threshold=threshold,
         model=label,
+        task=task.describe(),
     )

@@ -1,12 +1,17 @@
 """Stage ``tune``: an Optuna study (seeded TPE + pruning) over ``tune.search_space``.
 
 * Each trial trains the CNN for at most ``tune.max_epochs`` epochs on the training split and
-  is scored on the validation split only (best epoch's ``val_auc``); the test split is never
-  opened. Optuna's Lightning pruning callback reports ``val_auc`` every epoch and stops
-  trials the pruner gives up on.
+  is scored on the validation split only: the best epoch's value of the task's monitored
+  metric (``val_auc`` / ``val_auc_macro`` maximised, ``val_mae`` minimised; the study's
+  ``direction`` follows the task). The test split is never opened. Optuna's Lightning
+  pruning callback reports that metric every epoch and stops trials the pruner gives up on.
+* The search space may name optimisation settings (``train``: ``lr``, ``loss`` ...) and
+  architecture keys (``model``: ``depth``, ``dropout`` ...); see ``train.apply_overrides``.
 * The study lives in ``tune.storage`` (SQLite by default, a PostgreSQL URL for several
   workers) and is resumed by name: trials already COMPLETE or PRUNED count towards
-  ``n_trials``. If the data, base training config or search space changed since, its trials
+  ``n_trials``. The name carries the task (``radops-cnn`` for the binary ``label``
+  classifier, ``radops-cnn-<kind>-<target>`` otherwise), so a regression study never
+  resumes a classification one. If the data, base training config or search space changed since, its trials
   are stale, and the study ``<name>-<fingerprint>`` is used (and resumed) instead.
 * A trial that raises is recorded as FAIL and the study goes on (failed trials do not count
   towards ``n_trials``). RUNNING trials left by a killed process are failed by Optuna's
@@ -21,19 +26,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
-from pipeline.errors import ConfigError, RadopsError
+from pipeline.errors import RadopsError
+from pipeline.training.search import (
+    check_space,
+    make_pruner,
+    open_storage,
+    redact_url,
+    suggest,
+)
 
 if TYPE_CHECKING:
     import optuna
 
-    from pipeline.config import Params, SearchDimension, TrainSection
+    from pipeline.config import ModelSection, Params, TrainSection
+    from pipeline.tasks import Task
 
 log = logging.getLogger("radops.tune")
 EPOCHS_ATTR = "epochs"
@@ -62,6 +74,8 @@ class StudyStats:
 
     study_name: str
     best_value: float
+    monitor: str
+    direction: str
     best_params: dict[str, Any]
     total_epochs: int  # epochs trained by the trials run in this call
     study_epochs: int  # epochs trained by every trial of the study, earlier calls included
@@ -86,7 +100,7 @@ class TuneResult:
                 f"tune: study {s.study_name!r}: {s.n_trials} trials "
                 f"({s.n_complete} complete, {s.n_pruned} pruned, {s.n_failed} failed); "
                 f"{s.n_run} run now, {s.total_epochs} epochs",
-                f"  best val AUC {s.best_value:.4f} with {s.best_params}",
+                f"  best {s.monitor} {s.best_value:.4f} ({s.direction}) with {s.best_params}",
                 f"  written: {self.best_params_path}  MLflow run {self.run_id}",
             ]
         )
@@ -100,97 +114,18 @@ def _tag(key: str, value: str) -> None:
         mlflow.set_tag(key, value)
 
 
-def make_pruner(
-    kind: str,
-    n_startup_trials: int | None = None,
-    n_warmup_epochs: int | None = None,
-    reduction_factor: int | None = None,
-) -> optuna.pruners.BasePruner:
-    """``median`` (after ``n_startup_trials`` trials and ``n_warmup_epochs`` epochs),
-    ``successive_halving`` (rungs at 1, r, r² ... epochs for ``reduction_factor`` r) or
-    ``none``. Unset arguments take ``params.yaml``'s defaults (``TuneSection``)."""
-    import optuna
-
-    from pipeline.config import TuneSection
-
-    defaults = TuneSection()
-    if n_startup_trials is None:
-        n_startup_trials = defaults.n_startup_trials
-    if n_warmup_epochs is None:
-        n_warmup_epochs = defaults.n_warmup_epochs
-    if reduction_factor is None:
-        reduction_factor = defaults.reduction_factor
-
-    if kind == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_epochs
-        )
-    if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=reduction_factor
-        )
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    raise ConfigError(f"unknown pruner {kind!r}")
+def study_name_for(base: str, task: Task) -> str:
+    """The study of a task: ``base`` for the binary ``label`` classifier (as before the task
+    seam), ``<base>-<kind>-<target>`` for any other task."""
+    if task.kind == "classification" and task.target == "label":
+        return base
+    return f"{base}-{task.kind}-{task.target}"
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna storage for ``url`` (None = in memory); SQLite's folder is created.
-
-    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL after a
-    grace period instead of staying RUNNING forever.
-    """
-    import optuna
-
-    if url in ("", ":memory:", "memory"):
-        return None
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the heartbeat is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-
-
-def redact_url(url: str) -> str:
-    """The storage URL without a password (it is logged to MLflow)."""
-    from pipeline.credentials import redact_url as redact
-
-    return redact(url)
-
-
-def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:
-    """Sample one point of the search space."""
-    values: dict[str, Any] = {}
-    for name, dim in space.items():
-        if dim.type == "float":
-            values[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
-        elif dim.type == "int":
-            values[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
-        else:
-            values[name] = trial.suggest_categorical(name, dim.choices)
-    return values
-
-
-def check_space(train: TrainSection, space: Mapping[str, SearchDimension]) -> None:
-    """Fail before the study, not in every trial, if a name is not a training hyperparameter
-    or a bound/choice is not a valid value for it."""
-    from pipeline.training.train import apply_overrides
-
-    if not space:
-        raise ConfigError("tune.search_space is empty")
-    for name, dim in space.items():
-        if dim.type != "categorical" and dim.low > dim.high:
-            raise ConfigError(f"search space {name!r}: low {dim.low} > high {dim.high}")
-        examples = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
-        if not examples:
-            raise ConfigError(f"search space {name!r} has no choices")
-        for example in examples:
-            apply_overrides(train, {name: example})
-
-
-def study_fingerprint(params: Params, data_dir: Path) -> str:
-    """What the trials' values depend on: data, base training config, seed, search space and
-    epoch cap (not ``n_trials``, the pruner or the timeout, which may change on a resume)."""
+def study_fingerprint(params: Params, data_dir: Path, task: Task) -> str:
+    """What the trials' values depend on: data, task, base training config, seed, search
+    space and epoch cap (not ``n_trials``, the pruner or the timeout, which may change on a
+    resume)."""
     import hashlib
     import json
 
@@ -198,24 +133,32 @@ def study_fingerprint(params: Params, data_dir: Path) -> str:
 
     space = {k: v.model_dump(mode="json") for k, v in params.tune.search_space.items()}
     parts = {
-        "train": fingerprint(params.train, params.base.seed, data_dir),
+        "train": fingerprint(params.train, params.model, params.base.seed, data_dir, task),
         "space": space,
         "max_epochs": params.tune.max_epochs,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def trial_config(params: Params, values: Mapping[str, Any]) -> TrainSection:
-    """The training config of one trial: params.train + sampled values, tune's epoch cap."""
+def trial_config(params: Params, values: Mapping[str, Any]) -> tuple[TrainSection, ModelSection]:
+    """The settings of one trial: params.train/model + sampled values, tune's epoch cap."""
     from pipeline.training.train import apply_overrides
 
-    cfg = apply_overrides(params.train, values)
+    cfg, model = apply_overrides(params.train, params.model, values)
     devices = 1 if cfg.devices == "auto" else cfg.devices  # one process per trial
-    return cfg.model_copy(update={"max_epochs": params.tune.max_epochs, "devices": devices})
+    update = {"max_epochs": params.tune.max_epochs, "devices": devices}
+    return cfg.model_copy(update=update), model
 
 
-def fit_trial(params: Params, data_dir: Path, trial: optuna.Trial, cfg: TrainSection) -> Any:
-    """Train one trial (pruning callback attached); return its ``EpochHistory``.
+def fit_trial(
+    params: Params,
+    data_dir: Path,
+    trial: optuna.Trial,
+    cfg: TrainSection,
+    model_cfg: ModelSection | None = None,
+) -> Any:
+    """Train one trial (pruning callback on the task's monitored metric); return its
+    ``EpochHistory``.
 
     ``optuna.TrialPruned`` propagates; the history is attached to it as ``history``.
     """
@@ -224,14 +167,17 @@ def fit_trial(params: Params, data_dir: Path, trial: optuna.Trial, cfg: TrainSec
     from optuna_integration import PyTorchLightningPruningCallback
 
     from pipeline.data.datasets import make_datamodule
-    from pipeline.training.lit_module import CNNClassifier, EpochHistory, make_trainer
+    from pipeline.tasks import get_task
+    from pipeline.training.callbacks import EpochHistory
+    from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(params.base.seed, workers=True, verbose=False)
-    data = make_datamodule(data_dir, cfg, params.base.seed)
+    data = make_datamodule(data_dir, cfg, params.base.seed, task=get_task(params, cfg.loss))
     shape = data.image_shape
-    module = CNNClassifier(cfg, shape[-1], shape[0], pos_weight=data.pos_weight())
+    task = data.task
+    module = TaskModule(task, cfg, model_cfg or params.model, shape[-1], shape[0])
     history = EpochHistory(log_to_mlflow=True)
-    pruning = PyTorchLightningPruningCallback(trial, monitor="val_auc")
+    pruning = PyTorchLightningPruningCallback(trial, monitor=task.monitor)
     with tempfile.TemporaryDirectory(prefix="radops-trial-") as root:
         trainer = make_trainer(
             cfg,
@@ -267,23 +213,27 @@ def run_study(
     import optuna
 
     from pipeline.data.datasets import load_split
+    from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
-    from pipeline.training.lit_module import quiet_lightning
+    from pipeline.training.callbacks import silence_known_noise
     from pipeline.training.train import set_threads
 
+    silence_known_noise()
     tune = params.tune
+    task = get_task(params)
     n_trials = tune.n_trials if n_trials is None else n_trials
-    study_name = study_name or tune.study_name
+    study_name = study_name or study_name_for(tune.study_name, task)
     if pruner is None or isinstance(pruner, str):
         kind = pruner or tune.pruner
         pruner = make_pruner(
             kind, tune.n_startup_trials, tune.n_warmup_epochs, tune.reduction_factor
         )
-    check_space(params.train, tune.search_space)
-    for split in ("train", "val"):
-        load_split(paths.data_dir, split)  # fail here, not in every trial
+    check_space(params.train, params.model, tune.search_space, task)
+    # fail here, not in every trial: unreadable data, no target values, an unseen class
+    fitted = task.fit(load_split(paths.data_dir, "train", task)[1])
+    fitted.check(load_split(paths.data_dir, "val", task)[1])
+    monitor, direction = fitted.monitor, fitted.direction
     set_threads(params.train)
-    quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def open_study(name: str) -> optuna.Study:
@@ -295,7 +245,7 @@ def run_study(
             sampler=sampler,
             pruner=pruner,
             study_name=name,
-            direction="maximize",
+            direction=direction,
             load_if_exists=True,
         )
 
@@ -305,7 +255,7 @@ def run_study(
     from pipeline.credentials import optuna_storage
 
     backend = open_storage(optuna_storage(params) if storage is None else storage)
-    fp = study_fingerprint(params, paths.data_dir)
+    fp = study_fingerprint(params, paths.data_dir, task)
     study = open_study(study_name)
     if study.user_attrs.get(FINGERPRINT_ATTR, fp) != fp:
         log.info(
@@ -325,9 +275,10 @@ def run_study(
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, tune.search_space)
-        cfg = trial_config(params, values)
+        cfg, model_cfg = trial_config(params, values)
         name = f"trial-{trial.number}"
         tags = {"optuna.study": study_name, "optuna.trial_number": str(trial.number)}
+        tags |= task.tags()
         pruned: optuna.TrialPruned | None = None
         history: Any = None
         tracking: Any = (
@@ -339,7 +290,7 @@ def run_study(
             if mlflow.active_run() is not None:
                 log_params_flat("", values)
             try:
-                history = fit_trial(params, paths.data_dir, trial, cfg)
+                history = fit_trial(params, paths.data_dir, trial, cfg, model_cfg)
             except optuna.TrialPruned as exc:
                 pruned, history = exc, getattr(exc, "history", None)
                 _tag(STATE_TAG, "pruned")
@@ -351,17 +302,17 @@ def run_study(
                 trial.set_user_attr(EPOCHS_ATTR, epochs)
                 epochs_run.append(epochs)
             if pruned is None:
-                _, value = history.best("val_auc")
-                if value != value:  # NaN: val AUC undefined
+                _, value = history.best(monitor, fitted.mode)
+                if value != value:  # NaN: the metric is undefined
                     _tag(STATE_TAG, "failed")
-                    raise RadopsError("validation AUC is undefined (one class in val?)")
+                    raise RadopsError(f"{monitor} is undefined (one class in val?)")
                 _tag(STATE_TAG, "complete")
                 if mlflow.active_run() is not None:
                     mlflow.log_metric("value", value)
         log.info(
             "%s %s after %d epochs: %s",
             name,
-            "pruned" if pruned else f"val_auc={value:.4f}",
+            "pruned" if pruned else f"{monitor}={value:.4f}",
             epochs,
             values,
         )
@@ -380,10 +331,10 @@ def run_study(
             catch=(Exception,),
             callbacks=[enough],
         )
-    return summarize(study, epochs_run)
+    return summarize(study, epochs_run, monitor)
 
 
-def summarize(study: optuna.Study, epochs_run: list[int]) -> StudyStats:
+def summarize(study: optuna.Study, epochs_run: list[int], monitor: str = "value") -> StudyStats:
     """Counts, best trial and epoch spend of a study."""
     import optuna
 
@@ -398,6 +349,8 @@ def summarize(study: optuna.Study, epochs_run: list[int]) -> StudyStats:
     return StudyStats(
         study_name=study.study_name,
         best_value=float(best.value) if best.value is not None else float("nan"),
+        monitor=monitor,
+        direction=study.direction.name.lower(),
         best_params=dict(best.params),
         total_epochs=sum(epochs_run),
         study_epochs=sum(int(t.user_attrs.get(EPOCHS_ATTR, 0)) for t in trials),
@@ -415,10 +368,11 @@ def run(params: Params, paths: Paths) -> TuneResult:
     import mlflow
 
     from pipeline.io import write_json
+    from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
 
     tune = params.tune
-    with tracked_run(params, "tune", run_name="tune") as parent:
+    with tracked_run(params, "tune", run_name="tune", tags=get_task(params).tags()) as parent:
         settings = tune.model_dump(mode="json", exclude={"out_dir", "search_space", "storage"})
         from pipeline.credentials import optuna_storage
 
@@ -436,6 +390,7 @@ def run(params: Params, paths: Paths) -> TuneResult:
         )
         best = {"params": stats.best_params, "value": stats.best_value, **counts}
         best |= {"study_name": stats.study_name, "total_epochs": stats.study_epochs}
+        best |= {"monitor": stats.monitor, "direction": stats.direction}
         write_json(paths.best_params, best | {"epochs_this_run": stats.total_epochs})
         mlflow.log_artifact(str(paths.best_params))
         run_id = parent.info.run_id

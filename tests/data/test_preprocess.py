@@ -130,3 +130,28 @@ def test_denoise_options_change_the_output() -> None:
         assert not np.allclose(smooth, plain)
         # Denoising lowers pixel-to-pixel variation.
         assert np.abs(np.diff(smooth, axis=-1)).mean() < np.abs(np.diff(plain, axis=-1)).mean()
+
+
+def test_index_carries_the_numeric_candidate_targets(
+    fake_ingest: Callable, fake_params: Callable
+) -> None:
+    """Numeric columns that split carried beyond its contract (labels-file columns such as
+    ``grade``, ``lesion_diameter_mm``) reach ``{split}_index.parquet``, empty values
+    included; text columns do not."""
+    params = build(fake_ingest, fake_params, image_size=16)
+    splits_path = params.split.out_dir / "splits.parquet"
+    splits = pd.read_parquet(splits_path)
+    n = len(splits)
+    splits["grade"] = np.arange(n) % 3
+    splits["lesion_diameter_mm"] = np.where(np.arange(n) % 3 == 0, np.nan, 5.0 + np.arange(n))
+    splits["comment"] = "free text"
+    splits.to_parquet(splits_path, index=False)
+    preprocess.run(params, preprocess.Paths.from_params(params))
+    for name in ("train", "val", "test"):
+        index = pd.read_parquet(params.preprocess.out_dir / f"{name}_index.parquet")
+        part = splits[splits["split"] == name]
+        assert list(index.columns) == [*INDEX_COLUMNS, "grade", "lesion_diameter_mm"]
+        assert index["grade"].tolist() == part["grade"].tolist()
+        np.testing.assert_array_equal(
+            index["lesion_diameter_mm"].to_numpy(), part["lesion_diameter_mm"].to_numpy()
+        )

@@ -5,11 +5,14 @@ inside a temporary folder.
 The task: Gaussian noise images; positives carry a bright blob at a random place. A small
 CNN learns it in a few epochs, a single-pixel rule does not. The test split is deliberately
 not written: train and tune must never need it.
+
+With ``targets=True`` the blobs have one of two sizes and the index carries the candidate
+targets the synthetic cohort has: ``grade`` (0 no blob, 1 small, 2 large) and
+``lesion_diameter_mm`` (the blob's diameter; empty without a blob).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import Params, with_updates
+from pipeline.config import ModelSection, Params, with_updates
 
 
 def make_images(
@@ -37,6 +40,26 @@ def make_images(
     return x, y
 
 
+def make_graded_images(
+    n: int, size: int, rng: np.random.Generator, amplitude: float = 2.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` noise images, a third each without a blob, with a small one and with a large one;
+    returns images, binary labels, grades 0/1/2 and diameters (NaN without a blob)."""
+    grade = (np.arange(n) % 3).astype(np.int64)
+    rng.shuffle(grade)
+    x = rng.normal(0.0, 1.0, size=(n, 1, size, size)).astype(np.float32)
+    diameter = np.full(n, np.nan)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in np.flatnonzero(grade):
+        low, high = (0.06, 0.1) if grade[i] == 1 else (0.16, 0.22)
+        sigma = rng.uniform(low, high) * size
+        diameter[i] = round(4 * sigma * 0.7, 2)  # "mm" at 0.7 mm per pixel
+        cy, cx = rng.uniform(size * 0.25, size * 0.75, size=2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
+        x[i, 0] += amplitude * blob.astype(np.float32)
+    return x, (grade > 0).astype(np.int64), grade, diameter
+
+
 def write_preprocessed(
     out: Path,
     n_train: int = 96,
@@ -45,18 +68,25 @@ def write_preprocessed(
     size: int = 32,
     seed: int = 0,
     amplitude: float = 2.5,
+    targets: bool = False,
 ) -> Path:
-    """Write ``{split}_x.npy``, ``{split}_y.npy``, ``{split}_index.parquet`` and ``stats.json``."""
+    """Write ``{split}_x.npy``, ``{split}_y.npy``, ``{split}_index.parquet`` and ``stats.json``
+    (with ``targets``: graded blobs and the ``grade`` / ``lesion_diameter_mm`` columns) with
+    the one test writer of the format, ``tests/model/preprocessed.py``."""
+    from tests.model.preprocessed import write_split, write_stats
+
     rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n == 0:
             continue
-        x, y = make_images(n, size, rng, amplitude)
-        np.save(out / f"{split}_x.npy", x)
-        np.save(out / f"{split}_y.npy", y)
+        extra: dict[str, np.ndarray] = {}
+        if targets:
+            x, y, grade, diameter = make_graded_images(n, size, rng, amplitude)
+            extra = {"grade": grade, "lesion_diameter_mm": diameter}
+        else:
+            x, y = make_images(n, size, rng, amplitude)
         ids = [f"{split}-{i}" for i in range(n)]
-        pd.DataFrame(
+        index = pd.DataFrame(
             {
                 "image_id": ids,
                 "sop_uid": ids,
@@ -65,21 +95,22 @@ def write_preprocessed(
                 "site": "SITE-test",
                 "manufacturer": "synthetic",
             }
-        ).to_parquet(out / f"{split}_index.parquet", index=False)
-    stats = {
-        "window_center": 40.0,
-        "window_width": 400.0,
-        "image_size": size,
-        "denoise": "none",
-        "denoise_sigma": 0.7,
-        "normalization": "zscore",
-        "mean": 0.0,
-        "std": 1.0,
-        "min": -4.0,
-        "max": 6.0,
-    }
-    (out / "stats.json").write_text(json.dumps(stats))
+            | extra
+        )
+        write_split(out, split, x, index)
+    write_stats(out, size)
     return out
+
+
+def set_target(data_dir: Path, split: str, column: str, values: Any) -> None:
+    """Replace (or add) a target column of ``{split}_index.parquet``, where training reads
+    targets (``label`` also in ``{split}_y.npy``, as preprocess writes it)."""
+    path = data_dir / f"{split}_index.parquet"
+    index = pd.read_parquet(path)
+    index[column] = values
+    index.to_parquet(path, index=False)
+    if column == "label":
+        np.save(data_dir / f"{split}_y.npy", np.asarray(values, dtype=np.int64))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -110,6 +141,15 @@ def data_with_test_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def graded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 train / 48 val 24×24 images with ``grade`` (3 classes) and ``lesion_diameter_mm``
+    (empty for the third without a blob)."""
+    return write_preprocessed(
+        tmp_path_factory.mktemp("graded"), size=24, amplitude=2.0, targets=True
+    )
+
+
+@pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite tracking store for the session (creating one costs seconds); each test
     gets its own experiment in it."""
@@ -127,13 +167,16 @@ def tiny_params(
     tmp_path: Path, data_dir: Path, tracking_uri: str | None = None, **train: Any
 ) -> Params:
     """Params for fast runs on ``data_dir`` with every output under ``tmp_path`` (and an
-    experiment of its own, named after the folder, in ``tracking_uri``)."""
+    experiment of its own, named after the folder, in ``tracking_uri``). Keyword arguments
+    are ``train`` settings, except ``model`` keys (``depth`` ...), which go to ``model``,
+    and ``task=`` / ``tune=`` dicts for those sections."""
     tune = train.pop("tune", {})
+    task = train.pop("task", {})
+    model = {"depth": 2, "base_width": 8}
+    model |= {k: train.pop(k) for k in list(train) if k in ModelSection.model_fields}
     base_train = {
         "out_dir": str(tmp_path / "models/cnn"),
         "checkpoint_dir": str(tmp_path / "models/checkpoints"),
-        "depth": 2,
-        "base_width": 8,
         "batch_size": 16,
         "max_epochs": 3,
         "lr": 0.01,
@@ -157,6 +200,8 @@ def tiny_params(
             "seed": 0,
         },
         preprocess={"out_dir": str(data_dir)},
+        task=task,
+        model=model,
         train=base_train | train,
         tune=base_tune | tune,
     )

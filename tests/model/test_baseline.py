@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -164,3 +165,72 @@ def test_stage_needs_preprocessed_data(tmp_path: Path) -> None:
     params = params_for(tmp_path)
     with pytest.raises(InputError, match="incomplete"):
         baseline.run(params, baseline.Paths.from_params(params))
+
+
+# --------------------------------------------------------------------------- other tasks
+
+
+@pytest.fixture(scope="module")
+def graded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_preprocessed(tmp_path_factory.mktemp("baseline_graded") / "data", targets=True)
+
+
+def _task_features(data: Path, kind: str, target: str) -> tuple[Any, Any, Any, Any, Any]:
+    from tests.model.eval_fixtures import tiny_task
+
+    task = tiny_task(data, kind, target)
+    x, y, index, _ = baseline.task_split(task, data, "train")
+    feats, _ = extract_features(x, fit_spec(x, 8))
+    return task, feats, y, index["patient_id"].to_numpy(), x
+
+
+def test_three_class_svm_is_one_vs_rest_with_probabilities(graded_data: Path) -> None:
+    from sklearn.multiclass import OneVsRestClassifier
+
+    task, feats, y, groups, _ = _task_features(graded_data, "classification", "grade")
+    cfg = BaselineSection(k_features=8, cv_folds=3, C_grid=[0.1, 1.0], gamma_grid=["scale"])
+    pipe, best, cv_auc = baseline.fit(cfg, feats, y, groups, seed=0, task=task)
+    probs = baseline.outputs(pipe, feats, task)
+    assert probs.shape == (len(y), 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert isinstance(pipe.named_steps["svm"].estimator, OneVsRestClassifier)
+    assert best["C"] in (0.1, 1.0) and 0.5 < cv_auc <= 1.0
+    assert roc_auc_score(y, probs, multi_class="ovr") > 0.7
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf", "poly"])
+def test_svr_for_a_continuous_target(graded_data: Path, kernel: str) -> None:
+    from sklearn.metrics import mean_absolute_error
+    from sklearn.svm import SVR
+
+    task, feats, y, groups, _ = _task_features(graded_data, "regression", "lesion_diameter_mm")
+    assert np.isfinite(y).all() and len(y) < len(np.load(graded_data / "train_x.npy"))
+    cfg = BaselineSection(
+        kernel=kernel, k_features=8, cv_folds=3, C_grid=[0.1, 1.0], gamma_grid=["scale"]
+    )
+    pipe, best, cv_mae = baseline.fit(cfg, feats, y, groups, seed=0, task=task)
+    pred = baseline.outputs(pipe, feats, task)
+    assert pred.shape == (len(y),) and isinstance(pipe.named_steps["svm"], SVR)
+    assert pipe.named_steps["svm"].kernel == kernel and best["C"] in (0.1, 1.0)
+    # in the target's units (mm), and better than predicting the training mean
+    assert mean_absolute_error(y, pred) < mean_absolute_error(y, np.full_like(y, y.mean()))
+    assert 0 < cv_mae < 3 * y.std()
+
+
+def test_regression_stage_keeps_rows_with_a_value(graded_data: Path) -> None:
+    root = graded_data.parent
+    with mlflow_env(root):
+        params = params_for(
+            root,
+            task={"kind": "regression", "target": "lesion_diameter_mm"},
+            baseline={"search": False, "k_features": 6, "out_dir": str(root / "svr")},
+        )
+        result = baseline.run(params, baseline.Paths.from_params(params))
+    meta = json.loads((root / "svr/baseline.json").read_text())
+    index = pd.read_parquet(graded_data / "train_index.parquet")
+    assert meta["n_train"] == int(index["lesion_diameter_mm"].notna().sum()) < len(index)
+    assert meta["task"]["kind"] == "regression" and "val_mae" in meta
+    assert result.score == "mae" and "SVR" in result.summary()
+    pipe, loaded = baseline.load(root / "svr")
+    pred = baseline.predict(pipe, loaded, np.load(graded_data / "val_x.npy"))
+    assert pred.shape == (len(np.load(graded_data / "val_x.npy")),)

@@ -237,3 +237,112 @@ def test_preprocessing_mismatch_is_refused(evaluated: Any, tmp_path: Path) -> No
     with pytest.raises(InputError, match="window_width"):
         evaluate.check_preprocessing(meta, tmp_path)
     assert not math.isnan(stats.roc_auc([0, 1], [0.1, 0.9]))
+
+
+# --------------------------------------------------------------------------- other tasks
+
+
+def _evaluate_task(root: Path, kind: str, target: str) -> tuple[Any, Any, Any]:
+    """Data with graded blobs, a tiny CNN and a baseline for ``kind``/``target``, evaluated."""
+    from tests.model.eval_fixtures import tiny_task
+
+    data = make_preprocessed(root / "data", targets=True)
+    task = tiny_task(data, kind, target)
+    with mlflow_env(root):
+        params = params_for(root, task={"kind": kind, "target": target}, baseline={"search": False})
+        save_cnn(train_tiny_cnn(data, steps=40, task=task), root / "cnn", task=task)
+        log_training_run(params, root / "cnn")
+        baseline.run(params, baseline.Paths.from_params(params))
+        result = evaluate.run(params, evaluate.Paths.from_params(params))
+    return params, task, result
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    root = tmp_path_factory.mktemp("evaluate_grade")
+    _, task, result = _evaluate_task(root, "classification", "grade")
+    return root, task, result
+
+
+@pytest.fixture(scope="module")
+def diameters(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+    root = tmp_path_factory.mktemp("evaluate_diameter")
+    _, task, result = _evaluate_task(root, "regression", "lesion_diameter_mm")
+    return root, task, result
+
+
+def test_three_classes_macro_auc_confusion_and_files(graded: Any) -> None:
+    from sklearn.metrics import f1_score
+
+    root, task, result = graded
+    out = root / "reports"
+    assert task.n_classes == 3 and result.headline == "test_auc_macro"
+    test = pd.read_parquet(out / "predictions_test.parquet")
+    y = test["grade"].to_numpy()
+    assert len(test) == len(np.load(root / "data/test_x.npy"))  # every image has a grade
+    for name in ("cnn", "baseline"):
+        m = json.loads((out / f"metrics_{name}.json").read_text())
+        assert m == pytest.approx(result.metrics[name])
+        probs = test[[f"prob_{name}_{k}" for k in range(3)]].to_numpy()
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert m["test_auc_macro_ci_low"] <= m["test_auc_macro"] <= m["test_auc_macro_ci_high"]
+        assert m["test_auc_macro"] == pytest.approx(
+            roc_auc_score(y, probs, multi_class="ovr", average="macro")
+        )
+        for k in range(3):
+            low, auc, high = (m[f"test_auc_class_{k}{s}"] for s in ("_ci_low", "", "_ci_high"))
+            assert low <= auc <= high
+        matrix = np.array([[m[f"test_confusion_{i}_{j}"] for j in range(3)] for i in range(3)])
+        assert matrix.shape == (3, 3) and matrix.sum() == len(y) == m["n_test"]
+        np.testing.assert_array_equal(matrix, confusion_matrix(y, probs.argmax(axis=1)))
+        assert m["test_accuracy"] == pytest.approx(np.trace(matrix) / len(y))
+        assert m["test_f1_macro"] == pytest.approx(
+            f1_score(y, probs.argmax(axis=1), average="macro")
+        )
+        assert m["test_sensitivity_class_2"] == pytest.approx(matrix[2, 2] / matrix[2].sum())
+        assert "threshold" not in m and "test_auc" not in m
+        assert (out / f"figures/confusion_matrix_{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert list(pd.read_csv(out / f"plots/roc_{name}.csv").columns) == ["fpr", "tpr"]
+    assert "macro AUC" in (out / "evaluation.md").read_text()
+    assert "macro" in result.summary().replace("auc_macro", "macro")
+
+
+def test_regression_metrics_match_sklearn_and_rows_without_target_are_left_out(
+    diameters: Any,
+) -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    root, _, result = diameters
+    out = root / "reports"
+    test = pd.read_parquet(out / "predictions_test.parquet")
+    index = pd.read_parquet(root / "data/test_index.parquet")
+    n_missing = int(index["lesion_diameter_mm"].isna().sum())
+    assert n_missing > 0 and len(test) == len(index) - n_missing
+    assert test["lesion_diameter_mm"].notna().all()
+    y = test["lesion_diameter_mm"].to_numpy()
+    for name in ("cnn", "baseline"):
+        m = result.metrics[name]
+        pred = test[f"pred_{name}"].to_numpy()
+        expected = {
+            "mae": mean_absolute_error(y, pred),
+            "rmse": float(np.sqrt(mean_squared_error(y, pred))),
+            "r2": r2_score(y, pred),
+        }
+        for key, value in expected.items():
+            assert m[f"test_{key}"] == pytest.approx(value, rel=1e-6)
+            assert m[f"test_{key}_ci_low"] <= m[f"test_{key}"] <= m[f"test_{key}_ci_high"]
+        assert m["n_test"] == len(y) and m["n_test_missing"] == n_missing
+        assert m["test_bias"] == pytest.approx(float(np.mean(pred - y)))
+        for figure in ("scatter.png", f"bland_altman_{name}.png"):
+            assert (out / "figures" / figure).read_bytes().startswith(b"\x89PNG")
+        scatter = pd.read_csv(out / f"plots/scatter_{name}.csv")
+        np.testing.assert_allclose(scatter["actual"], y, rtol=1e-6)
+    assert result.headline == "test_mae" and "left out" in result.summary()
+    assert "R²" in (out / "evaluation.md").read_text()
+
+
+def test_model_of_another_task_is_refused(diameters: Any) -> None:
+    root, _, _ = diameters
+    params = params_for(root, task={"kind": "classification", "target": "grade"})
+    with mlflow_env(root), pytest.raises(InputError, match="regression of 'lesion_diameter_mm'"):
+        evaluate.run(params, evaluate.Paths.from_params(params))

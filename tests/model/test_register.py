@@ -146,9 +146,9 @@ def test_equal_or_worse_model_becomes_challenger(env: dict[str, Any]) -> None:
         _promote(env, params, _register(env, params, "good"))
         same = _promote(env, params, _register(env, params, "good"))
         assert not same.promoted and same.alias == "challenger"
-        assert same.p_value == 1.0 and same.new_auc == same.champion_auc
+        assert same.p_value == 1.0 and same.new_value == same.champion_value
         worse = _promote(env, params, _register(env, params, "bad"))
-        assert not worse.promoted and worse.new_auc < worse.champion_auc and worse.p_value > 0.5
+        assert not worse.promoted and worse.new_value < worse.champion_value and worse.p_value > 0.5
         client = _client()
         name = params.base.registered_model_name
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -156,8 +156,8 @@ def test_equal_or_worse_model_becomes_challenger(env: dict[str, Any]) -> None:
         tags = client.get_model_version(name, "3").tags
         assert tags["radops.promotion.decision"] == "challenger"
         assert float(tags["radops.promotion.p_value"]) == pytest.approx(worse.p_value)
-        assert float(tags["radops.promotion.champion_auc"]) == pytest.approx(worse.champion_auc)
-        assert float(tags["radops.promotion.new_auc"]) == pytest.approx(worse.new_auc)
+        assert float(tags["radops.promotion.champion_auc"]) == pytest.approx(worse.champion_value)
+        assert float(tags["radops.promotion.new_value"]) == pytest.approx(worse.new_value)
         assert tags["radops.promotion.champion_version"] == "1"
 
 
@@ -168,7 +168,9 @@ def test_clearly_better_model_is_promoted(env: dict[str, Any], test: str) -> Non
         # the old champion is a plain artifact folder, the new one a pyfunc model: both load
         _promote(env, params, _register(env, params, "bad", pyfunc=False))
         better = _promote(env, params, _register(env, params, "good"))
-        assert better.promoted and better.p_value < 0.05 and better.new_auc > better.champion_auc
+        assert (
+            better.promoted and better.p_value < 0.05 and better.new_value > better.champion_value
+        )
         assert better.test == test and better.champion_version == "1"
         client = _client()
         name = params.base.registered_model_name
@@ -237,3 +239,162 @@ def test_promote_run_decides_once(env: dict[str, Any]) -> None:
         assert {"alias", "version", "reason", "p_value", "changed"} <= set(again.as_dict())
         with pytest.raises(InputError, match="no registration"):
             promote.run(params, promote.Paths(env["root"] / "nope.json", env["root"] / "data"))
+
+
+# --------------------------------------------------------------------------- the real pyfunc
+
+
+def test_registered_pyfunc_is_serving_py_and_predicts_like_networks(env: dict[str, Any]) -> None:
+    """The version holds the real ``pipeline/models/serving.py`` model (as train logs it);
+    ``mlflow.pyfunc.load_model`` serves ``networks.predict`` of the saved CNN."""
+    import mlflow
+
+    from pipeline.models.networks import load_model, predict
+
+    with mlflow_env(env["root"]):
+        params = _params(env)
+        reg = _register(env, params, "good")
+        served = mlflow.pyfunc.load_model(f"models:/{reg['name']}/{reg['version']}")
+        assert type(served.unwrap_python_model()).__name__ == "RadopsCNN"
+        x = env["test"][0][:6]
+        net, meta = load_model(env["models"]["good"])
+        got = np.asarray(served.predict(x))
+        assert got.shape == (6,)
+        np.testing.assert_allclose(got, predict(net, meta, x), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- other tasks
+
+
+@pytest.fixture(scope="module")
+def task_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Graded data; a trained regression CNN of ``lesion_diameter_mm`` ("good"), the same
+    network reading 5 mm too high ("biased", clearly worse on every patient), and a 3-class
+    CNN of ``grade``."""
+    from tests.model.eval_fixtures import tiny_task
+
+    root = tmp_path_factory.mktemp("register_tasks")
+    data = make_preprocessed(root / "data", targets=True)
+    with mlflow_env(root):
+        reg_task = tiny_task(data, "regression", "lesion_diameter_mm")
+        net = train_tiny_cnn(data, steps=60, task=reg_task)
+        good = save_cnn(net, root / "good", task=reg_task)
+        biased = reg_task.with_state(reg_task.state | {"mean": reg_task.state["mean"] + 5.0})
+        bad = save_cnn(net, root / "biased", task=biased)
+        grade_task = tiny_task(data, "classification", "grade")
+        graded = save_cnn(
+            train_tiny_cnn(data, steps=20, task=grade_task), root / "grade", task=grade_task
+        )
+        yield {"root": root, "data": data, "models": {"good": good, "bad": bad, "grade": graded}}
+
+
+def _register_task(
+    env: dict[str, Any], params: Any, model: str, metrics: dict[str, float]
+) -> dict[str, Any]:
+    src = env["models"][model]
+    cnn = env["root"] / "runs" / f"{model}-{next(_names)}"
+    shutil.copytree(src, cnn)
+    reports = cnn.parent / (cnn.name + "-reports")
+    reports.mkdir()
+    (reports / "metrics_cnn.json").write_text(json.dumps(metrics))
+    log_training_run(params, cnn)
+    paths = register.Paths(cnn_dir=cnn, reports_dir=reports, out_dir=cnn.parent / f"{cnn.name}-r")
+    register.run(params, paths)
+    return json.loads((paths.out_dir / "registration.json").read_text())
+
+
+REGRESSION_METRICS = {"test_mae": 1.0, "test_mae_ci_low": 0.8, "test_mae_ci_high": 1.2}
+
+
+@pytest.mark.parametrize("test", ["delong", "bootstrap"])  # Wilcoxon / paired bootstrap
+def test_regression_promotion_needs_smaller_errors(task_env: dict[str, Any], test: str) -> None:
+    from pipeline.models.networks import load_model
+    from pipeline.registry.promote import promotion_split
+    from pipeline.tasks import task_from_meta
+
+    env = task_env
+    with mlflow_env(env["root"]):
+        params = _params(env, promotion_test=test, alpha=0.05)
+        task = task_from_meta(load_model(env["models"]["good"])[1])
+        x, y, groups = promotion_split(task, env["data"])
+        assert len(y) < len(np.load(env["data"] / "test_x.npy"))  # rows without a value left out
+        first = _register_task(env, params, "bad", REGRESSION_METRICS)
+        assert first["name"] == f"{params.base.registered_model_name}-regression-lesion_diameter_mm"
+        assert _promote(env, params, first, (x, y, groups)).promoted  # no champion yet
+        better = _promote(
+            env, params, _register_task(env, params, "good", REGRESSION_METRICS), (x, y, groups)
+        )
+        assert better.promoted and better.statistic == "mae"
+        assert better.new_value < better.champion_value and better.p_value < 0.05
+        assert better.test == ("wilcoxon" if test == "delong" else "paired_bootstrap")
+        equal = _promote(
+            env, params, _register_task(env, params, "good", REGRESSION_METRICS), (x, y, groups)
+        )
+        assert not equal.promoted and equal.alias == "challenger" and equal.p_value == 1.0
+        tags = _client().get_model_version(first["name"], "2").tags
+        assert tags["radops.promotion.new_mae"] == str(better.new_value)
+        assert tags["radops.task"] == "regression"
+        assert tags["radops.target"] == "lesion_diameter_mm"
+        assert "radops.threshold" not in tags and tags["radops.test_mae"] == "1.0"
+
+
+def test_task_names_tags_and_required_metric(task_env: dict[str, Any]) -> None:
+    env = task_env
+    with mlflow_env(env["root"]):
+        params = _params(env)
+        base_name = params.base.registered_model_name
+        with pytest.raises(InputError, match="test_auc_macro"):
+            _register_task(env, params, "grade", {"test_auc": 0.9, "threshold": 0.5})
+        reg = _register_task(
+            env,
+            params,
+            "grade",
+            {"test_auc_macro": 0.8, "test_auc_macro_ci_low": 0.7, "test_auc_macro_ci_high": 0.9},
+        )
+        assert reg["name"] == f"{base_name}-classification-grade" != base_name
+        client = _client()
+        version = client.get_model_version(reg["name"], reg["version"])
+        assert version.tags["radops.task"] == "classification"
+        assert version.tags["radops.target"] == "grade"
+        assert version.tags["radops.promotion_metric"] == "test_auc_macro"
+        run = client.get_run(reg["run_id"])
+        assert run.data.tags["radops.task"] == "classification"
+        assert run.data.tags["radops.target"] == "grade"
+        # the served model returns the 3 class probabilities
+        import mlflow
+
+        served = mlflow.pyfunc.load_model(f"models:/{reg['name']}/{reg['version']}")
+        probs = np.asarray(served.predict(np.load(env["data"] / "test_x.npy")[:5]))
+        assert probs.shape == (5, 3)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_champion_of_another_task_is_not_compared(task_env: dict[str, Any]) -> None:
+    """Even under one registered name (a hand-made registration), a classifier never
+    competes with a regression model."""
+    from pipeline.models.networks import load_model
+    from pipeline.registry.promote import promotion_split
+    from pipeline.tasks import task_from_meta
+
+    env = task_env
+    with mlflow_env(env["root"]):
+        params = _params(env)
+        metrics = REGRESSION_METRICS | {
+            "test_auc_macro": 0.8,
+            "test_auc_macro_ci_low": 0.7,
+            "test_auc_macro_ci_high": 0.9,
+        }
+        grade = _register_task(env, params, "grade", metrics)
+        task = task_from_meta(load_model(env["models"]["grade"])[1])
+        x, y, groups = promotion_split(task, env["data"])
+        assert _promote(env, params, grade, (x, y, groups)).promoted
+        reg = _register_task(env, params, "good", metrics)
+        # register the regression CNN under the classifier's name by hand
+        client = _client()
+        version = client.create_model_version(
+            grade["name"], source=reg["model_uri"], run_id=reg["run_id"]
+        )
+        forged = reg | {"name": grade["name"], "version": str(version.version)}
+        task = task_from_meta(load_model(env["models"]["good"])[1])
+        decision = _promote(env, params, forged, promotion_split(task, env["data"]))
+        assert not decision.promoted and "another task" in decision.reason

@@ -44,6 +44,7 @@ def test_train_outputs_model_and_run(
     data_with_test_split: Path,
     no_test_split_reads: list[str],
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     params = make_params(data_with_test_split, max_epochs=5, early_stopping_patience=10)
     paths = train.Paths.from_params(params)
@@ -70,6 +71,11 @@ def test_train_outputs_model_and_run(
     assert meta["hyperparameters"]["lr"] == 0.02
     assert meta["hyperparameters"]["augmentation"]["strength"] == 0.5
     assert meta["architecture"]["image_size"] == 32
+    assert meta["architecture"]["out_channels"] == 1 and meta["output"] == {"transform": "sigmoid"}
+    assert meta["task"]["kind"] == "classification" and meta["task"]["target"] == "label"
+    assert meta["task"]["state"]["n_classes"] == 2
+    assert (meta["monitor"], meta["mode"]) == ("val_auc", "max")
+    assert meta["hyperparameters"]["depth"] == 2  # architecture keys from `model`
 
     history = json.loads((out / "history.json").read_text())
     assert [e["epoch"] for e in history["epochs"]] == [0, 1, 2, 3, 4]
@@ -82,6 +88,17 @@ def test_train_outputs_model_and_run(
         metrics["best_val_auc"] == best["val_auc"] == max(e["val_auc"] for e in history["epochs"])
     )
     assert metrics["final_val_auc"] == history["epochs"][-1]["val_auc"]
+    assert metrics["best_value"] == metrics["best_val_auc"]
+
+    # without a terminal (pytest captures stdout), one line per epoch
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch ")]
+    assert [x.split()[1] for x in lines] == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    for line, epoch in zip(lines, history["epochs"], strict=True):
+        assert (
+            f"val_auc {epoch['val_auc']:.4f}" in line
+            and f"val_loss {epoch['val_loss']:.4f}" in line
+        )
+        assert "train_loss" in line and line.endswith("s")
 
     # the best epoch's weights were saved, and reload without pickle predicts identically
     def no_unpickling(*args: Any, **kwargs: Any) -> Any:
@@ -105,6 +122,8 @@ def test_train_outputs_model_and_run(
     run_json = json.loads((out / "run.json").read_text())
     assert run.info.run_id == run_json["run_id"] == result.run_id
     assert run.info.status == "FINISHED"
+    assert run.data.tags["radops.task"] == "classification"
+    assert run.data.tags["radops.target"] == "label"
     assert run.data.params["lr"] == "0.02" and "tuned" in run.data.params["hyperparameter_source"]
     assert run.data.metrics["stopped_epoch"] == 4
     assert run.data.metrics["best_epoch"] == metrics["best_epoch"]
@@ -125,21 +144,22 @@ def test_train_outputs_model_and_run(
 def test_hyperparameter_source(make_params: Any, tmp_path: Path) -> None:
     best = tmp_path / "best_params.json"
     params = make_params()
-    cfg, source = train.resolve_hyperparameters(params, best)
-    assert cfg == params.train and "no " in source
-    best.write_text(json.dumps({"params": {"depth": 1, "aug_strength": 0.2, "optimizer": "sgd"}}))
-    cfg, source = train.resolve_hyperparameters(params, best)
-    assert (cfg.depth, cfg.augmentation.strength, cfg.optimizer) == (1, 0.2, "sgd")
+    cfg, model, source = train.resolve_hyperparameters(params, best)
+    assert (cfg, model) == (params.train, params.model) and "no " in source
+    tuned = {"depth": 1, "aug_strength": 0.2, "optimizer": "sgd", "model.dropout": 0.3}
+    best.write_text(json.dumps({"params": tuned | {"train.loss": "focal"}}))
+    cfg, model, source = train.resolve_hyperparameters(params, best)
+    assert (model.depth, model.dropout) == (1, 0.3)
+    assert (cfg.augmentation.strength, cfg.optimizer, cfg.loss) == (0.2, "sgd", "focal")
     assert "tuned" in source
     off = make_params(use_tuned_params=False)
-    cfg_off, source_off = train.resolve_hyperparameters(off, best)
-    assert cfg_off == off.train and "false" in source_off
-    with pytest.raises(ConfigError, match="unknown"):
-        train.apply_overrides(params.train, {"learning_rate": 0.1})
-    with pytest.raises(ConfigError, match="unknown"):
-        train.apply_overrides(params.train, {"out_dir": "elsewhere"})
+    cfg_off, model_off, source_off = train.resolve_hyperparameters(off, best)
+    assert (cfg_off, model_off) == (off.train, off.model) and "false" in source_off
+    for bad in ({"learning_rate": 0.1}, {"out_dir": "elsewhere"}, {"model.lr": 0.1}):
+        with pytest.raises(ConfigError, match="unknown"):
+            train.apply_overrides(params.train, params.model, bad)
     with pytest.raises(ConfigError, match="invalid"):
-        train.apply_overrides(params.train, {"optimizer": "lbfgs"})
+        train.apply_overrides(params.train, params.model, {"optimizer": "lbfgs"})
 
 
 def test_early_stopping_stops_on_a_plateau(make_params: Any) -> None:
@@ -163,12 +183,22 @@ def test_early_stopping_stops_on_a_plateau(make_params: Any) -> None:
 
 
 def test_checkpoint_fingerprint_decides_resume(make_params: Any, tmp_path: Path) -> None:
+    from pipeline.tasks import make_task
+
     params = make_params()
     data = params.preprocess.out_dir
-    fp = train.fingerprint(params.train, 0, data)
-    assert fp == train.fingerprint(params.train.model_copy(update={"num_workers": 2}), 0, data)
-    assert fp != train.fingerprint(params.train.model_copy(update={"lr": 0.5}), 0, data)
-    assert fp != train.fingerprint(params.train, 1, data)
+    task, model = make_task("classification"), params.model
+
+    def fingerprint(cfg: Any = params.train, seed: int = 0, **changes: Any) -> str:
+        return train.fingerprint(cfg, model.model_copy(update=changes), seed, data, task)
+
+    fp = fingerprint()
+    assert fp == fingerprint(params.train.model_copy(update={"num_workers": 2}))
+    assert fp != fingerprint(params.train.model_copy(update={"lr": 0.5}))
+    assert fp != fingerprint(depth=3)
+    assert fp != fingerprint(seed=1)
+    focal = make_task("classification", loss="focal")
+    assert fp != train.fingerprint(params.train, model, 0, data, focal)
 
     ckpt = tmp_path / "ckpt"
     assert train.prepare_checkpoints(ckpt, fp) == (None, "no checkpoint, starting fresh")

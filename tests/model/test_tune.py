@@ -1,5 +1,6 @@
 """Stage ``tune``: pruning prunes, the study resumes, failing trials do not stop it, MLflow
-holds a parent run with nested trial runs, and the test split is never read."""
+holds a parent run with nested trial runs, the test split is never read, and the objective,
+its direction and the study name follow the task."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def test_tune_run_writes_best_params_and_nested_runs(
     assert set(best["params"]) == {"lr", "aug_strength", "batch_size"}
     assert 0.5 <= best["value"] <= 1.0
     assert best["total_epochs"] == result.stats.total_epochs == sum(result.stats.epochs_per_trial)
-    assert "best val AUC" in result.summary()
+    assert "best val_auc" in result.summary() and "(maximize)" in result.summary()
+    assert (best["monitor"], best["direction"]) == ("val_auc", "maximize")
 
     mlflow.set_tracking_uri(params.base.tracking_uri)
     found = mlflow.search_runs(experiment_names=[params.base.experiment_name], output_format="list")
@@ -72,7 +74,7 @@ def test_tune_run_writes_best_params_and_nested_runs(
     from pipeline.training.train import Paths as TrainPaths
     from pipeline.training.train import resolve_hyperparameters
 
-    cfg, source = resolve_hyperparameters(params, TrainPaths.from_params(params).best_params)
+    cfg, _, source = resolve_hyperparameters(params, TrainPaths.from_params(params).best_params)
     assert cfg.lr == best["params"]["lr"] and cfg.batch_size == best["params"]["batch_size"]
     assert "tuned" in source
 
@@ -125,10 +127,10 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(
     params = make_params(tune={"n_trials": 3, "max_epochs": 1, "search_space": LR_ONLY})
     real_fit = tune.fit_trial
 
-    def flaky(params: Any, data_dir: Path, trial: optuna.Trial, cfg: Any) -> Any:
+    def flaky(params: Any, data_dir: Path, trial: optuna.Trial, cfg: Any, model: Any) -> Any:
         if trial.number == 1:
             raise RuntimeError("simulated crash in a trial")
-        return real_fit(params, data_dir, trial, cfg)
+        return real_fit(params, data_dir, trial, cfg, model)
 
     monkeypatch.setattr(tune, "fit_trial", flaky)
     result = tune.run(params, tune.Paths.from_params(params))
@@ -146,15 +148,65 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
 
 
-def test_in_memory_study_and_pruner_choices(make_params: Any) -> None:
-    params = make_params(tune={"max_epochs": 2, "search_space": LR_ONLY})
+def test_successive_halving_stops_trials_at_the_first_rung(make_params: Any) -> None:
+    """Rungs at 1, 3, 9 ... reported epochs (reduction factor 3): a trial outside the top third
+    of its rung is stopped right there, after 2 epochs (steps 0 and 1); without a pruner every
+    trial runs all its epochs."""
+    params = make_params(
+        tune={"max_epochs": 4, "search_space": GOOD_OR_BAD, "n_startup_trials": 2},
+        augmentation={"enabled": False},
+    )
     paths = tune.Paths.from_params(params)
-    for pruner in ("successive_halving", "none"):
-        stats = tune.run_study(params, paths, pruner=pruner, n_trials=2, storage=":memory:")
-        assert stats.n_trials == 2
-    stats = tune.run_study(params, paths, pruner="none", n_trials=2, storage=":memory:")
-    assert stats.total_epochs == 4 and stats.n_pruned == 0
+    halving = tune.run_study(
+        params, paths, pruner="successive_halving", n_trials=6, storage=":memory:"
+    )
+    assert halving.n_pruned >= 1 and halving.n_complete + halving.n_pruned == 6
+    completed = halving.n_complete * 4
+    assert halving.total_epochs == completed + 2 * halving.n_pruned  # pruned at epoch 2 exactly
+    assert halving.best_params["lr"] == 0.01
+    plain = tune.run_study(params, paths, pruner="none", n_trials=2, storage=":memory:")
+    assert plain.total_epochs == 8 and plain.n_pruned == 0
+    assert isinstance(
+        tune.make_pruner("successive_halving"), optuna.pruners.SuccessiveHalvingPruner
+    )
     assert isinstance(tune.make_pruner("median"), optuna.pruners.MedianPruner)
+
+
+def test_direction_and_study_name_follow_the_task(make_params: Any, graded_data: Path) -> None:
+    """A regression study minimises val_mae under its own name: it never resumes (or is
+    resumed by) the classification study in the same storage."""
+    regression = {"kind": "regression", "target": "lesion_diameter_mm"}
+    space = LR_ONLY | {"loss": {"type": "categorical", "choices": ["mae", "huber"]}}
+    params = make_params(
+        graded_data, task=regression, tune={"n_trials": 3, "max_epochs": 2, "search_space": space}
+    )
+    paths = tune.Paths.from_params(params)
+    result = tune.run(params, paths)
+    stats = result.stats
+    assert stats.study_name == "radops-cnn-regression-lesion_diameter_mm"
+    assert (stats.monitor, stats.direction) == ("val_mae", "minimize")
+    study = optuna.load_study(study_name=stats.study_name, storage=params.tune.storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert stats.best_value == min(values)
+    assert all(t.params["loss"] in ("mae", "huber") for t in study.trials)
+    best = json.loads(paths.best_params.read_text())
+    assert (best["monitor"], best["direction"]) == ("val_mae", "minimize")
+    # the classification study of the same data is another study, maximised
+    grade = make_params(graded_data, tune={"n_trials": 1, "max_epochs": 1, "search_space": LR_ONLY})
+    other = tune.run_study(grade, paths)
+    assert (other.study_name, other.direction, other.n_run) == ("radops-cnn", "maximize", 1)
+    graded = make_params(
+        graded_data,
+        task={"target": "grade"},
+        tune={"n_trials": 1, "max_epochs": 1, "search_space": LR_ONLY},
+    )
+    assert tune.run_study(graded, paths).monitor == "val_auc_macro"
+    # a classification loss cannot be searched for a regression
+    bad = {"loss": {"type": "categorical", "choices": ["mae", "focal"]}}
+    wrong = make_params(graded_data, task=regression, tune={"search_space": bad})
+    with pytest.raises(ConfigError, match=r"does not fit task\.kind 'regression'"):
+        tune.run_study(wrong, paths)
 
 
 def test_bad_search_space_fails_before_any_trial(make_params: Any) -> None:

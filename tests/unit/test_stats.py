@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_weighted_auc_equals_replicated_sklearn() -> None:
     p = np.round(p, 1)  # plenty of ties
     rng = np.random.default_rng(1)
     w = rng.integers(0, 3, size=(5, len(y))).astype(float)
-    got = stats._weighted_aucs(y, p, w)
+    got = stats.weighted_aucs(y, p, w)
     for row, value in zip(w, got, strict=True):
         reps = row.astype(int)
         assert value == pytest.approx(roc_auc_score(np.repeat(y, reps), np.repeat(p, reps)))
@@ -127,8 +128,8 @@ def test_bootstrap_ci_contains_estimate_and_narrows() -> None:
 def test_bootstrap_resamples_patients_not_images() -> None:
     # Every image of a patient must appear exactly as often as its patient is drawn.
     groups = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
-    codes = stats._group_codes(groups, len(groups))
-    for w in stats._bootstrap_weight_chunks(codes, 50, seed=0):
+    codes = stats.group_codes(groups, len(groups))
+    for w in stats.bootstrap_weight_chunks(codes, 50, seed=0):
         for g in range(10):
             assert (w[:, groups == g] == w[:, groups == g][:, :1]).all()
         per_patient = np.array([w[:, groups == g][:, 0] for g in range(10)]).T
@@ -221,3 +222,112 @@ def test_paired_bootstrap_agrees_with_delong() -> None:
     delta_r, p_r = stats.paired_bootstrap_test(y, weak, good, groups, 500, seed=0)
     assert delta_r == pytest.approx(-delta) and p_r > 0.99
     assert stats.paired_bootstrap_test(y, good, good, groups, 100, seed=0) == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- K classes
+
+
+def _three_class(n: int = 240, seed: int = 0, strength: float = 1.5) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + strength * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    groups = np.repeat(np.arange(n // 2), 2)
+    return y, probs, groups
+
+
+def test_multiclass_metrics_match_sklearn() -> None:
+    from pipeline.evaluation import multiclass_stats as ms
+
+    y, probs, _ = _three_class()
+    pred = probs.argmax(axis=1)
+    np.testing.assert_allclose(
+        ms.ovr_aucs(y, probs), roc_auc_score(y, probs, multi_class="ovr", average=None)
+    )
+    assert ms.macro_auc(y, probs) == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
+    m = ms.class_metrics(y, probs)
+    np.testing.assert_array_equal(m["confusion"], confusion_matrix(y, pred))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    np.testing.assert_allclose(m["sensitivity"], recall_score(y, pred, average=None))
+    np.testing.assert_allclose(m["ppv"], precision_score(y, pred, average=None))
+    # a class never predicted: PPV undefined (NaN), its F1 counted as 0 like scikit-learn
+    never = ms.class_metrics(
+        [0, 1, 2, 2], np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.6, 0.4, 0], [0.1, 0.9, 0]])
+    )
+    assert math.isnan(never["ppv"][2]) and never["sensitivity"][2] == 0.0
+    assert never["f1_macro"] == pytest.approx(
+        f1_score([0, 1, 2, 2], [0, 1, 0, 1], average="macro", zero_division=0)
+    )
+
+
+def test_multiclass_bootstrap_cis_and_paired_test() -> None:
+    from pipeline.evaluation import multiclass_stats as ms
+
+    y, good, groups = _three_class()
+    _, weak, _ = _three_class(seed=0, strength=0.3)
+    cis = ms.bootstrap_auc_cis(y, good, groups, n_iter=300, level=0.95, seed=1)
+    auc, low, high = cis["macro"]
+    assert low < auc < high and high - low < 0.2
+    assert all(lo <= a <= hi for a, lo, hi in cis["per_class"])
+    # one seed, one set of resamples: the same interval again, from an int or a generator
+    again = ms.bootstrap_auc_cis(y, good, groups, 300, 0.95, np.random.default_rng(1))
+    assert again["macro"] == cis["macro"]
+    # a resample lacking a class is skipped, not scored
+    lonely = np.array([0, 0, 1, 1, 2])
+    boot = ms.bootstrap_ovr_aucs(lonely, [np.eye(3)[lonely]], None, 200, 0)
+    assert np.isnan(boot[:, 0, 2]).any() and np.isfinite(boot[:, 0, 0]).any()
+    delta, p = ms.paired_bootstrap_macro_auc(y, good, weak, groups, 300, 0)
+    assert delta > 0.1 and p < 0.01
+    assert ms.paired_bootstrap_macro_auc(y, weak, good, groups, 300, 0)[1] > 0.9
+    assert ms.paired_bootstrap_macro_auc(y, good, good, groups, 300, 0) == (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def _values(n: int = 200, seed: int = 0, noise: float = 1.0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(2, 12, n)
+    groups = np.repeat(np.arange(n // 2), 2)
+    return y, y + rng.normal(0, noise, n), groups
+
+
+def test_regression_errors_match_sklearn_and_cis_bracket_them() -> None:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from pipeline.evaluation import regression_stats as rs
+
+    y, pred, groups = _values()
+    e = rs.errors(y, pred)
+    assert e["mae"] == pytest.approx(mean_absolute_error(y, pred))
+    assert e["rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, pred)))
+    assert e["r2"] == pytest.approx(r2_score(y, pred))
+    diff = pred - y
+    assert e["loa_high"] - e["bias"] == pytest.approx(1.96 * diff.std(ddof=1))
+    cis = rs.bootstrap_error_cis(y, pred, groups, n_iter=400, level=0.95, seed=0)
+    for key in ("mae", "rmse", "r2"):
+        value, low, high = cis[key]
+        assert value == pytest.approx(e[key]) and low < value < high
+    # a resample's weighted statistics equal scikit-learn on the replicated images
+    w = np.random.default_rng(3).integers(0, 3, size=(1, y.size)).astype(float)
+    rep = np.repeat(np.arange(y.size), w[0].astype(int))
+    got = rs.weighted_errors(y, pred, w)
+    assert got["mae"][0] == pytest.approx(mean_absolute_error(y[rep], pred[rep]))
+    assert got["r2"][0] == pytest.approx(r2_score(y[rep], pred[rep]))
+
+
+@pytest.mark.parametrize("method", ["wilcoxon", "paired_bootstrap"])
+def test_paired_abs_error_test(method: Any) -> None:
+    from pipeline.evaluation import regression_stats as rs
+
+    y, good, groups = _values(noise=0.5)
+    _, bad, _ = _values(seed=1, noise=2.0)
+    mae_new, mae_old, p = rs.paired_abs_error_test(y, good, bad, groups, method, 500, 0)
+    assert mae_new < mae_old and p < 0.01
+    assert rs.paired_abs_error_test(y, bad, good, groups, method, 500, 0)[2] > 0.9
+    assert rs.paired_abs_error_test(y, good, good, groups, method, 500, 0)[2] == 1.0
+    # patients, not images: per-patient mean absolute errors
+    np.testing.assert_allclose(
+        rs.patient_abs_errors(y, good, groups), np.abs(good - y).reshape(-1, 2).mean(axis=1)
+    )

@@ -1,0 +1,299 @@
+"""Evaluation of classification tasks: the metrics (``ClassificationTask.evaluation_summary``
+calls ``binary_summary`` / ``multiclass_summary``) and the plots, tables and report
+(``report``, called by ``evaluate`` for ``task.kind: classification``).
+
+* K = 2 (unchanged from the original radops): threshold chosen on validation, ROC AUC with a
+  patient-level bootstrap CI, confusion matrix, sensitivity/specificity/PPV/NPV/F1/accuracy
+  at that threshold, Brier score and calibration.
+* K > 2: no threshold (the predicted class is the most probable one); one-vs-rest AUC per
+  class and their macro mean, each with a patient-level bootstrap CI; the K×K confusion
+  matrix; per-class sensitivity and PPV; accuracy and macro F1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.config import EvaluateSection
+    from pipeline.evaluation.report import ReportInput, ReportOutput
+
+
+def binary_summary(
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    groups_test: np.ndarray,
+    cfg: EvaluateSection,
+    seed: int | np.random.Generator,
+    prefix: str = "test",
+) -> dict[str, Any]:
+    """The flat metrics of one binary model: threshold from validation, the rest on test."""
+    from pipeline.evaluation import stats
+
+    if np.unique(y_val).size < 2:
+        raise InputError("the validation split has one class only: no threshold can be chosen")
+    threshold = stats.choose_threshold(y_val, p_val, cfg.threshold_method, cfg.target_sensitivity)
+    auc, low, high = stats.bootstrap_auc_ci(
+        y_test, p_test, groups_test, cfg.bootstrap_iterations, cfg.ci_level, seed
+    )
+    binary = stats.binary_metrics(y_test, p_test, threshold)
+    out: dict[str, Any] = {
+        f"{prefix}_auc": auc,
+        f"{prefix}_auc_ci_low": low,
+        f"{prefix}_auc_ci_high": high,
+        f"{prefix}_brier": stats.brier_score(y_test, p_test),
+        "threshold": threshold,
+    }
+    for key in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy"):
+        out[f"{prefix}_{key}"] = binary[key]
+    for key in ("tn", "fp", "fn", "tp"):
+        out[f"{prefix}_{key}"] = binary[key]
+    out |= {
+        f"n_{prefix}": len(y_test),
+        f"n_{prefix}_patients": len(np.unique(groups_test)),
+        "val_auc": stats.roc_auc(y_val, p_val),
+    }
+    return out
+
+
+def multiclass_summary(
+    y: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray,
+    cfg: EvaluateSection,
+    seed: int | np.random.Generator,
+    prefix: str = "test",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The flat metrics of one K-class model (arg-max decisions, no threshold)."""
+    from pipeline.evaluation import multiclass_stats as ms
+
+    probs = np.asarray(probs, dtype=np.float64)
+    cis = ms.bootstrap_auc_cis(y, probs, groups, cfg.bootstrap_iterations, cfg.ci_level, seed)
+    auc, low, high = cis["macro"]
+    decided = ms.class_metrics(y, probs)
+    out: dict[str, Any] = {
+        f"{prefix}_auc_macro": auc,
+        f"{prefix}_auc_macro_ci_low": low,
+        f"{prefix}_auc_macro_ci_high": high,
+        f"{prefix}_accuracy": decided["accuracy"],
+        f"{prefix}_f1_macro": decided["f1_macro"],
+    }
+    for k, (a, lo, hi) in enumerate(cis["per_class"]):
+        out |= {
+            f"{prefix}_auc_class_{k}": a,
+            f"{prefix}_auc_class_{k}_ci_low": lo,
+            f"{prefix}_auc_class_{k}_ci_high": hi,
+            f"{prefix}_sensitivity_class_{k}": decided["sensitivity"][k],
+            f"{prefix}_ppv_class_{k}": decided["ppv"][k],
+        }
+    for (i, j), count in np.ndenumerate(decided["confusion"]):
+        out[f"{prefix}_confusion_{i}_{j}"] = int(count)
+    out |= {f"n_{prefix}": len(y), f"n_{prefix}_patients": len(np.unique(groups))}
+    if validation is not None:
+        out["val_auc_macro"] = ms.macro_auc(*validation)
+    return out
+
+
+def confusion_from_metrics(
+    metrics: dict[str, Any] | Any, k: int, prefix: str = "test"
+) -> np.ndarray:
+    return np.array([[metrics[f"{prefix}_confusion_{i}_{j}"] for j in range(k)] for i in range(k)])
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _parts(index: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+    parts: list[tuple[str, str, np.ndarray]] = [("overall", "all", np.ones(len(index), bool))]
+    for attribute in ("site", "manufacturer"):
+        values = index[attribute].astype(str).to_numpy()
+        parts += [(attribute, g, values == g) for g in sorted(set(values))]
+    return parts
+
+
+def subgroup_table(
+    index: pd.DataFrame, probs: dict[str, np.ndarray], thresholds: dict[str, float]
+) -> pd.DataFrame:
+    """Binary: AUC (where both classes are present), n, sensitivity and specificity per site
+    and per manufacturer, and overall, for each model (``index["label"]`` holds y)."""
+    import pandas as pd
+
+    from pipeline.evaluation import stats
+
+    y = index["label"].to_numpy().astype(np.int64)
+    rows: list[dict[str, Any]] = []
+    for name, prob in probs.items():
+        for attribute, group, mask in _parts(index):
+            m = stats.binary_metrics(y[mask], prob[mask], thresholds[name])
+            rows.append(
+                {
+                    "model": name,
+                    "attribute": attribute,
+                    "group": group,
+                    "n": int(mask.sum()),
+                    "n_positive": int(y[mask].sum()),
+                    "auc": stats.roc_auc(y[mask], prob[mask]),
+                    "sensitivity": m["sensitivity"],
+                    "specificity": m["specificity"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def multiclass_subgroups(
+    index: pd.DataFrame, y: np.ndarray, probs: dict[str, np.ndarray]
+) -> pd.DataFrame:
+    """K>2: n, macro AUC (NaN where a class is missing) and accuracy per site/manufacturer."""
+    import pandas as pd
+
+    from pipeline.evaluation import multiclass_stats as ms
+
+    rows = []
+    for name, prob in probs.items():
+        for attribute, group, mask in _parts(index):
+            rows.append(
+                {
+                    "model": name,
+                    "attribute": attribute,
+                    "group": group,
+                    "n": int(mask.sum()),
+                    "auc_macro": ms.macro_auc(y[mask], prob[mask]),
+                    "accuracy": ms.class_metrics(y[mask], prob[mask])["accuracy"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def report(inp: ReportInput) -> ReportOutput:
+    """Plots, DVC plot files, subgroup table and Markdown for a classification task."""
+    if inp.task.n_classes == 2:
+        return _binary_report(inp)
+    return _multiclass_report(inp)
+
+
+def _binary_report(inp: ReportInput) -> ReportOutput:
+    from pipeline.evaluation import report as rep
+    from pipeline.evaluation import stats
+
+    out, cfg, metrics, probs, y = inp.out, inp.cfg, inp.metrics, inp.predictions, inp.y
+    models = list(metrics)
+    thresholds = {n: float(metrics[n]["threshold"]) for n in models}
+    subgroups = subgroup_table(inp.index.assign(label=y), dict(probs), thresholds)
+    rocs = {n: stats.roc_points(y, probs[n]) for n in models}
+    cals = {n: stats.calibration(y, probs[n], cfg.calibration_bins) for n in models}
+    rep.write_plot_data(out / "plots", rocs, cals)
+    figures = out / "figures"
+    shared = [
+        rep.plot_roc(rocs, metrics, figures / "roc.png", cfg.ci_level),
+        rep.plot_calibration(cals, metrics, figures / "calibration.png"),
+    ]
+    per_model = {
+        n: [rep.plot_confusion(metrics[n], rep.LABELS[n], figures / f"confusion_matrix_{n}.png")]
+        for n in models
+    }
+    markdown = rep.render_markdown(
+        metrics,
+        rep.threshold_text(cfg.threshold_method, cfg.target_sensitivity, thresholds),
+        inp.flags,
+        subgroups,
+        cfg.ci_level,
+        cfg.bootstrap_iterations,
+    )
+    if inp.notes:
+        markdown += "\n" + "\n".join(f"Note: {n}." for n in inp.notes) + "\n"
+    return rep.ReportOutput(shared, per_model, markdown, subgroups)
+
+
+def _multiclass_report(inp: ReportInput) -> ReportOutput:
+    import pandas as pd
+
+    from pipeline.evaluation import multiclass_stats as ms
+    from pipeline.evaluation import report as rep
+    from pipeline.io import write_csv
+
+    out, cfg, metrics, probs, y = inp.out, inp.cfg, inp.metrics, inp.predictions, inp.y
+    models, k = list(metrics), int(inp.task.n_classes)
+    subgroups = multiclass_subgroups(inp.index, y, dict(probs))
+    rocs = {n: ms.macro_roc_curve(y, probs[n]) for n in models}
+    for n, (fpr, tpr) in rocs.items():
+        write_csv(out / "plots" / f"roc_{n}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
+        pred = np.asarray(probs[n]).argmax(axis=1)
+        write_csv(
+            out / "plots" / f"confusion_{n}.csv", pd.DataFrame({"actual": y, "predicted": pred})
+        )
+    frames = [pd.DataFrame({"model": n, "fpr": f, "tpr": t}) for n, (f, t) in rocs.items()]
+    write_csv(out / "plots" / "roc.csv", pd.concat(frames))
+    figures = out / "figures"
+    labels = {
+        n: f"{rep.LABELS.get(n, n)}: macro AUC {rep.fmt(metrics[n]['test_auc_macro'])} "
+        f"({cfg.ci_level:.0%} CI {rep.fmt(metrics[n]['test_auc_macro_ci_low'])}–"
+        f"{rep.fmt(metrics[n]['test_auc_macro_ci_high'])})"
+        for n in models
+    }
+    shared = [
+        rep.plot_curves(
+            rocs,
+            labels,
+            figures / "roc.png",
+            xlabel="1 − specificity (FPR)",
+            ylabel="Sensitivity (TPR)",
+            title="Macro-average one-vs-rest ROC, test split",
+        )
+    ]
+    per_model = {
+        n: [
+            rep.plot_confusion_matrix(
+                confusion_from_metrics(metrics[n], k),
+                f"{rep.LABELS.get(n, n)}: {inp.task.target}",
+                figures / f"confusion_matrix_{n}.png",
+            )
+        ]
+        for n in models
+    }
+    rows = [("test_auc_macro", "Macro one-vs-rest ROC AUC")]
+    rows += [(f"test_auc_class_{c}", f"ROC AUC, class {c} vs rest") for c in range(k)]
+    rows += [("test_accuracy", "Accuracy"), ("test_f1_macro", "Macro F1")]
+    rows += [(f"test_sensitivity_class_{c}", f"Sensitivity, class {c}") for c in range(k)]
+    rows += [(f"test_ppv_class_{c}", f"PPV, class {c}") for c in range(k)]
+    confusion_lines: list[str] = []
+    for n in models:
+        matrix = confusion_from_metrics(metrics[n], k)
+        confusion_lines += [f"{rep.LABELS.get(n, n)} (rows: true class, columns: predicted):", ""]
+        confusion_lines += rep._table(
+            ["", *[f"pred {c}" for c in range(k)]],
+            [[f"true {i}", *[str(int(v)) for v in matrix[i]]] for i in range(k)],
+        )
+        confusion_lines.append("")
+    markdown = rep.markdown_report(
+        intro=_intro(inp, f"{k}-class classification of `{inp.task.target}`")
+        + " The predicted class is the most probable one (no threshold).",
+        metric_rows=rows,
+        metrics=metrics,
+        sections=[("Confusion matrices", confusion_lines)],
+        flags=inp.flags,
+        subgroups=subgroups,
+        subgroup_columns=[("n", "n"), ("auc_macro", "macro AUC"), ("accuracy", "accuracy")],
+        figures=["figures/roc.png", *[f"figures/confusion_matrix_{n}.png" for n in models]],
+    )
+    return rep.ReportOutput(shared, per_model, markdown, subgroups)
+
+
+def _intro(inp: ReportInput, what: str) -> str:
+    first = next(iter(inp.metrics.values()))
+    cfg = inp.cfg
+    text = (
+        f"{what}. Test split, evaluated once: {first.get('n_test', '?')} images from "
+        f"{first.get('n_test_patients', '?')} patients. Confidence intervals: "
+        f"{cfg.ci_level:.0%} percentile intervals from {cfg.bootstrap_iterations} patient-level "
+        "bootstrap resamples (patients drawn with replacement, all their images included)."
+    )
+    return text + "".join(f" {n}." for n in inp.notes)

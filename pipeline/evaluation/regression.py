@@ -1,0 +1,133 @@
+"""Evaluation of regression tasks: the metrics (``RegressionTask.evaluation_summary`` calls
+``summary``) and the plots, tables and report (``report``, called by ``evaluate`` for
+``task.kind: regression``).
+
+Metrics, all in the target's units except R²: MAE, RMSE and R², each with a patient-level
+bootstrap CI; the mean error (bias) and the Bland–Altman 95% limits of agreement. Figures:
+predicted against true values (both models) and a Bland–Altman plot per model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.config import EvaluateSection
+    from pipeline.evaluation.report import ReportInput, ReportOutput
+
+
+def summary(
+    y: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    cfg: EvaluateSection,
+    seed: int | np.random.Generator,
+    prefix: str = "test",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The flat metrics of one regression model on one split."""
+    from pipeline.evaluation import regression_stats as rs
+
+    cis = rs.bootstrap_error_cis(y, pred, groups, cfg.bootstrap_iterations, cfg.ci_level, seed)
+    point = rs.errors(y, pred)
+    out: dict[str, Any] = {}
+    for key in ("mae", "rmse", "r2"):
+        value, low, high = cis[key]
+        out |= {
+            f"{prefix}_{key}": value,
+            f"{prefix}_{key}_ci_low": low,
+            f"{prefix}_{key}_ci_high": high,
+        }
+    for key in ("bias", "loa_low", "loa_high"):
+        out[f"{prefix}_{key}"] = point[key]
+    out |= {f"n_{prefix}": len(y), f"n_{prefix}_patients": len(np.unique(groups))}
+    if validation is not None:
+        out["val_mae"] = rs.errors(*validation)["mae"]
+    return out
+
+
+def subgroups(index: pd.DataFrame, y: np.ndarray, preds: dict[str, np.ndarray]) -> pd.DataFrame:
+    """n, MAE and R² per site / manufacturer and overall, for each model."""
+    import pandas as pd
+
+    from pipeline.evaluation import regression_stats as rs
+    from pipeline.evaluation.classification import _parts
+
+    rows = []
+    for name, pred in preds.items():
+        for attribute, group, mask in _parts(index):
+            e = rs.errors(y[mask], np.asarray(pred)[mask])
+            rows.append(
+                {
+                    "model": name,
+                    "attribute": attribute,
+                    "group": group,
+                    "n": int(mask.sum()),
+                    "mae": e["mae"],
+                    "r2": e["r2"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def report(inp: ReportInput) -> ReportOutput:
+    """Scatter and Bland–Altman plots (PNG + DVC plot CSVs), subgroups and Markdown."""
+    import pandas as pd
+
+    from pipeline.evaluation import report as rep
+    from pipeline.evaluation.classification import _intro
+    from pipeline.io import write_csv
+
+    out, metrics, preds, y = inp.out, inp.metrics, inp.predictions, np.asarray(inp.y, float)
+    models = list(metrics)
+    names = {**rep.LABELS, "baseline": "Baseline (SVR)"}
+    table = subgroups(inp.index, y, dict(preds))
+    for n in models:
+        pred = np.asarray(preds[n], dtype=float)
+        write_csv(
+            out / "plots" / f"scatter_{n}.csv", pd.DataFrame({"actual": y, "predicted": pred})
+        )
+        write_csv(
+            out / "plots" / f"bland_altman_{n}.csv",
+            pd.DataFrame({"mean": (y + pred) / 2, "difference": pred - y}),
+        )
+    figures = out / "figures"
+    labels = {n: f"{names.get(n, n)}: MAE {rep.fmt(metrics[n]['test_mae'])}" for n in models}
+    shared = [rep.plot_scatter(y, dict(preds), labels, figures / "scatter.png")]
+    per_model = {
+        n: [
+            rep.plot_bland_altman(
+                y,
+                np.asarray(preds[n], dtype=float),
+                metrics[n],
+                f"Bland–Altman, {names.get(n, n)}",
+                figures / f"bland_altman_{n}.png",
+            )
+        ]
+        for n in models
+    }
+    target = inp.task.target
+    rows = [
+        ("test_mae", f"MAE ({target} units)"),
+        ("test_rmse", f"RMSE ({target} units)"),
+        ("test_r2", "R²"),
+        ("test_bias", "Mean error (predicted − true)"),
+        ("test_loa_low", "Lower 95% limit of agreement"),
+        ("test_loa_high", "Upper 95% limit of agreement"),
+    ]
+    markdown = rep.markdown_report(
+        intro=_intro(inp, f"Regression of `{target}`"),
+        metric_rows=rows,
+        metrics=metrics,
+        sections=[],
+        flags=inp.flags,
+        subgroups=table,
+        subgroup_columns=[("n", "n"), ("mae", "MAE"), ("r2", "R²")],
+        figures=["figures/scatter.png", *[f"figures/bland_altman_{n}.png" for n in models]],
+        labels=names,
+    )
+    return rep.ReportOutput(shared, per_model, markdown, table)

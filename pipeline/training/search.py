@@ -1,0 +1,108 @@
+"""The search side of ``tune``: pruners, the study storage, sampling the search space and
+checking it before any trial runs. Optuna is imported inside the functions."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from pipeline.config import ModelSection, SearchDimension, TrainSection
+    from pipeline.tasks import Task
+
+
+def make_pruner(
+    kind: str,
+    n_startup_trials: int | None = None,
+    n_warmup_epochs: int | None = None,
+    reduction_factor: int | None = None,
+) -> optuna.pruners.BasePruner:
+    """``median`` (after ``n_startup_trials`` trials and ``n_warmup_epochs`` epochs),
+    ``successive_halving`` (rungs at 1, r, r² ... epochs for ``reduction_factor`` r) or
+    ``none``. Unset arguments take ``params.yaml``'s defaults (``TuneSection``)."""
+    import optuna
+
+    from pipeline.config import TuneSection
+
+    defaults = TuneSection()
+    if n_startup_trials is None:
+        n_startup_trials = defaults.n_startup_trials
+    if n_warmup_epochs is None:
+        n_warmup_epochs = defaults.n_warmup_epochs
+    if reduction_factor is None:
+        reduction_factor = defaults.reduction_factor
+    if kind == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_epochs
+        )
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=reduction_factor
+        )
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {kind!r}")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for ``url`` (None = in memory); SQLite's folder is created.
+
+    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL after a
+    grace period instead of staying RUNNING forever.
+    """
+    import optuna
+
+    if url in ("", ":memory:", "memory"):
+        return None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without a password (it is logged to MLflow)."""
+    from pipeline.credentials import redact_url as redact
+
+    return redact(url)
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:
+    """Sample one point of the search space."""
+    values: dict[str, Any] = {}
+    for name, dim in space.items():
+        if dim.type == "float":
+            values[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+        elif dim.type == "int":
+            values[name] = trial.suggest_int(name, dim.low, dim.high, log=dim.log)
+        else:
+            values[name] = trial.suggest_categorical(name, dim.choices)
+    return values
+
+
+def check_space(
+    train: TrainSection, model: ModelSection, space: Mapping[str, SearchDimension], task: Task
+) -> None:
+    """Fail before the study, not in every trial, if a name is not a hyperparameter or a
+    bound/choice is not a valid value for it (a ``loss`` must fit the task)."""
+    from pipeline.tasks import make_task
+    from pipeline.training.train import apply_overrides
+
+    if not space:
+        raise ConfigError("tune.search_space is empty")
+    for name, dim in space.items():
+        if dim.type != "categorical" and dim.low > dim.high:
+            raise ConfigError(f"search space {name!r}: low {dim.low} > high {dim.high}")
+        examples = dim.choices if dim.type == "categorical" else [dim.low, dim.high]
+        if not examples:
+            raise ConfigError(f"search space {name!r} has no choices")
+        for example in examples:
+            train_cfg, _ = apply_overrides(train, model, {name: example})
+            make_task(task.kind, task.target, train_cfg.loss)
