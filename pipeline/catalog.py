@@ -72,8 +72,16 @@ EVALUATION_REPORT = "evaluation.md"
 SUBGROUPS_FILE = "subgroups.csv"
 PLOTS_DIR = "plots"
 FIGURES_DIR = "figures"
-ROC_PLOT = "roc.png"
-CALIBRATION_PLOT = "calibration.png"
+ROC_PLOT = "roc.png"  # classification (K > 2: macro one-vs-rest)
+CALIBRATION_PLOT = "calibration.png"  # binary
+SCATTER_PLOT = "scatter.png"  # regression: predicted against true
+# Stems of the DVC plot files in PLOTS_DIR (``plot_data``): ``<stem>.csv`` for all models,
+# ``<stem>_<model>.csv`` for one (DVC colours lines by file).
+ROC_DATA = "roc"
+CALIBRATION_DATA = "calibration"
+CONFUSION_DATA = "confusion"
+SCATTER_DATA = "scatter"
+BLAND_ALTMAN_DATA = "bland_altman"
 
 # ---------------------------------------------------------------- register / predict
 REGISTRATION_FILE = "registration.json"
@@ -95,6 +103,15 @@ def predictions_file(folder: Path | str, split: str) -> Path:
 
 def confusion_plot(folder: Path | str, model: str) -> Path:
     return Path(folder) / f"confusion_matrix_{model}.png"
+
+
+def bland_altman_plot(folder: Path | str, model: str) -> Path:
+    return Path(folder) / f"{BLAND_ALTMAN_DATA}_{model}.png"
+
+
+def plot_data(folder: Path | str, stem: str, model: str | None = None) -> Path:
+    """A DVC plot file: ``<folder>/<stem>.csv``, or ``<folder>/<stem>_<model>.csv``."""
+    return Path(folder) / (f"{stem}.csv" if model is None else f"{stem}_{model}.csv")
 
 
 @dataclass(frozen=True)

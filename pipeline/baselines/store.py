@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-MODEL_FILE = "model.skops"
-META_FILE = "baseline.json"
+MODEL_FILE = catalog.BASELINE_MODEL_FILE
+META_FILE = catalog.BASELINE_META_FILE
 # Types skops does not trust by default that a radops baseline legitimately contains. Loading
 # refuses any file holding a type outside this list (and skops' own defaults).
 TRUSTED_TYPES = [

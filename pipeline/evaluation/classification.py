@@ -12,11 +12,14 @@ calls ``binary_summary`` / ``multiclass_summary``) and the plots, tables and rep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline import catalog
+from pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -112,27 +115,45 @@ def confusion_from_metrics(
 # --------------------------------------------------------------------------- reports
 
 
-def _parts(index: pd.DataFrame) -> list[tuple[str, str, np.ndarray]]:
+DEFAULT_SUBGROUP_COLUMNS = ("site", "manufacturer")
+
+
+def _parts(
+    index: pd.DataFrame, columns: Sequence[str] = DEFAULT_SUBGROUP_COLUMNS
+) -> list[tuple[str, str, np.ndarray]]:
+    """``(attribute, group, mask)``: everything ("overall"), then each group of each of
+    ``columns`` (``evaluate.subgroup_columns``); an unknown column is a configuration error."""
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise ConfigError(
+            f"evaluate.subgroup_columns: {missing} not in the test index "
+            f"(available: {sorted(map(str, index.columns))})"
+        )
     parts: list[tuple[str, str, np.ndarray]] = [("overall", "all", np.ones(len(index), bool))]
-    for attribute in ("site", "manufacturer"):
+    for attribute in columns:
         values = index[attribute].astype(str).to_numpy()
         parts += [(attribute, g, values == g) for g in sorted(set(values))]
     return parts
 
 
 def subgroup_table(
-    index: pd.DataFrame, probs: dict[str, np.ndarray], thresholds: dict[str, float]
+    index: pd.DataFrame,
+    probs: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    columns: Sequence[str] = DEFAULT_SUBGROUP_COLUMNS,
 ) -> pd.DataFrame:
-    """Binary: AUC (where both classes are present), n, sensitivity and specificity per site
-    and per manufacturer, and overall, for each model (``index["label"]`` holds y)."""
+    """Binary: AUC (where both classes are present), n, sensitivity and specificity per group
+    of each of ``columns`` (``evaluate.subgroup_columns``), and overall, for each model
+    (``index["label"]`` holds y)."""
     import pandas as pd
 
     from pipeline.evaluation import stats
 
     y = index["label"].to_numpy().astype(np.int64)
+    parts = _parts(index, columns)
     rows: list[dict[str, Any]] = []
     for name, prob in probs.items():
-        for attribute, group, mask in _parts(index):
+        for attribute, group, mask in parts:
             m = stats.binary_metrics(y[mask], prob[mask], thresholds[name])
             rows.append(
                 {
@@ -150,16 +171,21 @@ def subgroup_table(
 
 
 def multiclass_subgroups(
-    index: pd.DataFrame, y: np.ndarray, probs: dict[str, np.ndarray]
+    index: pd.DataFrame,
+    y: np.ndarray,
+    probs: dict[str, np.ndarray],
+    columns: Sequence[str] = DEFAULT_SUBGROUP_COLUMNS,
 ) -> pd.DataFrame:
-    """K>2: n, macro AUC (NaN where a class is missing) and accuracy per site/manufacturer."""
+    """K>2: n, macro AUC (NaN where a class is missing) and accuracy per group of each of
+    ``columns`` (``evaluate.subgroup_columns``), and overall."""
     import pandas as pd
 
     from pipeline.evaluation import multiclass_stats as ms
 
+    parts = _parts(index, columns)
     rows = []
     for name, prob in probs.items():
-        for attribute, group, mask in _parts(index):
+        for attribute, group, mask in parts:
             rows.append(
                 {
                     "model": name,
@@ -187,17 +213,19 @@ def _binary_report(inp: ReportInput) -> ReportOutput:
     out, cfg, metrics, probs, y = inp.out, inp.cfg, inp.metrics, inp.predictions, inp.y
     models = list(metrics)
     thresholds = {n: float(metrics[n]["threshold"]) for n in models}
-    subgroups = subgroup_table(inp.index.assign(label=y), dict(probs), thresholds)
+    subgroups = subgroup_table(
+        inp.index.assign(label=y), dict(probs), thresholds, cfg.subgroup_columns
+    )
     rocs = {n: stats.roc_points(y, probs[n]) for n in models}
     cals = {n: stats.calibration(y, probs[n], cfg.calibration_bins) for n in models}
-    rep.write_plot_data(out / "plots", rocs, cals)
-    figures = out / "figures"
+    rep.write_plot_data(out / catalog.PLOTS_DIR, rocs, cals)
+    figures = out / catalog.FIGURES_DIR
     shared = [
-        rep.plot_roc(rocs, metrics, figures / "roc.png", cfg.ci_level),
-        rep.plot_calibration(cals, metrics, figures / "calibration.png"),
+        rep.plot_roc(rocs, metrics, figures / catalog.ROC_PLOT, cfg.ci_level),
+        rep.plot_calibration(cals, metrics, figures / catalog.CALIBRATION_PLOT),
     ]
     per_model = {
-        n: [rep.plot_confusion(metrics[n], rep.LABELS[n], figures / f"confusion_matrix_{n}.png")]
+        n: [rep.plot_confusion(metrics[n], rep.LABELS[n], catalog.confusion_plot(figures, n))]
         for n in models
     }
     markdown = rep.render_markdown(
@@ -222,17 +250,21 @@ def _multiclass_report(inp: ReportInput) -> ReportOutput:
 
     out, cfg, metrics, probs, y = inp.out, inp.cfg, inp.metrics, inp.predictions, inp.y
     models, k = list(metrics), int(inp.task.n_classes)
-    subgroups = multiclass_subgroups(inp.index, y, dict(probs))
+    subgroups = multiclass_subgroups(inp.index, y, dict(probs), cfg.subgroup_columns)
     rocs = {n: ms.macro_roc_curve(y, probs[n]) for n in models}
+    plots = out / catalog.PLOTS_DIR
     for n, (fpr, tpr) in rocs.items():
-        write_csv(out / "plots" / f"roc_{n}.csv", pd.DataFrame({"fpr": fpr, "tpr": tpr}))
+        write_csv(
+            catalog.plot_data(plots, catalog.ROC_DATA, n), pd.DataFrame({"fpr": fpr, "tpr": tpr})
+        )
         pred = np.asarray(probs[n]).argmax(axis=1)
         write_csv(
-            out / "plots" / f"confusion_{n}.csv", pd.DataFrame({"actual": y, "predicted": pred})
+            catalog.plot_data(plots, catalog.CONFUSION_DATA, n),
+            pd.DataFrame({"actual": y, "predicted": pred}),
         )
     frames = [pd.DataFrame({"model": n, "fpr": f, "tpr": t}) for n, (f, t) in rocs.items()]
-    write_csv(out / "plots" / "roc.csv", pd.concat(frames))
-    figures = out / "figures"
+    write_csv(catalog.plot_data(plots, catalog.ROC_DATA), pd.concat(frames))
+    figures = out / catalog.FIGURES_DIR
     labels = {
         n: f"{rep.LABELS.get(n, n)}: macro AUC {rep.fmt(metrics[n]['test_auc_macro'])} "
         f"({cfg.ci_level:.0%} CI {rep.fmt(metrics[n]['test_auc_macro_ci_low'])}–"
@@ -243,7 +275,7 @@ def _multiclass_report(inp: ReportInput) -> ReportOutput:
         rep.plot_curves(
             rocs,
             labels,
-            figures / "roc.png",
+            figures / catalog.ROC_PLOT,
             xlabel="1 − specificity (FPR)",
             ylabel="Sensitivity (TPR)",
             title="Macro-average one-vs-rest ROC, test split",
@@ -254,7 +286,7 @@ def _multiclass_report(inp: ReportInput) -> ReportOutput:
             rep.plot_confusion_matrix(
                 confusion_from_metrics(metrics[n], k),
                 f"{rep.LABELS.get(n, n)}: {inp.task.target}",
-                figures / f"confusion_matrix_{n}.png",
+                catalog.confusion_plot(figures, n),
             )
         ]
         for n in models
@@ -282,9 +314,14 @@ def _multiclass_report(inp: ReportInput) -> ReportOutput:
         flags=inp.flags,
         subgroups=subgroups,
         subgroup_columns=[("n", "n"), ("auc_macro", "macro AUC"), ("accuracy", "accuracy")],
-        figures=["figures/roc.png", *[f"figures/confusion_matrix_{n}.png" for n in models]],
+        figures=relative_to(out, [*shared, *(p for n in models for p in per_model[n])]),
     )
     return rep.ReportOutput(shared, per_model, markdown, subgroups)
+
+
+def relative_to(out: Path, paths: Sequence[Path]) -> list[str]:
+    """The report's links to its figures: paths relative to the report's folder."""
+    return [Path(p).relative_to(out).as_posix() for p in paths]
 
 
 def _intro(inp: ReportInput, what: str) -> str:

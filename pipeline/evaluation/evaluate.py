@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.errors import InputError
 from pipeline.evaluation.flags import FLAG_METRICS, fit_flags
 
@@ -119,8 +120,9 @@ class EvaluateResult:
             )
         for flag in ("overfitting", "underfitting"):
             if self.flags.get(flag):
-                lines.append(f"  WARNING: CNN {flag} flagged (see {self.out_dir}/evaluation.md)")
-        lines.append(f"  report: {self.out_dir / 'evaluation.md'}")
+                report = self.out_dir / catalog.EVALUATION_REPORT
+                lines.append(f"  WARNING: CNN {flag} flagged (see {report})")
+        lines.append(f"  report: {self.out_dir / catalog.EVALUATION_REPORT}")
         return "\n".join(lines)
 
 
@@ -136,7 +138,7 @@ def check_preprocessing(meta: dict[str, Any], data_dir: Path) -> None:
     """
     from pipeline.io import read_json
 
-    stats_path = data_dir / "stats.json"
+    stats_path = data_dir / catalog.STATS_FILE
     model_pre = meta.get("preprocessing") or {}
     if not stats_path.exists() or not isinstance(model_pre, dict):
         return
@@ -205,13 +207,13 @@ def load_targets(task: Task, data_dir: Path, split: str) -> tuple[Any, np.ndarra
 
     targets = task.read_targets(data_dir, split)
     task.check(targets)
-    x_path = data_dir / f"{split}_x.npy"
+    x_path = catalog.split_file(data_dir, split, catalog.IMAGES_SUFFIX)
     if not x_path.exists():
         raise InputError(f"preprocessed {split} split is incomplete, missing: {x_path}")
     x = np.load(x_path, mmap_mode="r")
     if len(x) != targets.n_total:
         raise InputError(f"{split} split: {len(x)} images but {targets.n_total} index rows")
-    index = pd.read_parquet(data_dir / f"{split}_index.parquet")
+    index = pd.read_parquet(catalog.split_file(data_dir, split, catalog.INDEX_SUFFIX))
     if len(targets.rows) == targets.n_total:
         return targets, x, index
     return targets, x[targets.rows], index.iloc[targets.rows].reset_index(drop=True)
@@ -315,7 +317,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
             "baseline": baseline.predict(pipe, base_meta, x),
         }
         write_parquet(
-            paths.out_dir / f"predictions_{split}.parquet",
+            catalog.predictions_file(paths.out_dir, split),
             prediction_frame(task, index, targets[split].values, preds[split]),
         )
         index_test = index
@@ -339,7 +341,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     if targets["test"].n_missing:
         for m in metrics.values():
             m["n_test_missing"] = targets["test"].n_missing
-    history_path = paths.cnn_dir / "history.json"
+    history_path = paths.cnn_dir / catalog.HISTORY_FILE
     metric, label = FLAG_METRICS.get(task.monitor, ("r2", "R²"))
     history = read_json(history_path) if history_path.exists() else None
     flags = fit_flags(history, cfg, metric=metric, label=label)
@@ -348,22 +350,30 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         metrics["cnn"]["train_val_gap"] = gap
 
     out = paths.out_dir
-    for folder in ("figures", "plots"):  # another task's figures must not linger
+    for folder in (
+        catalog.FIGURES_DIR,
+        catalog.PLOTS_DIR,
+    ):  # another task's figures must not linger
         shutil.rmtree(out / folder, ignore_errors=True)
     for name in MODELS:
-        write_json(out / f"metrics_{name}.json", metrics[name])
+        write_json(catalog.metrics_file(out, name), metrics[name])
     made = reporter(task)(
         ReportInput(out, task, metrics, preds["test"], y_test, index_test, cfg, flags, notes)
     )
-    write_csv(out / "subgroups.csv", made.subgroups)
-    write_text(out / "evaluation.md", made.markdown)
+    write_csv(out / catalog.SUBGROUPS_FILE, made.subgroups)
+    write_text(out / catalog.EVALUATION_REPORT, made.markdown)
     run_ids = {
         n: _log_to_mlflow(
             params,
             n,
-            (paths.cnn_dir if n == "cnn" else paths.baseline_dir) / "run.json",
+            (paths.cnn_dir if n == "cnn" else paths.baseline_dir) / catalog.RUN_FILE,
             metrics[n],
-            [*made.shared, *made.per_model[n], out / "evaluation.md", out / f"metrics_{n}.json"],
+            [
+                *made.shared,
+                *made.per_model[n],
+                out / catalog.EVALUATION_REPORT,
+                catalog.metrics_file(out, n),
+            ],
             task.tags(),
         )
         for n in MODELS

@@ -9,9 +9,12 @@ predicted against true values (both models) and a Bland–Altman plot per model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipeline import catalog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,16 +53,23 @@ def summary(
     return out
 
 
-def subgroups(index: pd.DataFrame, y: np.ndarray, preds: dict[str, np.ndarray]) -> pd.DataFrame:
-    """n, MAE and R² per site / manufacturer and overall, for each model."""
+def subgroups(
+    index: pd.DataFrame,
+    y: np.ndarray,
+    preds: dict[str, np.ndarray],
+    columns: Sequence[str] = ("site", "manufacturer"),
+) -> pd.DataFrame:
+    """n, MAE and R² per group of each of ``columns`` (``evaluate.subgroup_columns``) and
+    overall, for each model."""
     import pandas as pd
 
     from pipeline.evaluation import regression_stats as rs
     from pipeline.evaluation.classification import _parts
 
+    parts = _parts(index, columns)
     rows = []
     for name, pred in preds.items():
-        for attribute, group, mask in _parts(index):
+        for attribute, group, mask in parts:
             e = rs.errors(y[mask], np.asarray(pred)[mask])
             rows.append(
                 {
@@ -79,25 +89,27 @@ def report(inp: ReportInput) -> ReportOutput:
     import pandas as pd
 
     from pipeline.evaluation import report as rep
-    from pipeline.evaluation.classification import _intro
+    from pipeline.evaluation.classification import _intro, relative_to
     from pipeline.io import write_csv
 
     out, metrics, preds, y = inp.out, inp.metrics, inp.predictions, np.asarray(inp.y, float)
     models = list(metrics)
     names = {**rep.LABELS, "baseline": "Baseline (SVR)"}
-    table = subgroups(inp.index, y, dict(preds))
+    table = subgroups(inp.index, y, dict(preds), inp.cfg.subgroup_columns)
+    plots = out / catalog.PLOTS_DIR
     for n in models:
         pred = np.asarray(preds[n], dtype=float)
         write_csv(
-            out / "plots" / f"scatter_{n}.csv", pd.DataFrame({"actual": y, "predicted": pred})
+            catalog.plot_data(plots, catalog.SCATTER_DATA, n),
+            pd.DataFrame({"actual": y, "predicted": pred}),
         )
         write_csv(
-            out / "plots" / f"bland_altman_{n}.csv",
+            catalog.plot_data(plots, catalog.BLAND_ALTMAN_DATA, n),
             pd.DataFrame({"mean": (y + pred) / 2, "difference": pred - y}),
         )
-    figures = out / "figures"
+    figures = out / catalog.FIGURES_DIR
     labels = {n: f"{names.get(n, n)}: MAE {rep.fmt(metrics[n]['test_mae'])}" for n in models}
-    shared = [rep.plot_scatter(y, dict(preds), labels, figures / "scatter.png")]
+    shared = [rep.plot_scatter(y, dict(preds), labels, figures / catalog.SCATTER_PLOT)]
     per_model = {
         n: [
             rep.plot_bland_altman(
@@ -105,7 +117,7 @@ def report(inp: ReportInput) -> ReportOutput:
                 np.asarray(preds[n], dtype=float),
                 metrics[n],
                 f"Bland–Altman, {names.get(n, n)}",
-                figures / f"bland_altman_{n}.png",
+                catalog.bland_altman_plot(figures, n),
             )
         ]
         for n in models
@@ -127,7 +139,7 @@ def report(inp: ReportInput) -> ReportOutput:
         flags=inp.flags,
         subgroups=table,
         subgroup_columns=[("n", "n"), ("mae", "MAE"), ("r2", "R²")],
-        figures=["figures/scatter.png", *[f"figures/bland_altman_{n}.png" for n in models]],
+        figures=relative_to(out, [*shared, *(p for n in models for p in per_model[n])]),
         labels=names,
     )
     return rep.ReportOutput(shared, per_model, markdown, table)

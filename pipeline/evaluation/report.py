@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
@@ -139,16 +140,17 @@ def write_plot_data(
 
     written: list[Path] = []
     for stem, curves, (xcol, ycol) in (
-        ("roc", rocs, ("fpr", "tpr")),
-        ("calibration", calibrations, ("mean_predicted", "fraction_positive")),
+        (catalog.ROC_DATA, rocs, ("fpr", "tpr")),
+        (catalog.CALIBRATION_DATA, calibrations, ("mean_predicted", "fraction_positive")),
     ):
         frames = {
             name: pd.DataFrame({"model": name, xcol: np.asarray(x), ycol: np.asarray(y)})
             for name, (x, y) in curves.items()
         }
-        written.append(write_csv(plots_dir / f"{stem}.csv", pd.concat(frames.values())))
+        all_models = pd.concat(frames.values())
+        written.append(write_csv(catalog.plot_data(plots_dir, stem), all_models))
         for name, frame in frames.items():
-            written.append(write_csv(plots_dir / f"{stem}_{name}.csv", frame[[xcol, ycol]]))
+            written.append(write_csv(catalog.plot_data(plots_dir, stem, name), frame[[xcol, ycol]]))
     return written
 
 
@@ -237,11 +239,20 @@ def render_markdown(
         "",
         "AUC is n/a in a subgroup with one class only; small subgroups have wide uncertainty.",
         "",
-        "Figures: `figures/roc.png`, `figures/confusion_matrix_cnn.png`, "
-        "`figures/confusion_matrix_baseline.png`, `figures/calibration.png`.",
+        "Figures: " + ", ".join(f"`{f.as_posix()}`" for f in _binary_figures()) + ".",
         "",
     ]
     return "\n".join(lines)
+
+
+def _binary_figures() -> list[Path]:
+    figures = Path(catalog.FIGURES_DIR)
+    return [
+        figures / catalog.ROC_PLOT,
+        catalog.confusion_plot(figures, "cnn"),
+        catalog.confusion_plot(figures, "baseline"),
+        figures / catalog.CALIBRATION_PLOT,
+    ]
 
 
 # --------------------------------------------------------------------------- any task

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from pipeline import catalog
 from pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class Task(ABC):
         out. Values are checked by ``clean`` (a wrong type is an InputError)."""
         import pandas as pd
 
-        path = Path(data_dir) / f"{split}_index.parquet"
+        path = catalog.split_file(data_dir, split, catalog.INDEX_SUFFIX)
         if not path.exists():
             raise InputError(f"missing {path}: run `radops preprocess` first")
         index = pd.read_parquet(path)

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None
 
     from pipeline.data.datasets import make_datamodule
     from pipeline.errors import ConfigError
-    from pipeline.evaluation.evaluate import subgroup_table
+    from pipeline.evaluation.classification import subgroup_table
 
     cfg = with_updates(Params(), train={"in_memory_limit_mb": 0}).train
     assert make_datamodule(tmp_path, cfg, seed=0).in_memory_limit_bytes == 0
@@ -150,3 +151,49 @@ def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None
     assert set(table["attribute"]) == {"overall", "kvp"}
     with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
         subgroup_table(index, probs, {"cnn": 0.5}, ["scanner_room"])
+
+
+def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None:
+    """``evaluate.subgroup_columns`` decides the rows of subgroups.csv for regression and
+    K-class reports too, and an unknown column is a ConfigError there as well."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation import regression
+    from pipeline.evaluation.classification import multiclass_subgroups
+    from pipeline.evaluation.report import ReportInput
+    from pipeline.tasks import make_task
+
+    def cfg(columns: list[str]) -> Any:
+        updates = {"subgroup_columns": columns, "bootstrap_iterations": 20}
+        return with_updates(Params(), evaluate=updates).evaluate
+
+    rng = np.random.default_rng(0)
+    n = 12
+    y = rng.normal(5.0, 1.0, n)
+    index = pd.DataFrame(
+        {"patient_id": [f"p{i}" for i in range(n)], "site": ["a"] * n, "kvp": [80, 120] * 6}
+    )
+    preds = {"cnn": y + rng.normal(0, 0.3, n), "baseline": y + rng.normal(0, 0.5, n)}
+    groups = index["patient_id"].to_numpy()
+    metrics = {m: regression.summary(y, p, groups, cfg(["kvp"]), 0) for m, p in preds.items()}
+    task = make_task("regression", "lesion_diameter_mm")
+
+    def report(columns: list[str]) -> Any:
+        inp = ReportInput(tmp_path, task, metrics, preds, y, index, cfg(columns), {})
+        return regression.report(inp)
+
+    made = report(["kvp"])
+    assert set(made.subgroups["attribute"]) == {"overall", "kvp"}
+    assert set(made.subgroups.query("attribute == 'kvp'")["group"]) == {"80", "120"}
+    assert all(p.is_file() for p in made.shared)
+    with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
+        report(["manufacturer"])  # the default, but not in this index
+    classes = np.arange(n) % 3
+    probs = {"cnn": np.eye(3)[classes] * 0.7 + 0.1}
+    table = multiclass_subgroups(index, classes, probs, ["site"])
+    assert set(table["attribute"]) == {"overall", "site"}
+    with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
+        multiclass_subgroups(index, classes, probs, ["kvp", "scanner_room"])
