@@ -21,12 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import catalog
 from pipeline.errors import ConfigError, RadopsError
 from pipeline.secrets import SECRETS_DIR, load_or_create
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
-AUTH_FILE = SECRETS_DIR / "prefect-api-auth"
+AUTH_FILE = catalog.PREFECT_AUTH_FILE
 LOG_FILE = SECRETS_DIR / "prefect-server.log"
 
 

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 STORAGE_ENV = "RADOPS_OPTUNA_STORAGE"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-STORAGE_FILE = catalog.LOCAL_DIR / "optuna-storage"
-TRACKING_FILE = catalog.LOCAL_DIR / "tracking-uri"
+STORAGE_FILE = catalog.OPTUNA_STORAGE_FILE
+TRACKING_FILE = catalog.TRACKING_URI_FILE
 MASK = "***"
 # Query keys whose value is a secret (case-insensitive; any key containing "password" too).
 SECRET_QUERY_KEYS = frozenset(

@@ -31,13 +31,14 @@ import io
 import os
 from pathlib import Path
 
+from pipeline import catalog
 from pipeline.errors import SecretError
 
 KEY_BYTES = 32
 MIN_DISTINCT_BYTES = 8  # a random 32-byte key has ~26; fewer means a made-up or constant key
 # Public, documented, NOT secret: used only for the bundled synthetic cohort (reproducible).
 SYNTHETIC_KEY = hashlib.sha256("radops synthetic cohort – public, not secret".encode()).digest()
-LINKAGE_NAME = "linkage.csv"
+LINKAGE_NAME = catalog.LINKAGE_FILE
 LINKAGE_COLUMNS = ("source_id", "source_file")
 
 
