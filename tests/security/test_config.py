@@ -40,7 +40,7 @@ def project(tmp_path: Path) -> Path:
     (["-S", "train.max_epochs=many"], "train.max_epochs: must be an integer (got 'many')"),
     (["-S", "train.max_epoch=3"], "train.max_epoch: unknown key"),
     (["-S", "train.lr=0"], "train.lr: must be > 0 (got 0)"),
-    (["-S", "train.dropout=1.5"], "train.dropout: must be < 1 (got 1.5)"),
+    (["-S", "model.dropout=1.5"], "model.dropout: must be < 1 (got 1.5)"),
     (["-S", "train.optimizer=adamm"], "train.optimizer: must be one of"),
     (["-S", "train.augmentation.rotation_deg=-10"], "train.augmentation.rotation_deg: must be ≥ 0"),
     (["-S", "tune.n_trials=0"], "tune.n_trials: must be ≥ 1 (got 0)"),
