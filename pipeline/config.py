@@ -104,6 +104,9 @@ class PreprocessSection(Section):
     denoise_sigma: float = Field(0.7, gt=0)
     normalization: Literal["zscore", "minmax"] = "zscore"
     color: Literal["luminance", "rgb"] = "luminance"
+    # mm per pixel after resampling (field of view image_size * spacing_mm, centre-cropped or
+    # zero-padded); 0 = resize the whole image to image_size x image_size, whatever its spacing.
+    spacing_mm: float = Field(0.0, ge=0)
 
 
 class AugmentationSection(Section):

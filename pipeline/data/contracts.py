@@ -87,6 +87,7 @@ STATS_KEYS: tuple[str, ...] = (
     "min",
     "max",
     "channels",
+    "spacing_mm",
 )
 
 PATIENT_ID_REGEX = r"^P-[0-9a-f]{16}$"

@@ -8,6 +8,15 @@ preprocessed exactly like a training one.
 Order: windowing (clip to [c - w/2, c + w/2], scale to [0, 1]) -> resize to S x S (bilinear,
 anti-aliased) -> optional denoising -> normalisation (z-score or min-max).
 
+Common spacing (``preprocess.spacing_mm``; ``stats["spacing_mm"]``): 0 resizes the whole image
+to S x S, whatever its pixel spacing (so one pixel is a different size at each site). Above 0,
+each image is instead resampled so one pixel is ``spacing_mm`` mm in both directions (from the
+manifest's ``pixel_spacing_row`` / ``pixel_spacing_col``; anisotropic spacing handled; bilinear,
+Gaussian pre-filter when shrinking), centred, and cropped or zero-padded to S x S: the field of
+view is S * spacing_mm mm, and an object of the same physical size has the same size in pixels
+at every site. The padding is 0 after windowing (the window's floor: air). Callers pass the
+image's spacing: ``transform_image(pixels, stats, spacing=(row_mm, col_mm))``.
+
 Colour (``preprocess.color``; ``stats["channels"]``): a colour image is stored by ingest as RGB
 in [0, 1] and is not windowed. ``luminance`` (1 channel) turns it into ITU-R BT.601 luma and
 leaves grey-scale images as they are; ``rgb`` (3 channels) keeps R, G, B and repeats a
@@ -62,8 +71,9 @@ class PreprocessResult:
         keys = ("mean", "std") if s["normalization"] == "zscore" else ("min", "max")
         fitted = " ".join(f"{k} {_fmt(s[k])}" for k in keys)
         rgb = "3x" if s.get("channels", 1) == 3 else ""
+        mm = f" at {s['spacing_mm']:g} mm" if s.get("spacing_mm", 0) else ""
         return (
-            f"preprocess: {sizes} images -> {rgb}{s['image_size']}x{s['image_size']} "
+            f"preprocess: {sizes} images -> {rgb}{s['image_size']}x{s['image_size']}{mm} "
             f"(window {s['window_center']:g}/{s['window_width']:g}, denoise {s['denoise']}, "
             f"{s['normalization']} fitted on train: {fitted}) in {self.seconds:.1f}s\n"
             f"  -> {self.out_dir}"
@@ -94,31 +104,59 @@ def stats_from_params(params: Params) -> dict[str, Any]:
         "min": 0.0,
         "max": 1.0,
         "channels": 1 if cfg.color == "luminance" else 3,
+        "spacing_mm": float(cfg.spacing_mm),
     }
 
 
-def prepare_image(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Window (grey) or clip (colour), resize and denoise one image, before normalisation.
+Spacing = tuple[float, float] | None
+
+
+def _check_spacing(stats: Mapping[str, Any], spacing: Any) -> Spacing:
+    """The (row, col) spacing in mm when ``stats`` resamples to a common spacing, else None."""
+    import math
+
+    if float(stats.get("spacing_mm", 0.0) or 0.0) <= 0:
+        return None
+    try:
+        row, col = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        row = col = math.nan
+    if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+        raise InputError(
+            f"preprocess.spacing_mm is {float(stats['spacing_mm']):g} but the image has no "
+            f"usable pixel spacing ({spacing!r}); give the (row, col) spacing in mm or set "
+            "preprocess.spacing_mm=0"
+        )
+    return row, col
+
+
+def prepare_image(
+    pixels: np.ndarray, stats: Mapping[str, Any], spacing: Spacing = None
+) -> np.ndarray:
+    """Window (grey) or clip (colour), resample/resize and denoise one image, before
+    normalisation.
 
     ``pixels``: a 2-D grey-scale image (HU / modality values) or a channel-first colour one
-    (C x H x W, RGB in [0, 1], as ingest stores it). Returns float32 in [0, 1]: S x S when
-    ``stats["channels"]`` is 1 (absent in older stats), C x S x S otherwise.
+    (C x H x W, RGB in [0, 1], as ingest stores it). ``spacing``: its (row, col) pixel spacing
+    in mm, required when ``stats["spacing_mm"]`` > 0 (ignored otherwise). Returns float32 in
+    [0, 1]: S x S when ``stats["channels"]`` is 1 (absent in older stats), C x S x S otherwise.
     """
     import numpy as np
 
     channels = int(stats.get("channels", 1))
     if channels not in (1, 3):
         raise InputError(f"unsupported channel count {channels} (1 or 3)")
+    mm = _check_spacing(stats, spacing)
     if pixels.ndim == 2:
-        image = _finish(_window(pixels, stats), stats)
+        image = _finish(_window(pixels, stats), stats, mm)
         return image if channels == 1 else np.repeat(image[None], channels, axis=0)
     if pixels.ndim != 3 or pixels.shape[0] != 3:
         raise InputError(f"expected a 2-D or a 3 x H x W image, got shape {pixels.shape}")
     rgb = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0), 0, 1)
     if channels == 1:
         luma = sum(np.float32(w) * rgb[c] for c, w in enumerate(LUMA))
-        return _finish(np.asarray(luma, dtype=np.float32), stats)
-    return np.stack([_finish(plane, stats) for plane in rgb])
+        return _finish(np.asarray(luma, dtype=np.float32), stats, mm)
+    return np.stack([_finish(plane, stats, mm) for plane in rgb])
 
 
 def _window(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
@@ -132,12 +170,39 @@ def _window(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     return (np.clip(image, lo, lo + width) - np.float32(lo)) / np.float32(width)
 
 
-def _finish(image: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Resize one 2-D plane to S x S and denoise it."""
+def _resample(image: np.ndarray, size: int, spacing: tuple[float, float], mm: float) -> np.ndarray:
+    """One 2-D plane -> S x S at ``mm`` mm per pixel, centre on centre; 0 outside the image.
+
+    Output pixel i samples the input at c_in + (i - c_out) * mm / spacing (c = the centres,
+    (n - 1) / 2), bilinearly; shrinking first smooths with sigma (factor - 1) / 2 pixels, as
+    skimage's anti-aliased resize does.
+    """
+    import numpy as np
+    from scipy.ndimage import affine_transform, gaussian_filter
+
+    factors = np.array([mm / spacing[0], mm / spacing[1]])
+    sigma = np.maximum(0.0, (factors - 1) / 2)
+    if (sigma > 0).any():
+        image = gaussian_filter(image, sigma=tuple(sigma), mode="nearest")
+    centre_in = (np.array(image.shape, dtype=np.float64) - 1) / 2
+    offset = centre_in - factors * (size - 1) / 2
+    return affine_transform(
+        image, factors, offset=offset, output_shape=(size, size), order=1,
+        mode="constant", cval=0.0,
+    )  # fmt: skip
+
+
+def _finish(
+    image: np.ndarray, stats: Mapping[str, Any], spacing: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Resize (or, with ``spacing``, resample to ``stats["spacing_mm"]`` and crop/pad) one 2-D
+    plane to S x S and denoise it."""
     import numpy as np
 
     size = int(stats["image_size"])
-    if image.shape != (size, size):
+    if spacing is not None:
+        image = _resample(image, size, spacing, float(stats["spacing_mm"]))
+    elif image.shape != (size, size):
         from skimage.transform import resize
 
         image = resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True)
@@ -176,18 +241,31 @@ def normalize(batch: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     return ((batch - np.float32(shift)) / np.float32(scale)).astype(np.float32, copy=False)
 
 
-def transform_image(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """One raw image (2-D HU / modality values, or 3 x H x W RGB) -> model input C x S x S."""
-    image = prepare_image(pixels, stats)
+def transform_image(
+    pixels: np.ndarray, stats: Mapping[str, Any], spacing: Spacing = None
+) -> np.ndarray:
+    """One raw image (2-D HU / modality values, or 3 x H x W RGB) -> model input C x S x S.
+
+    ``spacing``: the image's (row, col) pixel spacing in mm (the manifest's
+    ``pixel_spacing_row`` / ``pixel_spacing_col``); required when ``stats["spacing_mm"]`` > 0.
+    """
+    image = prepare_image(pixels, stats, spacing)
     return normalize(image[None] if image.ndim == 2 else image, stats)
 
 
-def transform_batch(images: Iterable[np.ndarray], stats: Mapping[str, Any]) -> np.ndarray:
-    """Raw images -> N x C x S x S float32, identical row by row to ``transform_image``."""
+def transform_batch(
+    images: Iterable[np.ndarray],
+    stats: Mapping[str, Any],
+    spacings: Iterable[Spacing] | None = None,
+) -> np.ndarray:
+    """Raw images -> N x C x S x S float32, identical row by row to ``transform_image``
+    (``spacings``: one (row, col) spacing per image, needed when ``stats["spacing_mm"]`` > 0)."""
     import numpy as np
 
     size, channels = int(stats["image_size"]), int(stats.get("channels", 1))
-    prepared = [prepare_image(p, stats) for p in images]
+    raws = list(images)
+    mms: list[Spacing] = list(spacings) if spacings is not None else [None] * len(raws)
+    prepared = [prepare_image(p, stats, mm) for p, mm in zip(raws, mms, strict=True)]
     if not prepared:
         return np.zeros((0, channels, size, size), dtype=np.float32)
     batch = np.stack(prepared)
@@ -258,6 +336,12 @@ def candidate_targets(splits: pd.DataFrame) -> list[str]:
     ]
 
 
+_LOCATION_COLUMNS = (
+    "image_id", "pixel_path", "pixel_offset", "rows", "columns", "channels",
+    "pixel_spacing_row", "pixel_spacing_col",
+)  # fmt: skip
+
+
 def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
     """Where each image's pixels are (``pixel_path``, ``pixel_offset``, ``rows``, ``columns``),
     indexed by ``image_id``, from the ingest manifest."""
@@ -267,11 +351,7 @@ def _pixel_locations(ingest_dir: Path) -> pd.DataFrame:
     if not manifest_path.is_file():
         raise InputError(f"no manifest at {manifest_path}; run `radops ingest` first")
     manifest = pd.read_parquet(manifest_path)
-    wanted = [
-        c
-        for c in ("image_id", "pixel_path", "pixel_offset", "rows", "columns", "channels")
-        if c in manifest
-    ]
+    wanted = [c for c in _LOCATION_COLUMNS if c in manifest]
     return manifest[wanted].drop_duplicates("image_id").set_index("image_id")
 
 
@@ -307,8 +387,21 @@ def _prepare_split(
                     f"cannot read pixels of image {image_id} at {ingest_dir / row['pixel_path']}: "
                     f"{exc}"
                 ) from exc
-            out[i] = prepare_image(pixels, stats).reshape(channels, size, size)
+            out[i] = prepare_image(pixels, stats, _row_spacing(row, stats, image_id)).reshape(
+                channels, size, size
+            )
     return out
+
+
+def _row_spacing(row: pd.Series, stats: Mapping[str, Any], image_id: str) -> Spacing:
+    """A manifest row's (row, col) spacing in mm when ``stats`` resamples, else None."""
+    if float(stats.get("spacing_mm", 0.0) or 0.0) <= 0:
+        return None
+    spacing = (row.get("pixel_spacing_row"), row.get("pixel_spacing_col"))
+    try:
+        return _check_spacing(stats, spacing)
+    except InputError as exc:
+        raise InputError(f"image {image_id}: {exc}") from exc
 
 
 def fit_stats(train: np.ndarray) -> dict[str, Any]:

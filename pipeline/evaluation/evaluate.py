@@ -143,6 +143,8 @@ def check_preprocessing(meta: dict[str, Any], data_dir: Path) -> None:
     if not stats_path.exists() or not isinstance(model_pre, dict):
         return
     data_pre = read_json(stats_path)
+    # spacing_mm is new: stats without it resized the whole image (= 0).
+    model_pre, data_pre = {"spacing_mm": 0.0, **model_pre}, {"spacing_mm": 0.0, **data_pre}
     differs = []
     for key in sorted(set(model_pre) & set(data_pre)):
         a, b = model_pre[key], data_pre[key]

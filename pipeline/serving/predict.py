@@ -14,13 +14,16 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,28 @@ def operating_threshold(task: Any, registry: float | None, meta: dict[str, Any])
     return float(meta.get("threshold", 0.5))
 
 
+def without_spacing(
+    manifest: pd.DataFrame, quarantine: pd.DataFrame, stats: dict[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A model trained at a common pixel spacing (``preprocess.spacing_mm`` > 0) needs each
+    image's spacing: images without one are reported as quarantined, not scored."""
+    import pandas as pd
+
+    mm = float(stats.get("spacing_mm", 0.0) or 0.0)
+    if mm <= 0 or not len(manifest):
+        return manifest, quarantine
+    ok = (manifest["pixel_spacing_row"] > 0) & (manifest["pixel_spacing_col"] > 0)  # NaN: no
+    if ok.all():
+        return manifest, quarantine
+    missing = pd.DataFrame(
+        {
+            "source_id": manifest.loc[~ok, "source_id"].drop_duplicates(),
+            "reason": f"no pixel spacing (the model resamples to {mm:g} mm per pixel)",
+        }
+    )
+    return manifest[ok].reset_index(drop=True), pd.concat([quarantine, missing], ignore_index=True)
+
+
 def run(params: Params, paths: Paths) -> PredictResult:
     import pandas as pd
 
@@ -143,10 +168,21 @@ def run(params: Params, paths: Paths) -> PredictResult:
         manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
         quarantine = pd.read_csv(ingested / catalog.QUARANTINE_FILE)
         stats: dict[str, Any] = meta["preprocessing"]
+        manifest, quarantine = without_spacing(manifest, quarantine, stats)
         if len(manifest):
             with PixelStore(ingested) as store:
                 batch = np.stack(
-                    [transform_image(store.load(row), stats) for row in manifest.itertuples()]
+                    [
+                        transform_image(
+                            store.load(row),
+                            stats,
+                            spacing=(
+                                float(row.pixel_spacing_row),  # type: ignore[arg-type]
+                                float(row.pixel_spacing_col),  # type: ignore[arg-type]
+                            ),
+                        )
+                        for row in manifest.itertuples()
+                    ]
                 ).astype(np.float32)
             predictions = predict(network, meta, batch)
         else:

@@ -236,6 +236,12 @@ def test_preprocessing_mismatch_is_refused(evaluated: Any, tmp_path: Path) -> No
     (tmp_path / "stats.json").write_text(json.dumps(stats_json | {"window_width": 1500.0}))
     with pytest.raises(InputError, match="window_width"):
         evaluate.check_preprocessing(meta, tmp_path)
+    # Data resampled to a common spacing, for a model whose stats predate spacing_mm (= 0).
+    (tmp_path / "stats.json").write_text(json.dumps(stats_json | {"spacing_mm": 6.0}))
+    older = meta | {"preprocessing": {**meta["preprocessing"]}}
+    older["preprocessing"].pop("spacing_mm", None)
+    with pytest.raises(InputError, match="spacing_mm"):
+        evaluate.check_preprocessing(older, tmp_path)
     assert not math.isnan(stats.roc_auc([0, 1], [0.1, 0.9]))
 
 

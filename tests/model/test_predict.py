@@ -122,3 +122,27 @@ def test_regression_writes_the_value_in_the_target_units(tmp_path: Path, dicoms:
     assert "probability" not in table.columns and result.threshold is None
     assert table.loc[table["status"] == "quarantined", "prediction"].isna().all()
     assert "regression" in result.summary()
+
+
+def test_common_spacing_model_needs_each_images_spacing(tmp_path: Path, dicoms: Path) -> None:
+    """A model trained with ``preprocess.spacing_mm`` resamples each new image by its own
+    PixelSpacing; an image without one is reported, not scored with a wrong pixel size."""
+    import shutil
+
+    folder = tmp_path / "dicoms"
+    shutil.copytree(dicoms, folder)
+    pixels = np.random.default_rng(1).integers(-200, 200, size=(24, 24)).astype(np.int16)
+    write_dicom(folder / "nospacing.dcm", pixels, PixelSpacing=None)
+    p = 0.6
+    stats = {
+        "image_size": SIZE, "window_center": 40.0, "window_width": 400.0,
+        "normalization": "zscore", "denoise": "none", "mean": 0.05, "std": 1.05,
+        "spacing_mm": 1.0,
+    }  # fmt: skip
+    net = constant_net([math.log(p / (1 - p))])
+    model = save_cnn(net, tmp_path / "cnn", size=SIZE, preprocessing=stats)
+    _, table = _predict(tmp_path, str(model), folder, "spacing")
+    assert (table["status"] == "scored").sum() == 3
+    missing = table[table["source_file"].astype(str).str.endswith("nospacing.dcm")]
+    assert missing["status"].tolist() == ["quarantined"]
+    assert "no pixel spacing" in missing["reason"].iloc[0]
