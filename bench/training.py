@@ -24,7 +24,8 @@ from torchmetrics.functional.classification import binary_auroc
 
 from pipeline.config import ModelSection, Params, TrainSection
 from pipeline.data.datasets import RadDataModule, make_datamodule
-from pipeline.training.lit_module import TaskModule, make_scheduler, quiet_lightning
+from pipeline.training.callbacks import silence_known_noise
+from pipeline.training.lit_module import TaskModule, make_scheduler
 from pipeline.training.train import set_threads
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -195,7 +196,7 @@ def loop_overhead(
     cfg = params.train
     seed = params.base.seed
     set_threads(cfg)
-    quiet_lightning()
+    silence_known_noise()
     work.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(f"sqlite:///{(work / 'mlflow.db').resolve()}")
     mlflow.set_experiment("bench-loop")

@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from pipeline.models.networks import architecture, build_network
-from pipeline.training.callbacks import EpochHistory, monitor_mode, silence_known_noise
+from pipeline.training.callbacks import EpochHistory, monitor_mode
 
 if TYPE_CHECKING:
     from pipeline.config import ModelSection, TrainSection
@@ -177,7 +177,6 @@ def make_trainer(
     on a CPU, a GPU or several under DDP. Determinism is requested with ``warn`` so that a
     GPU op without a deterministic kernel warns instead of failing.
     """
-    silence_known_noise()
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices if devices is None else devices,
@@ -194,8 +193,3 @@ def make_trainer(
         default_root_dir=root_dir,
         log_every_n_steps=1,
     )
-
-
-def quiet_lightning() -> None:
-    """Silence known third-party noise (kept for callers of the old name)."""
-    silence_known_noise()

@@ -67,13 +67,6 @@ def open_storage(url: str) -> Any:
         return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
 
 
-def redact_url(url: str) -> str:
-    """The storage URL without a password (it is logged to MLflow)."""
-    from pipeline.credentials import redact_url as redact
-
-    return redact(url)
-
-
 def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:
     """Sample one point of the search space."""
     values: dict[str, Any] = {}

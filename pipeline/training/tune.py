@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
+from pipeline.credentials import redact_url
 from pipeline.errors import RadopsError
 from pipeline.training.search import (
     check_space,
     make_pruner,
     open_storage,
-    redact_url,
     suggest,
 )
 
