@@ -91,6 +91,29 @@ BLAND_ALTMAN_DATA = "bland_altman"
 REGISTRATION_FILE = "registration.json"
 PREDICTIONS_FILE = Path("predictions.csv")
 
+# ---------------------------------------------------------------- segmentation (task.kind)
+SEGMENTS_FILE = "segments.parquet"  # ingest: one row per (image, segment) of accepted SEGs
+MASKS_DIR = "masks"  # ingest: the masks' store, beside PIXELS_DIR
+MASK_SHARD = "masks/masks.u8"  # raw uint8 0/1 planes, located by segments.parquet
+MASKS_SUFFIX = "masks.npy"  # preprocess: N x S x size x size uint8 per split
+MASK_INFO_SUFFIX = "masks.json"  # preprocess: segment names, which are known, spacing (mm)
+SEG_BASELINE_FILE = "segmenter.json"  # the classical segmenter's fitted parameters
+DICE_DATA = "dice"  # DVC plot stem: per-image Dice
+AREA_DATA = "bland_altman_area"  # DVC plot stem: lesion area Bland-Altman
+SEG_OUTPUT_DIR = "seg"  # radops predict: one DICOM SEG per input image
+
+
+def overlay_plot(folder: Path | str, model: str) -> Path:
+    return Path(folder) / f"overlays_{model}.png"
+
+
+def dice_plot(folder: Path | str) -> Path:
+    return Path(folder) / "dice_distribution.png"
+
+
+def area_plot(folder: Path | str, model: str) -> Path:
+    return Path(folder) / f"{AREA_DATA}_{model}.png"
+
 
 def split_file(folder: Path | str, split: str, suffix: str) -> Path:
     """``<folder>/<split>_<suffix>``, e.g. ``split_file(d, "train", IMAGES_SUFFIX)``."""

@@ -41,6 +41,8 @@ from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 from pipeline.data import safe_read
 from pipeline.data.deid import Pseudonymizer
 from pipeline.data.pixels import ShardWriter
+from pipeline.data.seg_io import PENDING as SEG_PENDING
+from pipeline.data.seg_io import is_segmentation
 
 # keyword -> (tag, VR) of every attribute ingest reads.
 TAGS: dict[str, tuple[BaseTag, str]] = {
@@ -345,6 +347,8 @@ def process_file(
     source, sop = pseudo.source(rel), None
     try:
         ds, size = read(path, limits)
+        if is_segmentation(ds):  # not an image: paired with its images after the batch
+            return Outcome(order, source, [], SEG_PENDING, None)
         h = header(ds)
         photometric, rows, cols, frames = check_image(ds, h, size)
         sop = pseudo.uid(_first(h["SOPInstanceUID"]))

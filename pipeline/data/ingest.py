@@ -154,6 +154,7 @@ def ingest_folder(
 ) -> IngestResult:
     """The whole stage with explicit arguments. ``linkage``: the linkage table to merge this
     input's ``source_id -> path`` rows into (None: none is written)."""
+    from pipeline.data import seg_ingest
     from pipeline.data.deid import Pseudonymizer, update_linkage
     from pipeline.data.safe_read import Limits
     from pipeline.io import atomic_path, check_outputs
@@ -184,6 +185,7 @@ def ingest_folder(
         outcomes = process_all(files, str(staged), key, workers, limits)
         outcomes += early
         outcomes.sort(key=lambda o: o.order)
+        outcomes = seg_ingest.resolve(staged, outcomes, files, pseudo)  # DICOM SEG objects
         result = _write_outputs(staged, outcomes, table, key_note)
         if linkage is not None:  # before the outputs appear: no source_id without its way back
             update_linkage(linkage, sources)

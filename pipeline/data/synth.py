@@ -143,6 +143,7 @@ def run(params: Params, paths: Paths) -> SynthResult:
     import numpy as np
     from pydicom import config as dcm_config
 
+    from pipeline.data.synth_seg import SegWriter
     from pipeline.io import atomic_path, check_outputs
 
     cfg = params.synth
@@ -156,12 +157,15 @@ def run(params: Params, paths: Paths) -> SynthResult:
         check_outputs([paths.out_dir], [])
         with atomic_path(paths.out_dir, stage="synth") as tmp:
             (tmp / catalog.SYNTH_DICOM_DIR).mkdir(parents=True)
+            segs = SegWriter(tmp / catalog.SYNTH_DICOM_DIR, cfg.seed)  # DICOM SEG per lesion
             with (tmp / catalog.LABELS_FILE).open("w", newline="") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
                 writer.writerow(LABELS_HEADER)
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
-                    written = _write_patient(rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR)
+                    written = _write_patient(
+                        rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR, segs
+                    )
                     studies += len({w.study for w in written})
                     for w in written:
                         writer.writerow(
@@ -169,6 +173,7 @@ def run(params: Params, paths: Paths) -> SynthResult:
                         )
                         images += 1
                         positives += w.label
+            segs.finish()
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(
@@ -210,7 +215,12 @@ def _uid(rng: np.random.Generator) -> str:
 
 
 def _write_patient(
-    rng: np.random.Generator, index: int, size: int, grid: np.ndarray, dicom_dir: Path
+    rng: np.random.Generator,
+    index: int,
+    size: int,
+    grid: np.ndarray,
+    dicom_dir: Path,
+    segs: Any = None,
 ) -> list[Written]:
     """Write one patient's studies; return study, SOP UID, PatientID, label, lesion diameter
     (mm) per image."""
@@ -252,7 +262,10 @@ def _write_patient(
         enhanced = bool(rng.random() < 0.5)
         for e in range(int(rng.choice([1, 2], p=[0.4, 0.6]))):
             positive = bool(rng.random() < p_lesion)
-            hu, radius = render_image(rng, size, grid, site, enhanced, lesion if positive else None)
+            masks: dict[str, np.ndarray] = {}
+            hu, radius = render_image(
+                rng, size, grid, site, enhanced, lesion if positive else None, masks
+            )
             sop = _uid(rng)
             ds = _dataset(rng, site, patient, study, e, sop, hu, size)
             # The true diameter: drawn radius (pixels) times the spacing written in the header.
@@ -261,6 +274,8 @@ def _write_patient(
             target = dicom_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
+            if positive and segs is not None:
+                segs.add(rel, index, ds, masks)
             out.append(Written(s, sop, patient["PatientID"], int(positive), diameter))
     return out
 
@@ -370,9 +385,11 @@ def render_image(
     site: Site,
     enhanced: bool,
     lesion: Lesion | None,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, float]:
     """One chest slice in HU (float32), with a lesion when ``lesion`` is given; and the drawn
-    lesion's radius in pixels of this image (0.0 without one)."""
+    lesion's radius in pixels of this image (0.0 without one). ``masks`` (if given) receives
+    the drawn ``lesion`` (disk weight ≥ ½) and ``lung`` masks; no random draw is added."""
     import numpy as np
     from scipy.ndimage import gaussian_filter
 
@@ -438,7 +455,9 @@ def render_image(
     img += spots * soft
     radius = 0.0
     if lesion is not None:
-        radius = _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k)
+        radius = _add_lesion(img, rng, lesion, lung_geo, lungs, tissue, k, masks)
+    if masks is not None:
+        masks["lung"] = lungs.copy()
     gain = rng.uniform(0.94, 1.06)  # slight contrast variation inside the body
     inside = body <= 1
     img[inside] = tissue + (img[inside] - tissue) * gain
@@ -457,6 +476,7 @@ def _add_lesion(
     lungs: np.ndarray,
     tissue: float,
     k: float,
+    masks: dict[str, np.ndarray] | None = None,
 ) -> float:
     """Paint the patient's lesion (with per-study jitter in position, size and density); return
     its radius in pixels of this image (the disk's edge, where its weight is one half)."""
@@ -494,4 +514,6 @@ def _add_lesion(
         radius *= 1.3  # about half of it hides in the chest wall
     w = _disk(img.shape, cy, cx, radius, rng).astype(np.float32)
     img[:] = img * (1 - w) + value * w
+    if masks is not None:
+        masks["lesion"] = w >= 0.5
     return float(radius)
