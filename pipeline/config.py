@@ -127,8 +127,10 @@ class TaskSection(Section):
     """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
     labels-file column (carried through ingest and preprocess) that holds the target."""
 
-    kind: Literal["classification", "regression"] = "classification"
+    kind: Literal["classification", "regression", "segmentation"] = "classification"
     target: str = Field("label", min_length=1)
+    # segmentation: the SEG segment label(s) learned, one output channel each (case-insensitive)
+    segments: list[str] = Field(default_factory=lambda: ["lesion"], min_length=1)
 
 
 class ModelSection(Section):
@@ -140,9 +142,12 @@ class ModelSection(Section):
     batch_norm: bool = True
     dropout: float = Field(0.2, ge=0, lt=1)
     activation: Activation = "relu"
+    # segmentation's MONAI U-Net (depth, base_width, kernel_size, batch_norm, dropout and
+    # activation above shape it too): residual units per level
+    unet_res_units: int = Field(2, ge=0, le=4)
 
 
-Loss = Literal["auto", "cross_entropy", "focal", "mse", "mae", "huber"]
+Loss = Literal["auto", "cross_entropy", "focal", "mse", "mae", "huber", "dice", "dice_ce"]
 
 
 class TrainSection(Section):

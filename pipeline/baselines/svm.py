@@ -345,6 +345,10 @@ def run(params: Params, paths: Paths) -> BaselineResult:
 
     cfg, seed = params.baseline, params.base.seed
     task = get_task(params)
+    if task.target_kind == "mask":  # segmentation: the classical segmenter instead
+        from pipeline.baselines import seg_threshold
+
+        return seg_threshold.run(params, paths)  # type: ignore[return-value]
     x_train, y_train, idx_train, _ = task_split(task, paths.data_dir, "train")
     task = task.fit(task.read_targets(paths.data_dir, "train"))
     x_val, y_val, _, _ = task_split(task, paths.data_dir, "val")

@@ -277,6 +277,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     import numpy as np
     import pandas as pd
 
+    from pipeline.data.seg_masks import write_split_masks
     from pipeline.io import atomic_path, write_json, write_parquet
 
     start = time.perf_counter()
@@ -311,6 +312,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
             write_parquet(
                 catalog.split_file(staged, name, catalog.INDEX_SUFFIX), part[index_columns]
             )
+            write_split_masks(staged, name, part, located, paths.ingest_dir, stats)  # SEG masks
         if counts["train"] == 0:
             raise InputError("the training split is empty; cannot fit normalisation statistics")
         stats |= fit_stats(arrays["train"])

@@ -308,6 +308,10 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     net, meta = load_cnn(paths.cnn_dir, paths.data_dir)
     task = task_from_meta(meta)
     check_task(task, params, "CNN")
+    if task.target_kind == "mask":  # segmentation: its own metrics, figures and baseline
+        from pipeline.evaluation import segmentation
+
+        return segmentation.run_stage(params, paths, net, meta, task)  # type: ignore[no-any-return]
     pipe, base_meta = baseline.load(paths.baseline_dir)
     check_task(baseline.task_of(base_meta), params, "baseline")
     targets, preds = {}, {}

@@ -73,6 +73,8 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
 
     arch = ARCH_DEFAULTS | dict(arch)
     n_out = int(arch["out_channels"])
+    if arch.get("network") == "unet":  # segmentation: one logit map per segment
+        return _unet(arch)
 
     class Net(nn.Module):
         def __init__(self) -> None:
@@ -106,6 +108,27 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
             return out.squeeze(1) if n_out == 1 else out
 
     return Net()
+
+
+def _unet(arch: dict[str, Any]) -> nn.Module:
+    """MONAI's U-Net: ``depth`` down-sampling levels of ``base_width * 2**level`` channels,
+    ``res_units`` residual units each; output N×S×H×W logits (S = ``out_channels``)."""
+    from monai.networks.nets import UNet
+
+    depth, width = int(arch["depth"]), int(arch["base_width"])
+    return UNet(
+        spatial_dims=2,
+        in_channels=int(arch["in_channels"]),
+        out_channels=int(arch["out_channels"]),
+        channels=tuple(width * 2**level for level in range(depth + 1)),
+        strides=(2,) * depth,
+        kernel_size=int(arch["kernel_size"]),
+        up_kernel_size=int(arch["kernel_size"]),
+        num_res_units=int(arch.get("res_units", 2)),
+        act=str(arch["activation"]),
+        norm="batch" if arch["batch_norm"] else "instance",
+        dropout=float(arch["dropout"]),
+    )
 
 
 def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) -> Path:

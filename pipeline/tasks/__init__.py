@@ -21,6 +21,7 @@ from pipeline.tasks.base import (
 )
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.regression import RegressionTask
+from pipeline.tasks.segmentation import SegmentationTask
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     RegressionTask.kind: RegressionTask,
+    SegmentationTask.kind: SegmentationTask,
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ClassificationTask",
     "PairedTest",
     "RegressionTask",
+    "SegmentationTask",
     "SplitTargets",
     "Task",
     "candidate_targets",
@@ -56,7 +59,8 @@ def make_task(kind: str, target: str = "label", loss: str = "auto") -> Task:
 def get_task(params: Params, loss: str | None = None) -> Task:
     """The unfitted task of a run: ``task.kind``, ``task.target`` and ``train.loss`` (or
     ``loss``, e.g. a tuning trial's value)."""
-    return make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    task = make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    return task.configure(params.task)
 
 
 def task_from_meta(meta: dict[str, Any]) -> Task:

@@ -205,6 +205,16 @@ class Task(ABC):
     def with_state(self, state: dict[str, Any]) -> Task:
         return replace(self, state=dict(state))
 
+    def configure(self, task_cfg: Any) -> Task:
+        """The task with its kind-specific ``params.task`` keys applied (e.g. segmentation's
+        ``segments``); most kinds have none."""
+        return self
+
+    def network(self, model_cfg: Any) -> dict[str, Any]:
+        """Keys added to the saved ``architecture``: ``{}`` is the classifier CNN;
+        ``{"network": "unet", ...}`` builds MONAI's U-Net (``networks.build_network``)."""
+        return {}
+
     def require_fitted(self) -> None:
         if not self.fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")

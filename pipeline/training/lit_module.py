@@ -54,6 +54,7 @@ class TaskModule(L.LightningModule):
         self.cfg = cfg
         self.monitor, self.monitor_mode = task.monitor_and_mode(cfg.early_stopping_monitor)
         self.arch = architecture(model_cfg, image_size, in_channels, task.n_outputs)
+        self.arch |= task.network(model_cfg)  # e.g. segmentation's U-Net
         # channels-last runs the convolutions about 25% faster on CPU (oneDNN) and suits
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
