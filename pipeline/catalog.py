@@ -100,7 +100,13 @@ MASK_INFO_SUFFIX = "masks.json"  # preprocess: segment names, which are known, s
 SEG_BASELINE_FILE = "segmenter.json"  # the classical segmenter's fitted parameters
 DICE_DATA = "dice"  # DVC plot stem: per-image Dice
 AREA_DATA = "bland_altman_area"  # DVC plot stem: lesion area Bland-Altman
-SEG_OUTPUT_DIR = "seg"  # radops predict: one DICOM SEG per input image
+SEG_OUTPUT_DIR = "seg"  # radops predict: <predictions stem>_seg/, one DICOM SEG per image
+
+
+def seg_output_dir(out_csv: Path | str) -> Path:
+    """Where ``radops predict`` writes a segmentation model's SEG objects."""
+    out = Path(out_csv)
+    return out.parent / f"{out.stem}_{SEG_OUTPUT_DIR}"
 
 
 def overlay_plot(folder: Path | str, model: str) -> Path:

@@ -101,3 +101,23 @@ def load_split_masks(data_dir: Path | str, split: str) -> tuple[np.ndarray, dict
             "objects beside the images (ingest pairs them); rerun ingest and preprocess"
         )
     return np.load(path, mmap_mode="r"), json.loads(info_path.read_text())
+
+
+def to_source(plane: np.ndarray, rows: int, cols: int, stats: Mapping[str, Any],
+              spacing: tuple[float, float] | None = None) -> np.ndarray:  # fmt: skip
+    """A preprocessed size × size map (probabilities) back onto the source image's rows ×
+    cols grid (the inverse of ``resize_mask``'s geometry), bilinearly."""
+    size = int(stats["image_size"])
+    plane = np.asarray(plane, dtype=np.float32)
+    mm = float(stats.get("spacing_mm", 0.0) or 0.0)
+    if mm > 0 and spacing is not None:
+        from scipy.ndimage import affine_transform
+
+        factors = np.array([spacing[0] / mm, spacing[1] / mm])  # output pixel -> input pixels
+        centre_out = (np.array([rows, cols], dtype=np.float64) - 1) / 2
+        offset = (size - 1) / 2 - factors * centre_out
+        return np.asarray(affine_transform(plane, factors, offset=offset,
+                                           output_shape=(rows, cols), order=1, cval=0.0))  # fmt: skip
+    from skimage.transform import resize
+
+    return np.asarray(resize(plane, (rows, cols), order=1, preserve_range=True))

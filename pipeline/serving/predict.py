@@ -189,6 +189,12 @@ def run(params: Params, paths: Paths) -> PredictResult:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)
         columns = task.prediction_columns(predictions, threshold)
+        if task.target_kind == "mask":  # one DICOM SEG per image; counts, areas in mm²
+            from pipeline.serving import seg_output
+
+            columns = seg_output.write(
+                paths.out_csv, paths.input_dir, manifest, predictions, stats, task, path_of
+            )
         scored = pd.DataFrame(
             {
                 "sop_uid": manifest["sop_uid"],

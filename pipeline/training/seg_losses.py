@@ -40,9 +40,9 @@ def make_loss(name: str) -> torch.nn.Module:
     from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
     if name == "dice":
-        return DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceLoss(sigmoid=True, batch=True)
     if name == "dice_ce":
-        return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceCELoss(sigmoid=True, batch=True)
     if name == "focal":
         return FocalLoss(gamma=2.0, use_softmax=False)
     raise ValueError(f"unknown segmentation loss {name!r}")
