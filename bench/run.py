@@ -220,6 +220,23 @@ def fig_loop(ctx: Ctx) -> list[Figure]:
     ]
 
 
+def fig_seg_loop(ctx: Ctx) -> list[Figure]:
+    from bench import seg_training
+
+    epochs = 2 if ctx.quick else 3
+    r = seg_training.loop_overhead(ctx.params(), ctx.preprocessed, epochs, ctx.repeats, ctx.tmp)
+    return [
+        Figure.check(
+            "segmentation training loop (U-Net): Lightning / plain PyTorch",
+            r["lightning_s"] / r["plain_s"],
+            "<=",
+            1.15,
+            "×",
+            **{k: round(v, 3) for k, v in r.items()},
+        )
+    ]
+
+
 def fig_tuning(ctx: Ctx) -> list[Figure]:
     from bench import training
 
@@ -258,6 +275,7 @@ FIGURES: list[tuple[str, Callable[[Ctx], list[Figure]]]] = [
     ("scaling", fig_scaling),
     ("data path", fig_data_path),
     ("training loop", fig_loop),
+    ("segmentation loop", fig_seg_loop),
     ("tuning", fig_tuning),
 ]
 

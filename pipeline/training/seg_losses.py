@@ -3,7 +3,9 @@
 ``MeanDice``: the mean over images and segment channels of Dice = 2|A∩B| / (|A| + |B|),
 with an empty prediction on an empty mask counted as 1 (a correct "nothing here"), so a
 model cannot score by predicting blobs on empty images nor lose by staying silent on them.
-Losses are MONAI's, on sigmoid outputs (segments may overlap: one channel each).
+Losses are MONAI's, on sigmoid outputs (segments may overlap: one channel each); the Dice
+terms are computed over the whole batch (``batch=True``): per image, every empty image with
+any foreground probability would cost a full point of loss.
 """
 
 from __future__ import annotations
