@@ -41,11 +41,18 @@ def lightning_fit(params: Params, data_dir: Path, epochs: int, root: Path) -> in
 
     data, module = _setup(params, data_dir)
     history = EpochHistory(log_to_mlflow=True)
-    callbacks = [history, *stopping_and_checkpoint(params.train, root, module.monitor,
-                                                   module.monitor_mode)]  # fmt: skip
+    callbacks = [
+        history,
+        *stopping_and_checkpoint(params.train, root, module.monitor, module.monitor_mode),
+    ]
     with contextlib.redirect_stderr(io.StringIO()):
-        trainer = make_trainer(params.train, max_epochs=epochs, callbacks=callbacks,
-                               checkpointing=True, root_dir=str(root))  # fmt: skip
+        trainer = make_trainer(
+            params.train,
+            max_epochs=epochs,
+            callbacks=callbacks,
+            checkpointing=True,
+            root_dir=str(root),
+        )
     trainer.fit(module, datamodule=data, weights_only=True)
     return history.epochs_run
 
@@ -84,13 +91,17 @@ def plain_fit(params: Params, data_dir: Path, epochs: int) -> int:
         elif sched is not None:
             sched.step()
         if score > best:
-            best, best_state = score, {k: v.detach().clone() for k, v in module.state_dict().items()}
+            best, best_state = (
+                score,
+                {k: v.detach().clone() for k, v in module.state_dict().items()},
+            )
     assert best_state is not None
     return epochs
 
 
-def loop_overhead(params: Params, data_dir: Path, epochs: int, repeats: int,
-                  work: Path) -> dict[str, Any]:  # fmt: skip
+def loop_overhead(
+    params: Params, data_dir: Path, epochs: int, repeats: int, work: Path
+) -> dict[str, Any]:
     import logging
 
     import mlflow
@@ -116,5 +127,4 @@ def loop_overhead(params: Params, data_dir: Path, epochs: int, repeats: int,
 
     with mlflow.start_run(run_name="seg-loop-overhead"):
         t_l, t_p = alternate(lightning, plain, repeats)
-    return {"lightning_s": t_l, "plain_s": t_p, "epochs": epochs,
-            "lightning_epochs_run": min(runs)}  # fmt: skip
+    return {"lightning_s": t_l, "plain_s": t_p, "epochs": epochs, "lightning_epochs_run": min(runs)}

@@ -98,8 +98,15 @@ def fit_segment(x: np.ndarray, y: np.ndarray) -> tuple[dict[str, Any], float]:
             threshold = float(np.quantile(inside, q))
             dice = _mean_dice(_segment(resp, threshold, min_area), y)
             if dice > best[0]:
-                best = (dice, {"polarity": polarity, "radius": radius,
-                               "threshold": threshold, "min_area": min_area})  # fmt: skip
+                best = (
+                    dice,
+                    {
+                        "polarity": polarity,
+                        "radius": radius,
+                        "threshold": threshold,
+                        "min_area": min_area,
+                    },
+                )
     return best[1], best[0]
 
 
@@ -107,8 +114,11 @@ def predict(meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """N×S×H×W 0/1 masks (float64) for N×C×H×W preprocessed images."""
     img = np.asarray(x, np.float32)[:, 0]
     planes = [
-        _segment(_response(img, int(p["radius"]), p["polarity"]), float(p["threshold"]),
-                 int(p["min_area"]))  # fmt: skip
+        _segment(
+            _response(img, int(p["radius"]), p["polarity"]),
+            float(p["threshold"]),
+            int(p["min_area"]),
+        )
         for p in meta["segments"]
     ]
     return np.stack(planes, axis=1).astype(np.float64)
@@ -147,17 +157,25 @@ def run(params: Params, paths: Paths) -> SegBaselineResult:
             best, score = fit_segment(x_train, y_train[:, s])
             fitted.append({"segment": name, **best})
             scores.append(score)
-        meta: dict[str, Any] = {"method": "tophat_threshold", "segments": fitted,
-                                "task": task.meta()}  # fmt: skip
+        meta: dict[str, Any] = {
+            "method": "tophat_threshold",
+            "segments": fitted,
+            "task": task.meta(),
+        }
         x_val = load_images(paths.data_dir, "val")[val.rows]
         val_dice = _mean_dice(predict(meta, x_val)[:, 0] > 0.5, val.values[:, 0])
-        meta |= {"train_dice": float(np.mean(scores)), "val_dice": val_dice,
-                 "n_train": len(train.rows), "n_val": len(val.rows)}  # fmt: skip
+        meta |= {
+            "train_dice": float(np.mean(scores)),
+            "val_dice": val_dice,
+            "n_train": len(train.rows),
+            "n_val": len(val.rows),
+        }
         mlflow.log_metrics({"train_dice": meta["train_dice"], "val_dice": val_dice})
         mlflow.log_params({f"{f['segment']}.{k}": v for f in fitted for k, v in f.items()})
         write_json(paths.out_dir / catalog.SEG_BASELINE_FILE, meta)
         mlflow.log_artifact(str(paths.out_dir / catalog.SEG_BASELINE_FILE), artifact_path="model")
         run_id = active.info.run_id
         write_json(paths.out_dir / catalog.RUN_FILE, {"run_id": run_id})
-    return SegBaselineResult(val_dice, meta["train_dice"], fitted, len(train.rows),
-                             len(val.rows), run_id, paths.out_dir)  # fmt: skip
+    return SegBaselineResult(
+        val_dice, meta["train_dice"], fitted, len(train.rows), len(val.rows), run_id, paths.out_dir
+    )

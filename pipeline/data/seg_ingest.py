@@ -37,9 +37,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEGMENT_COLUMNS = (
-    "image_id", "patient_id", "seg_uid", "seg_source_id", "segment_number", "segment",
-    "rows", "columns", "mask_path", "mask_offset", "mask_pixels", "mask_sha256",
-)  # fmt: skip
+    "image_id",
+    "patient_id",
+    "seg_uid",
+    "seg_source_id",
+    "segment_number",
+    "segment",
+    "rows",
+    "columns",
+    "mask_path",
+    "mask_offset",
+    "mask_pixels",
+    "mask_sha256",
+)
 # positions in dicom_io.ROW_FIELDS
 _IMAGE_ID, _PATIENT, _SOP, _FRAME, _ROWS, _COLUMNS = 0, 1, 4, 6, 12, 13
 
@@ -84,11 +94,22 @@ def resolve(
                     zip(seg.numbers, seg.labels, strict=True), masks, strict=True
                 ):
                     offset, digest = writer.add(plane)
-                    rows.append((
-                        image_row[_IMAGE_ID], image_row[_PATIENT], seg_uid, o.source_id, number,
-                        label, plane.shape[0], plane.shape[1], catalog.MASK_SHARD, offset,
-                        int(plane.sum()), digest,
-                    ))  # fmt: skip
+                    rows.append(
+                        (
+                            image_row[_IMAGE_ID],
+                            image_row[_PATIENT],
+                            seg_uid,
+                            o.source_id,
+                            number,
+                            label,
+                            plane.shape[0],
+                            plane.shape[1],
+                            catalog.MASK_SHARD,
+                            offset,
+                            int(plane.sum()),
+                            digest,
+                        )
+                    )
             out.append(o._replace(reason=None, sop_uid=seg_uid))
     table = pd.DataFrame(rows, columns=list(SEGMENT_COLUMNS))
     table = table.astype({c: "int64" for c in _INT_COLUMNS} | {c: "str" for c in _STR_COLUMNS})

@@ -30,8 +30,15 @@ MULTIFRAME_SOURCE = "segmentation (SEG) references a multi-frame image (not supp
 PATIENT_MISMATCH = "segmentation (SEG) patient differs from its source image's patient"
 DUPLICATE_SEG = "segmentation (SEG) for an image that an earlier SEG already segments"
 UNREADABLE = "unreadable segmentation (SEG) object"
-REASONS = (ORPHAN, GEOMETRY, UNSUPPORTED, MULTIFRAME_SOURCE, PATIENT_MISMATCH, DUPLICATE_SEG,
-           UNREADABLE)  # fmt: skip
+REASONS = (
+    ORPHAN,
+    GEOMETRY,
+    UNSUPPORTED,
+    MULTIFRAME_SOURCE,
+    PATIENT_MISMATCH,
+    DUPLICATE_SEG,
+    UNREADABLE,
+)
 # What dicom_io returns for a SEG file; seg_ingest replaces it once every image is known.
 PENDING = "segmentation (SEG): paired after the images"
 # The cohort's segment labels and their coded concepts (category, type).
@@ -115,9 +122,15 @@ def read_seg(path: str) -> SegFrames:
             raise SegError(UNREADABLE) from None
         by_source[uid] = np.moveaxis(np.asarray(arr[0]) > 0, -1, 0).astype(np.uint8)
     return SegFrames(
-        seg_type, str(ds.SOPInstanceUID), labels, numbers, str(getattr(ds, "PatientID", "")), by_source,
-        int(ds.Rows), int(ds.Columns),
-    )  # fmt: skip
+        seg_type,
+        str(ds.SOPInstanceUID),
+        labels,
+        numbers,
+        str(getattr(ds, "PatientID", "")),
+        by_source,
+        int(ds.Rows),
+        int(ds.Columns),
+    )
 
 
 def _referenced_frames(ds: Dataset, uid: str) -> bool:

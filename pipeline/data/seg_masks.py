@@ -53,9 +53,13 @@ def spacing_after(row: Any, stats: Mapping[str, Any]) -> tuple[float, float]:
 
 
 def write_split_masks(
-    out_dir: Path, split: str, part: pd.DataFrame, located: pd.DataFrame, ingest_dir: Path,
+    out_dir: Path,
+    split: str,
+    part: pd.DataFrame,
+    located: pd.DataFrame,
+    ingest_dir: Path,
     stats: Mapping[str, Any],
-) -> int:  # fmt: skip
+) -> int:
     """Write ``{split}_masks.npy`` / ``.json`` for the images of ``part``; return the number
     of known mask planes (0 and nothing written when the ingest holds no SEG)."""
     from pipeline.data.seg_ingest import load_mask, load_segments
@@ -76,7 +80,7 @@ def write_split_masks(
         spacing.append([round(v, 6) for v in spacing_after(loc, stats)])
         if image_id not in by_image.groups:
             continue
-        raw = (float(loc["pixel_spacing_row"]), float(loc["pixel_spacing_col"]))
+        raw = (float(loc["pixel_spacing_row"]), float(loc["pixel_spacing_col"]))  # type: ignore[arg-type]
         for _, seg_row in by_image.get_group(image_id).iterrows():
             s = position[str(seg_row["segment"])]
             masks[i, s] = resize_mask(load_mask(ingest_dir, seg_row), stats, raw)
@@ -103,8 +107,13 @@ def load_split_masks(data_dir: Path | str, split: str) -> tuple[np.ndarray, dict
     return np.load(path, mmap_mode="r"), json.loads(info_path.read_text())
 
 
-def to_source(plane: np.ndarray, rows: int, cols: int, stats: Mapping[str, Any],
-              spacing: tuple[float, float] | None = None) -> np.ndarray:  # fmt: skip
+def to_source(
+    plane: np.ndarray,
+    rows: int,
+    cols: int,
+    stats: Mapping[str, Any],
+    spacing: tuple[float, float] | None = None,
+) -> np.ndarray:
     """A preprocessed size × size map (probabilities) back onto the source image's rows ×
     cols grid (the inverse of ``resize_mask``'s geometry), bilinearly."""
     size = int(stats["image_size"])
@@ -116,8 +125,11 @@ def to_source(plane: np.ndarray, rows: int, cols: int, stats: Mapping[str, Any],
         factors = np.array([spacing[0] / mm, spacing[1] / mm])  # output pixel -> input pixels
         centre_out = (np.array([rows, cols], dtype=np.float64) - 1) / 2
         offset = (size - 1) / 2 - factors * centre_out
-        return np.asarray(affine_transform(plane, factors, offset=offset,
-                                           output_shape=(rows, cols), order=1, cval=0.0))  # fmt: skip
+        return np.asarray(
+            affine_transform(
+                plane, factors, offset=offset, output_shape=(rows, cols), order=1, cval=0.0
+            )
+        )
     from skimage.transform import resize
 
     return np.asarray(resize(plane, (rows, cols), order=1, preserve_range=True))

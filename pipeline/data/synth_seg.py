@@ -45,9 +45,14 @@ class SegWriter:
         labels = ["Lesion", "Lung"] if patient % 2 == 0 else ["Lesion"]
         stack = np.stack([masks[label.lower()] for label in labels])
         seg = build_seg(
-            ds, stack, labels, series_uid=_uid(rng), sop_uid=_uid(rng),
-            manufacturer="radops synth", model="ground truth",
-        )  # fmt: skip
+            ds,
+            stack,
+            labels,
+            series_uid=_uid(rng),
+            sop_uid=_uid(rng),
+            manufacturer="radops synth",
+            model="ground truth",
+        )
         parts = rel_image.split("/")
         rel = "/".join([*parts[:2], SEG_FOLDER + parts[2][2:], "SG000001.dcm"])
         self._save(seg, rel)
@@ -71,9 +76,15 @@ class SegWriter:
                 source.Rows, source.Columns = ds.Rows // 2, ds.Columns // 2
                 mask = mask[:, ::2, ::2]
             seg = build_seg(
-                source, mask, ["Lesion"], series_uid=_uid(rng), sop_uid=_uid(rng),
-                fractional=kind == "fractional", manufacturer="radops synth", model=kind,
-            )  # fmt: skip
+                source,
+                mask,
+                ["Lesion"],
+                series_uid=_uid(rng),
+                sop_uid=_uid(rng),
+                fractional=kind == "fractional",
+                manufacturer="radops synth",
+                model=kind,
+            )
             folder = rel.rsplit("/", 2)[0]
             self._save(seg, f"{folder}/{SEG_FOLDER}9{BROKEN.index(kind):05d}/SG000001.dcm")
         return min(len(self._examples), len(BROKEN))

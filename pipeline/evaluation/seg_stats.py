@@ -98,11 +98,18 @@ def image_metrics(
     px = float(spacing[0]) * float(spacing[1])
     area_t, area_p = float(np.count_nonzero(true)) * px, float(np.count_nonzero(pred)) * px
     return {
-        "dice": dice, "iou": iou, "hd95_mm": hd95, "assd_mm": assd,
-        "area_true_mm2": area_t, "area_pred_mm2": area_p, "area_error_mm2": area_p - area_t,
-        "lesions": float(n_true), "detected": float(detected), "fp": float(fp),
+        "dice": dice,
+        "iou": iou,
+        "hd95_mm": hd95,
+        "assd_mm": assd,
+        "area_true_mm2": area_t,
+        "area_pred_mm2": area_p,
+        "area_error_mm2": area_p - area_t,
+        "lesions": float(n_true),
+        "detected": float(detected),
+        "fp": float(fp),
         "empty_true": float(area_t == 0),
-    }  # fmt: skip
+    }
 
 
 def patient_means(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

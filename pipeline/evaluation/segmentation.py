@@ -88,7 +88,9 @@ def summary(
     )
     out[f"{prefix}_fp_per_image"] = float(first["fp"].mean()) if len(first) else math.nan
     empty = first[first["empty_true"] > 0]
-    out[f"{prefix}_empty_fp_rate"] = float((empty["area_pred_mm2"] > 0).mean()) if len(empty) else math.nan
+    out[f"{prefix}_empty_fp_rate"] = (
+        float((empty["area_pred_mm2"] > 0).mean()) if len(empty) else math.nan
+    )
     out[f"n_{prefix}"] = float(len(first))
     out[f"n_{prefix}_empty"] = float(len(empty))
     out["n_surface_undefined"] = float((~np.isfinite(first["hd95_mm"].to_numpy(float))).sum())
@@ -98,8 +100,9 @@ def summary(
 
 
 # --------------------------------------------------------------------------- figures
-def plot_overlays(x: np.ndarray, y: np.ndarray, pred: np.ndarray, dice: np.ndarray,
-                  title: str, path: Path) -> Path:  # fmt: skip
+def plot_overlays(
+    x: np.ndarray, y: np.ndarray, pred: np.ndarray, dice: np.ndarray, title: str, path: Path
+) -> Path:
     """Best, median and worst images by Dice: image, truth (green), prediction (red)."""
     from pipeline.evaluation.report import _figure, _save
 
@@ -123,7 +126,7 @@ def plot_dice(tables: dict[str, pd.DataFrame], path: Path) -> Path:
 
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
-    bins = np.linspace(0, 1, 21)
+    bins = [i / 20 for i in range(21)]
     for name, t in tables.items():
         ax.hist(t["dice"], bins=bins, alpha=0.5, label=f"{name} (mean {t['dice'].mean():.3f})")
     ax.set_xlabel("Dice per test image")
@@ -154,27 +157,34 @@ def plot_area(t: pd.DataFrame, title: str, path: Path) -> Path:
 def run_stage(params: Params, paths: Any, net: Any, meta: dict[str, Any], task: Any) -> Any:
     """The evaluate stage for a mask task (called by ``evaluate.run``)."""
     from pipeline.baselines import seg_threshold
-    from pipeline.evaluation import evaluate as ev
     from pipeline.errors import InputError
+    from pipeline.evaluation import evaluate as ev
     from pipeline.io import write_csv, write_json, write_parquet, write_text
     from pipeline.tasks import get_task, task_from_meta
 
     cfg, seed = params.evaluate, params.base.seed
     base_meta = seg_threshold.load(paths.baseline_dir)
     ev.check_task(task_from_meta(base_meta), params, "baseline")
+    fitted: Any
     for what, fitted in (("CNN", task), ("baseline", task_from_meta(base_meta))):
-        if fitted.chosen != get_task(params).chosen:
+        if fitted.chosen != getattr(get_task(params), "chosen", ()):
             raise InputError(
                 f"the {what} learned segments {list(fitted.chosen)}, but task.segments is "
-                f"{list(get_task(params).chosen)}; rerun train and baseline first"
+                f"{list(getattr(get_task(params), 'chosen', ()))}; rerun train and baseline first"
             )
     targets, x, index = ev.load_targets(task, paths.data_dir, "test")
     spacing = task.spacing(paths.data_dir, "test", targets.rows)
-    preds = {"cnn": ev.cnn_predictions(net, meta, x), "baseline": seg_threshold.predict(base_meta, x)}
+    preds = {
+        "cnn": ev.cnn_predictions(net, meta, x),
+        "baseline": seg_threshold.predict(base_meta, x),
+    }
     groups = index["patient_id"].astype(str).to_numpy()
-    tables = {n: per_image(targets.values, p, groups, spacing, task.chosen) for n, p in preds.items()}
+    tables = {
+        n: per_image(targets.values, p, groups, spacing, task.chosen) for n, p in preds.items()
+    }
     metrics = {
-        n: summary(t, cfg, np.random.default_rng(seed), "test", task.chosen) for n, t in tables.items()
+        n: summary(t, cfg, np.random.default_rng(seed), "test", task.chosen)
+        for n, t in tables.items()
     }
     if targets.n_missing:
         for m in metrics.values():
@@ -193,35 +203,54 @@ def run_stage(params: Params, paths: Any, net: Any, meta: dict[str, Any], task: 
         frame[f"dice_{name}"] = first["dice"].to_numpy()
         frame[f"area_pred_mm2_{name}"] = first["area_pred_mm2"].to_numpy()
         frame["area_true_mm2"] = first["area_true_mm2"].to_numpy()
-        write_csv(catalog.plot_data(plots, catalog.DICE_DATA, name),
-                  first[["image", "dice"]])  # fmt: skip
-        ba = first.assign(mean=(first["area_true_mm2"] + first["area_pred_mm2"]) / 2,
-                          difference=first["area_pred_mm2"] - first["area_true_mm2"])  # fmt: skip
+        write_csv(catalog.plot_data(plots, catalog.DICE_DATA, name), first[["image", "dice"]])
+        ba = first.assign(
+            mean=(first["area_true_mm2"] + first["area_pred_mm2"]) / 2,
+            difference=first["area_pred_mm2"] - first["area_true_mm2"],
+        )
         write_csv(catalog.plot_data(plots, catalog.AREA_DATA, name), ba[["mean", "difference"]])
         per_model[name] = [
-            plot_overlays(x, targets.values > 0.5, preds[name] > THRESHOLD, first["dice"].to_numpy(),
-                          name, catalog.overlay_plot(figures, name)),
+            plot_overlays(
+                x,
+                targets.values > 0.5,
+                preds[name] > THRESHOLD,
+                first["dice"].to_numpy(),
+                name,
+                catalog.overlay_plot(figures, name),
+            ),
             plot_area(first, name, catalog.area_plot(figures, name)),
-        ]  # fmt: skip
+        ]
     write_parquet(catalog.predictions_file(out, "test"), frame)
-    shared = [plot_dice({n: t[t["segment"] == task.chosen[0]] for n, t in tables.items()},
-                        catalog.dice_plot(figures))]  # fmt: skip
+    shared = [
+        plot_dice(
+            {n: t[t["segment"] == task.chosen[0]] for n, t in tables.items()},
+            catalog.dice_plot(figures),
+        )
+    ]
     subgroups = _subgroups(tables["cnn"], index, cfg)
     write_csv(out / catalog.SUBGROUPS_FILE, subgroups)
     write_text(out / catalog.EVALUATION_REPORT, markdown(metrics, task, cfg, targets))
     run_ids = {
         n: ev._log_to_mlflow(
-            params, n,
+            params,
+            n,
             (paths.cnn_dir if n == "cnn" else paths.baseline_dir) / catalog.RUN_FILE,
             metrics[n],
             [*shared, *per_model[n], out / catalog.EVALUATION_REPORT, catalog.metrics_file(out, n)],
             task.tags(),
         )
         for n in ("cnn", "baseline")
-    }  # fmt: skip
+    }
     notes = (targets.note(task.describe()),) if targets.n_missing else ()
-    return SegEvaluateResult(metrics=metrics, flags={}, run_ids=run_ids, out_dir=out,
-                             level=cfg.ci_level, headline="test_dice", notes=notes)  # fmt: skip
+    return SegEvaluateResult(
+        metrics=metrics,
+        flags={},
+        run_ids=run_ids,
+        out_dir=out,
+        level=cfg.ci_level,
+        headline="test_dice",
+        notes=notes,
+    )
 
 
 def _subgroups(table: pd.DataFrame, index: pd.DataFrame, cfg: EvaluateSection) -> pd.DataFrame:
@@ -233,24 +262,38 @@ def _subgroups(table: pd.DataFrame, index: pd.DataFrame, cfg: EvaluateSection) -
         if column not in index:
             continue
         for value, part in first.groupby(index[column].astype(str).to_numpy()):
-            rows.append({"column": column, "value": value, "n": len(part),
-                         "dice": float(part["dice"].mean())})  # fmt: skip
+            rows.append(
+                {
+                    "column": column,
+                    "value": value,
+                    "n": len(part),
+                    "dice": float(part["dice"].mean()),
+                }
+            )
     return pd.DataFrame(rows, columns=["column", "value", "n", "dice"])
 
 
 def markdown(metrics: dict[str, dict[str, float]], task: Any, cfg: Any, targets: Any) -> str:
     names = ("dice", "iou", "hd95_mm", "assd_mm")
-    lines = [f"# Evaluation: {task.describe()}", "",
-             f"Test split, {int(metrics['cnn']['n_test'])} images "
-             f"({int(metrics['cnn']['n_test_empty'])} with an empty mask); "
-             f"{cfg.ci_level:.0%} patient-level bootstrap CIs.", "",
-             "| model | " + " | ".join(names) + " | area error mm² | lesion sens. | FP/image |",
-             "|---" * (len(names) + 4) + "|"]  # fmt: skip
+    lines = [
+        f"# Evaluation: {task.describe()}",
+        "",
+        f"Test split, {int(metrics['cnn']['n_test'])} images "
+        f"({int(metrics['cnn']['n_test_empty'])} with an empty mask); "
+        f"{cfg.ci_level:.0%} patient-level bootstrap CIs.",
+        "",
+        "| model | " + " | ".join(names) + " | area error mm² | lesion sens. | FP/image |",
+        "|---" * (len(names) + 4) + "|",
+    ]
     for model, m in metrics.items():
-        cells = [f"{m[f'test_{n}']:.3f} ({m[f'test_{n}_ci_low']:.3f}–{m[f'test_{n}_ci_high']:.3f})"
-                 for n in names]  # fmt: skip
-        lines.append(f"| {model} | " + " | ".join(cells) + f" | {m['test_area_error_mm2']:.1f} | "
-                     f"{m['test_lesion_sensitivity']:.3f} | {m['test_fp_per_image']:.3f} |")  # fmt: skip
+        cells = [
+            f"{m[f'test_{n}']:.3f} ({m[f'test_{n}_ci_low']:.3f}–{m[f'test_{n}_ci_high']:.3f})"
+            for n in names
+        ]
+        lines.append(
+            f"| {model} | " + " | ".join(cells) + f" | {m['test_area_error_mm2']:.1f} | "
+            f"{m['test_lesion_sensitivity']:.3f} | {m['test_fp_per_image']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

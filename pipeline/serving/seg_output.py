@@ -53,12 +53,14 @@ def write(
     with atomic_path(folder, stage="predict") as staged:
         staged.mkdir(parents=True, exist_ok=True)
         for i, row in enumerate(manifest.itertuples()):
-            rows, cols = int(row.rows), int(row.columns)  # type: ignore[call-overload]
+            rows, cols = int(row.rows), int(row.columns)  # type: ignore[arg-type]
             sp = (float(row.pixel_spacing_row), float(row.pixel_spacing_col))  # type: ignore[arg-type]
             masks = np.stack(
-                [to_source(predictions[i, s], rows, cols, stats, sp) > THRESHOLD
-                 for s in range(len(names))]
-            )  # fmt: skip
+                [
+                    to_source(predictions[i, s], rows, cols, stats, sp) > THRESHOLD
+                    for s in range(len(names))
+                ]
+            )
             px = sp[0] * sp[1] if all(np.isfinite(sp)) else float("nan")
             for s, n in enumerate(names):
                 columns[f"{n}_count"].append(label(masks[s], np.ones((3, 3), bool))[1])
@@ -68,10 +70,13 @@ def write(
                 files.append("")  # multi-frame inputs: areas only (no SEG written)
                 continue
             seg = build_seg(
-                source, masks, [n.capitalize() for n in names],
-                series_uid=generate_uid(), sop_uid=generate_uid(),
+                source,
+                masks,
+                [n.capitalize() for n in names],
+                series_uid=generate_uid(),
+                sop_uid=generate_uid(),
                 model=str(task.describe())[:64],
-            )  # fmt: skip
+            )
             name = f"{row.source_id}.dcm"
             seg.save_as(staged / name, enforce_file_format=True)
             files.append(f"{folder.name}/{name}")

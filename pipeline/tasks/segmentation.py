@@ -77,10 +77,12 @@ class SegmentationTask(Task):
             )
         planes = [names.index(s) for s in self.chosen]
         known = np.asarray(info["known"], dtype=bool).reshape(len(index), len(names))
-        has_all = known[:, planes].all(axis=1)
+        has_all = np.asarray(known[:, planes].all(axis=1), dtype=bool)
         no_seg = ~known.any(axis=1)
         empty_ok = set(self.chosen) <= FINDINGS
-        negative = index["label"].to_numpy() == 0 if "label" in index else np.zeros(len(index), bool)
+        negative = (
+            index["label"].to_numpy() == 0 if "label" in index else np.zeros(len(index), bool)
+        )
         keep = has_all | (no_seg & negative & empty_ok)
         rows = np.flatnonzero(keep)
         values = np.asarray(masks[rows][:, planes], dtype=np.float32)
@@ -191,8 +193,14 @@ class SegmentationTask(Task):
             "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
         )
         y = np.asarray(y_true)[:, 0] > 0.5
-        d_new = [seg_stats.overlap(p > THRESHOLD, t)[0] for p, t in zip(np.asarray(new)[:, 0], y, strict=True)]
-        d_old = [seg_stats.overlap(p > THRESHOLD, t)[0] for p, t in zip(np.asarray(champion)[:, 0], y, strict=True)]
+        d_new = [
+            seg_stats.overlap(p > THRESHOLD, t)[0]
+            for p, t in zip(np.asarray(new)[:, 0], y, strict=True)
+        ]
+        d_old = [
+            seg_stats.overlap(p > THRESHOLD, t)[0]
+            for p, t in zip(np.asarray(champion)[:, 0], y, strict=True)
+        ]
         seed = np.random.default_rng(0) if rng is None else rng
         a, b, p = seg_stats.paired_dice_test(
             np.asarray(d_new), np.asarray(d_old), np.asarray(groups), method, n_iter, seed

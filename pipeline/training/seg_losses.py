@@ -19,11 +19,17 @@ class MeanDice(Metric):
 
     higher_is_better = True
     full_state_update = False
+    total: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+        )
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
         p, t = preds.flatten(2).double(), target.flatten(2).double()

@@ -73,8 +73,12 @@ def test_seg_is_deidentified(small_cohort: Any, ingested: Any) -> None:
     phi: set[bytes] = set()
     for path in _seg_files(small_cohort.dicom_dir):
         ds = pydicom.dcmread(path)
-        phi |= {str(ds.PatientID).encode(), str(ds.SOPInstanceUID).encode(),
-                str(ds.StudyInstanceUID).encode(), str(ds.AccessionNumber).encode()}  # fmt: skip
+        phi |= {
+            str(ds.PatientID).encode(),
+            str(ds.SOPInstanceUID).encode(),
+            str(ds.StudyInstanceUID).encode(),
+            str(ds.AccessionNumber).encode(),
+        }
         phi |= {part.encode() for part in str(ds.PatientName).split("^") if len(part) >= 5}
         for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence:
             phi.add(str(item.ReferencedSOPInstanceUID).encode())
@@ -109,8 +113,14 @@ def test_every_quarantine_reason(small_cohort: Any, tmp_path: Path) -> None:
     result = _ingest(src, tmp_path / "out")
     quarantine = pd.read_csv(tmp_path / "out" / catalog.QUARANTINE_FILE)
     reasons = quarantine["reason"].value_counts().to_dict()
-    for reason in (seg_io.ORPHAN, seg_io.GEOMETRY, seg_io.UNSUPPORTED, seg_io.DUPLICATE_SEG,
-                   seg_io.PATIENT_MISMATCH, seg_io.UNREADABLE):  # fmt: skip
+    for reason in (
+        seg_io.ORPHAN,
+        seg_io.GEOMETRY,
+        seg_io.UNSUPPORTED,
+        seg_io.DUPLICATE_SEG,
+        seg_io.PATIENT_MISMATCH,
+        seg_io.UNREADABLE,
+    ):
         assert reasons.get(reason) == 1, (reason, reasons)
     assert result.quarantined == 6
     assert result.files_ingested + result.quarantined == result.files_seen

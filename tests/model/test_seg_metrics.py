@@ -21,7 +21,11 @@ def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
 
 CASES = [
     (_disk((48, 48), 20, 20, 8), _disk((48, 48), 22, 23, 7), (0.7, 0.9)),
-    (_disk((48, 48), 10, 10, 4) | _disk((48, 48), 35, 30, 6), _disk((48, 48), 11, 10, 5), (1.0, 1.0)),
+    (
+        _disk((48, 48), 10, 10, 4) | _disk((48, 48), 35, 30, 6),
+        _disk((48, 48), 11, 10, 5),
+        (1.0, 1.0),
+    ),
     (np.pad(np.ones((10, 20), bool), ((5, 33), (8, 20))), _disk((48, 48), 12, 18, 9), (0.5, 0.8)),
 ]
 
@@ -86,9 +90,10 @@ def test_augmentation_keeps_image_and_mask_aligned() -> None:
     from pipeline.data.datasets import BatchAugment
 
     masks = torch.from_numpy(
-        np.stack([_disk((40, 40), 12 + 2 * i, 20, 6) | _disk((40, 40), 28, 10 + i, 4)
-                  for i in range(8)])[:, None].astype(np.float32)
-    )  # fmt: skip
+        np.stack(
+            [_disk((40, 40), 12 + 2 * i, 20, 6) | _disk((40, 40), 28, 10 + i, 4) for i in range(8)]
+        )[:, None].astype(np.float32)
+    )
     images = masks.clone() * 2.0 - 1.0  # the image is the mask, so they must coincide
     aug = BatchAugment(20.0, True, 0.2, 0.0, mask_keys=("mask",))
     out = aug({"image": images, "mask": masks}, torch.Generator().manual_seed(3))
@@ -112,8 +117,9 @@ def test_seg_output_round_trip(small_cohort: Any, tmp_path: Path) -> None:
     image = next(p for p in sorted(small_cohort.dicom_dir.rglob("IM*")) if p.is_file())
     source = pydicom.dcmread(image)
     mask = _disk((source.Rows, source.Columns), 18, 25, 7)
-    seg = build_seg(source, mask[None], ["Lesion"], series_uid=generate_uid(),
-                    sop_uid=generate_uid())  # fmt: skip
+    seg = build_seg(
+        source, mask[None], ["Lesion"], series_uid=generate_uid(), sop_uid=generate_uid()
+    )
     seg.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
     back = hd.seg.segread(tmp_path / "seg.dcm")
     assert back.SegmentationType == "BINARY"

@@ -35,8 +35,13 @@ def test_segmentation_train_evaluate_predict(small_cohort: Any, tmp_path: Path) 
         data={"dicom_dir": str(small_cohort.dicom_dir), "labels_csv": str(small_cohort.labels_csv)},
         task={"kind": "segmentation"},
         model={"depth": 2, "base_width": 8, "unet_res_units": 1},
-        train={"max_epochs": 1, "batch_size": 16, "use_tuned_params": False,
-               "accelerator": "cpu", "devices": 1},  # fmt: skip
+        train={
+            "max_epochs": 1,
+            "batch_size": 16,
+            "use_tuned_params": False,
+            "accelerator": "cpu",
+            "devices": 1,
+        },
         preprocess={"image_size": 32},
         evaluate={"bootstrap_iterations": 100},
     )
@@ -50,8 +55,14 @@ def test_segmentation_train_evaluate_predict(small_cohort: Any, tmp_path: Path) 
     ev = evaluate.run(params, evaluate.Paths.from_params(params))
     for model in ("cnn", "baseline"):
         m = ev.metrics[model]
-        for key in ("test_dice", "test_iou", "test_hd95_mm", "test_assd_mm",
-                    "test_lesion_sensitivity", "test_fp_per_image"):  # fmt: skip
+        for key in (
+            "test_dice",
+            "test_iou",
+            "test_hd95_mm",
+            "test_assd_mm",
+            "test_lesion_sensitivity",
+            "test_fp_per_image",
+        ):
             assert key in m
         assert 0.0 <= m["test_dice_ci_low"] <= m["test_dice"] <= m["test_dice_ci_high"] <= 1.0
     assert catalog.dice_plot(params.evaluate.out_dir / catalog.FIGURES_DIR).exists()
