@@ -61,6 +61,7 @@ class SegWriter:
             self._examples.append((rel, ds, stack[:1]))
 
     def _save(self, seg: Any, rel: str) -> None:
+        _fix_clock_and_uids(seg, np.random.default_rng([self.seed, 0xD1E, len(rel), self.written]))
         target = self.dicom_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         seg.save_as(target, enforce_file_format=True)
@@ -88,3 +89,17 @@ class SegWriter:
             folder = rel.rsplit("/", 2)[0]
             self._save(seg, f"{folder}/{SEG_FOLDER}9{BROKEN.index(kind):05d}/SG000001.dcm")
         return min(len(self._examples), len(BROKEN))
+
+
+def _fix_clock_and_uids(seg: Any, rng: np.random.Generator) -> None:
+    """Same seed, same bytes: highdicom stamps the creation time and draws a dimension
+    organisation UID; use the study's date and time and a seeded UID instead."""
+    day, at = str(seg.StudyDate), str(seg.StudyTime)
+    seg.InstanceCreationDate = seg.ContentDate = day
+    seg.InstanceCreationTime = seg.ContentTime = at
+    for item in getattr(seg, "ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = day + at
+    uid = _uid(rng)
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = uid

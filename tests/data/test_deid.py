@@ -103,13 +103,14 @@ def test_no_identifier_reaches_any_output_log_or_summary(
         result = ingest.run(params, paths)
         print(result.summary())
     texts = {"stdout": capsys.readouterr().out, "logs": caplog.text}
-    assert result.files_ingested == small_cohort.result.images
+    assert result.rows == small_cohort.result.images  # (files ingested include the SEGs)
     outputs = [p for p in out.rglob("*") if p.is_file()]
     manifest = pd.read_parquet(out / "manifest.parquet")
     shards = {f"pixels/{p.name}" for p in outputs if p.parent.name == "pixels"}
+    masks = [p for p in outputs if p.parent.name == "masks"]  # the SEGs' masks
     assert (
-        shards == set(manifest["pixel_path"]) and len(outputs) == len(shards) + 4
-    )  # + manifest, quarantine, summary, .radops-output
+        shards == set(manifest["pixel_path"]) and len(outputs) == len(shards) + len(masks) + 5
+    )  # + manifest, quarantine, summary, segments, .radops-output
     blobs = {str(p): p.read_bytes().lower() for p in outputs}
     blobs |= {k: v.lower().encode() for k, v in texts.items()}
     leaks = [(name, ident) for ident in identifiers for name, blob in blobs.items()

@@ -32,6 +32,15 @@ def ingested(small_cohort: Any, tmp_path_factory: pytest.TempPathFactory) -> tup
     return out, _ingest(small_cohort.dicom_dir, out, small_cohort.labels_csv)
 
 
+def test_synth_writes_a_seg_per_lesion_image_plus_broken_ones(small_cohort: Any) -> None:
+    from pipeline.data.synth_seg import BROKEN
+
+    segs = _seg_files(small_cohort.dicom_dir)
+    assert len(segs) == small_cohort.result.positives + len(BROKEN)
+    kinds = {pydicom.dcmread(p).SegmentationType for p in segs}
+    assert kinds == {"BINARY", "FRACTIONAL"}
+
+
 def test_seg_pairs_with_its_images_and_is_no_image(small_cohort: Any, ingested: Any) -> None:
     out, result = ingested
     manifest = pd.read_parquet(out / catalog.MANIFEST_FILE)

@@ -21,7 +21,14 @@ LAYOUT = re.compile(r"^PA\d{6}/ST\d{6}/SE\d{6}/IM\d{6}(\.dcm)?$")
 
 
 def _files(dicom_dir: Path) -> list[Path]:
-    return sorted(p for p in dicom_dir.rglob("*") if p.is_file())
+    """The image files (the DICOM SEG objects beside them: tests/data/test_seg_ingest.py)."""
+    return sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not _is_seg(p))
+
+
+def _is_seg(path: Path) -> bool:
+    from pipeline.data.synth_seg import SEG_FOLDER
+
+    return path.parent.name.startswith(SEG_FOLDER)
 
 
 def _digest(root: Path) -> str:
