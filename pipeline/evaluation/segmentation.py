@@ -1,7 +1,9 @@
 """``radops evaluate`` for segmentation: per-image and per-patient mask metrics, figures.
 
 Metrics (``metrics_<model>.json``, flat; definitions in ``seg_stats``) for the first segment
-of ``task.segments``: ``test_dice`` (+ ``_ci_low``/``_ci_high``), ``test_dice_patient``,
+of ``task.segments``: ``test_dice`` (+ ``_ci_low``/``_ci_high``; every image, an empty
+prediction on an empty mask counting 1), ``test_dice_lesion_images`` (images with a lesion
+only), ``test_dice_patient``,
 ``test_iou``, ``test_hd95_mm``, ``test_assd_mm`` (each with a CI), ``test_area_error_mm2``
 (mean absolute), ``test_area_bias_mm2``, ``test_lesion_sensitivity``, ``test_fp_per_image``,
 ``test_empty_fp_rate`` (empty images with any predicted blob), ``n_test``, ``n_test_empty``,
@@ -77,6 +79,8 @@ def summary(
         out[f"{prefix}_{name}"] = float(values[ok].mean()) if ok.any() else math.nan
         lo, hi = seg_stats.bootstrap_mean_ci(values, groups, n_iter, level, state)
         out[f"{prefix}_{name}_ci_low"], out[f"{prefix}_{name}_ci_high"] = lo, hi
+    lesion = first[first["empty_true"] == 0]  # Dice where there is something to find
+    out[f"{prefix}_dice_lesion_images"] = float(lesion["dice"].mean()) if len(lesion) else math.nan
     _, patient_dice = seg_stats.patient_means(first["dice"].to_numpy(float), groups)
     out[f"{prefix}_dice_patient"] = float(patient_dice.mean()) if patient_dice.size else math.nan
     err = first["area_error_mm2"].to_numpy(float)
@@ -221,6 +225,9 @@ def run_stage(params: Params, paths: Any, net: Any, meta: dict[str, Any], task: 
             plot_area(first, name, catalog.area_plot(figures, name)),
         ]
     write_parquet(catalog.predictions_file(out, "test"), frame)
+    write_parquet(
+        catalog.predictions_file(out, "val"), _val_frame(paths, task, net, meta, base_meta)
+    )
     shared = [
         plot_dice(
             {n: t[t["segment"] == task.chosen[0]] for n, t in tables.items()},
@@ -251,6 +258,27 @@ def run_stage(params: Params, paths: Any, net: Any, meta: dict[str, Any], task: 
         headline="test_dice",
         notes=notes,
     )
+
+
+def _val_frame(paths: Any, task: Any, net: Any, meta: dict[str, Any], base_meta: Any) -> Any:
+    """Per validation image: identifiers and each model's Dice and predicted area (mm²)."""
+    from pipeline.baselines import seg_threshold
+    from pipeline.evaluation import evaluate as ev
+
+    targets, x, index = ev.load_targets(task, paths.data_dir, "val")
+    spacing = task.spacing(paths.data_dir, "val", targets.rows)
+    groups = index["patient_id"].astype(str).to_numpy()
+    frame = index.reindex(columns=ev.PREDICTION_COLUMNS)
+    preds = {
+        "cnn": ev.cnn_predictions(net, meta, x),
+        "baseline": seg_threshold.predict(base_meta, x),
+    }
+    for name, p in preds.items():
+        t = per_image(targets.values, p, groups, spacing, task.chosen[:1])
+        frame[f"dice_{name}"] = t["dice"].to_numpy()
+        frame[f"area_pred_mm2_{name}"] = t["area_pred_mm2"].to_numpy()
+        frame["area_true_mm2"] = t["area_true_mm2"].to_numpy()
+    return frame
 
 
 def _subgroups(table: pd.DataFrame, index: pd.DataFrame, cfg: EvaluateSection) -> pd.DataFrame:
