@@ -133,3 +133,21 @@ def test_every_quarantine_reason(small_cohort: Any, tmp_path: Path) -> None:
         assert reasons.get(reason) == 1, (reason, reasons)
     assert result.quarantined == 6
     assert result.files_ingested + result.quarantined == result.files_seen
+
+
+@pytest.mark.parametrize("spacing_mm", [0.0, 1.1])
+def test_masks_are_resized_with_their_images_geometry(spacing_mm: float) -> None:
+    from pipeline.data.preprocess import _finish
+    from pipeline.data.seg_masks import resize_mask, to_source
+
+    stats = {"image_size": 32, "spacing_mm": spacing_mm, "denoise": "none"}
+    yy, xx = np.mgrid[:80, :80]
+    mask = ((yy - 30) ** 2 + (xx - 50) ** 2 <= 12**2).astype(np.uint8)
+    spacing = (0.7, 0.7)
+    small = resize_mask(mask, stats, spacing)
+    image = _finish(mask.astype(np.float32), stats, spacing if spacing_mm else None)
+    assert set(np.unique(small)) == {0, 1}
+    np.testing.assert_array_equal(small, (image > 0.5).astype(np.uint8))  # same geometry
+    back = to_source(small.astype(np.float32), 80, 80, stats, spacing) > 0.5
+    dice = 2 * (back & (mask > 0)).sum() / (back.sum() + mask.sum())
+    assert dice > 0.85  # and back onto the source grid (predict's SEG)
