@@ -98,6 +98,7 @@ def read_seg(path: str) -> SegFrames:
         raise SegError(UNREADABLE) from None
     if seg_type != "BINARY":
         raise SegError(UNSUPPORTED)
+    _quiet_highdicom()
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
         numbers = tuple(int(n) for n in seg.get_segment_numbers())
@@ -143,6 +144,13 @@ def _referenced_frames(ds: Dataset, uid: str) -> bool:
     return False
 
 
+def _quiet_highdicom() -> None:
+    """highdicom logs every module it copies at INFO: noise in every stage's output."""
+    import logging
+
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
 def build_seg(
     source: Dataset,
     masks: np.ndarray,
@@ -160,6 +168,7 @@ def build_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    _quiet_highdicom()
     masks = np.asarray(masks)
     if masks.ndim == 2:
         masks = masks[None]
