@@ -4,7 +4,8 @@ Metrics (``metrics_<model>.json``, flat; definitions in ``seg_stats``) for the f
 of ``task.segments``: ``test_dice`` (+ ``_ci_low``/``_ci_high``; every image, an empty
 prediction on an empty mask counting 1), ``test_dice_lesion_images`` (images with a lesion
 only), ``test_dice_patient``,
-``test_iou``, ``test_hd95_mm``, ``test_assd_mm`` (each with a CI), ``test_area_error_mm2``
+``test_iou``, ``test_hd95_mm``, ``test_assd_mm`` (each with a CI; distances over the images
+with a lesion that the model also marks, ``n_surface_undefined`` counting the others), ``test_area_error_mm2``
 (mean absolute), ``test_area_bias_mm2``, ``test_lesion_sensitivity``, ``test_fp_per_image``,
 ``test_empty_fp_rate`` (empty images with any predicted blob), ``n_test``, ``n_test_empty``,
 ``n_surface_undefined``; further segments add ``test_dice_<segment>``. Distances and areas
@@ -73,8 +74,11 @@ def summary(
     out: dict[str, float] = {}
     rng = np.random.default_rng(seed) if not isinstance(seed, np.random.Generator) else seed
     state = int(rng.integers(2**31))
+    has_lesion = (first["empty_true"] == 0).to_numpy()
     for name in ("dice", "iou", "hd95_mm", "assd_mm"):
         values = first[name].to_numpy(float)
+        if name.endswith("_mm"):  # distances: images with a lesion (0 mm on empty-empty would
+            values = np.where(has_lesion, values, np.nan)  # dilute them), both masks non-empty
         ok = np.isfinite(values)
         out[f"{prefix}_{name}"] = float(values[ok].mean()) if ok.any() else math.nan
         lo, hi = seg_stats.bootstrap_mean_ci(values, groups, n_iter, level, state)
@@ -97,7 +101,8 @@ def summary(
     )
     out[f"n_{prefix}"] = float(len(first))
     out[f"n_{prefix}_empty"] = float(len(empty))
-    out["n_surface_undefined"] = float((~np.isfinite(first["hd95_mm"].to_numpy(float))).sum())
+    hd = first["hd95_mm"].to_numpy(float)
+    out["n_surface_undefined"] = float((has_lesion & ~np.isfinite(hd)).sum())  # missed lesions
     for name in segments[1:]:
         out[f"{prefix}_dice_{name}"] = float(table.loc[table["segment"] == name, "dice"].mean())
     return out
