@@ -6,8 +6,9 @@ Definitions (one binary mask pair per image and segment; spacing = (row, col) mm
 * Surfaces are the mask XOR its erosion (scipy's cross structuring element), distances
   Euclidean in mm (``distance_transform_edt`` with ``sampling``), as MONAI computes them:
   HD95 = max of the two directed 95th percentiles, ASSD = mean of both directions' distances.
-  Both empty → 0 mm; exactly one empty → undefined (NaN, left out of the means and counted in
-  ``n_surface_undefined``) — an empty image is judged by the FP counts instead.
+  Both empty → 0 mm; exactly one empty → undefined (NaN). The reported means are over images
+  with a lesion that the model also marks (``n_surface_undefined`` counts the missed ones); an
+  empty image is judged by the FP counts instead.
 * Area (mm²) = pixels × row spacing × col spacing; area error = predicted − true.
 * Lesions are 8-connected components. A true lesion is detected when a predicted component
   overlaps it with IoU ≥ ``LESION_IOU``; a predicted component matching no true lesion is a
