@@ -112,10 +112,13 @@ def summary(
 def plot_overlays(
     x: np.ndarray, y: np.ndarray, pred: np.ndarray, dice: np.ndarray, title: str, path: Path
 ) -> Path:
-    """Best, median and worst images by Dice: image, truth (green), prediction (red)."""
+    """Best, median and worst images with a lesion by Dice: image, truth (green),
+    prediction (red)."""
     from pipeline.evaluation.report import _figure, _save
 
-    order = np.argsort(dice)
+    lesion = np.flatnonzero(np.asarray(y)[:, 0].reshape(len(y), -1).any(axis=1))
+    pool = lesion if len(lesion) else np.arange(len(dice))  # empty-on-empty Dice 1 says little
+    order = pool[np.argsort(np.asarray(dice)[pool], kind="stable")]
     picks = [("worst", order[0]), ("median", order[len(order) // 2]), ("best", order[-1])]
     fig = _figure(9.0, 3.4)
     for k, (name, i) in enumerate(picks):
