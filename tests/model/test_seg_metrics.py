@@ -127,3 +127,51 @@ def test_seg_output_round_trip(small_cohort: Any, tmp_path: Path) -> None:
     assert uids == [source.SOPInstanceUID]
     arr = back.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
     np.testing.assert_array_equal(arr[0, :, :, 0] > 0, mask)
+
+
+def test_targets_use_seg_masks_and_empty_negatives_only(tmp_path: Path) -> None:
+    """Images with the chosen segment's SEG keep it; label-0 images without any SEG are empty
+    lesion masks; a lesion image whose SEG is missing is left out (and so is every image
+    without a lung mask when the lung is learned)."""
+    import json
+
+    import pandas as pd
+
+    from pipeline import catalog
+    from pipeline.tasks import make_task
+    from pipeline.tasks.segmentation import SegmentationTask
+
+    masks = np.zeros((4, 2, 8, 8), np.uint8)
+    masks[0, 0, 2:4, 2:4] = 1  # image 0: lesion + lung SEG
+    masks[0, 1, 1:7, 1:7] = 1
+    known = [[1, 1], [0, 0], [0, 0], [1, 0]]  # 1: negative, no SEG; 2: positive, no SEG
+    masks[3, 0, 5:7, 5:7] = 1  # image 3: lesion-only SEG
+    pd.DataFrame({"label": [1, 0, 1, 1], "patient_id": list("abcd")}).to_parquet(
+        catalog.split_file(tmp_path, "train", catalog.INDEX_SUFFIX)
+    )
+    np.save(catalog.split_file(tmp_path, "train", catalog.MASKS_SUFFIX), masks)
+    info = {"segments": ["lesion", "lung"], "known": known, "spacing_mm": [[1.0, 1.0]] * 4}
+    catalog.split_file(tmp_path, "train", catalog.MASK_INFO_SUFFIX).write_text(json.dumps(info))
+    lesion = make_task("segmentation").read_targets(tmp_path, "train")
+    assert list(lesion.rows) == [0, 1, 3] and lesion.n_missing == 1
+    assert lesion.values.shape == (3, 1, 8, 8)
+    assert lesion.values[1].sum() == 0 and lesion.values[0].sum() == 4
+    both = SegmentationTask(segments=("lesion", "lung")).read_targets(tmp_path, "train")
+    assert list(both.rows) == [0] and both.values.shape == (1, 2, 8, 8)
+
+
+def test_promotion_compares_per_patient_dice() -> None:
+    from pipeline.config import RegisterSection
+    from pipeline.tasks import make_task
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((30, 1, 16, 16), np.float32)
+    for i in range(30):
+        truth[i, 0, 4 + i % 5 : 10 + i % 5, 4:10] = 1
+    good = truth * 0.9 + 0.05
+    worse = np.clip(good + rng.uniform(-0.3, 0.6, size=good.shape), 0, 1).astype(np.float32)
+    groups = np.repeat(np.arange(15), 2).astype(str)
+    task = make_task("segmentation").with_state({"segments": ["lesion"]})
+    verdict = task.paired_test(truth, good, worse, groups, RegisterSection())
+    assert verdict.better and verdict.new > verdict.champion and verdict.p_value < 0.05
+    assert not task.paired_test(truth, worse, good, groups, RegisterSection()).better
