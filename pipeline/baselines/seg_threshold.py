@@ -84,7 +84,7 @@ def _dice(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p, t = pred.reshape(len(pred), -1), true.reshape(len(true), -1) > 0.5
     inter = (p & t).sum(1)
     total = p.sum(1) + t.sum(1)
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0), ~t.any(axis=1)
+    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0), np.asarray(~t.any(axis=1))
 
 
 def _mean_dice(pred: np.ndarray, true: np.ndarray) -> float:
