@@ -223,7 +223,7 @@ def fig_loop(ctx: Ctx) -> list[Figure]:
 def fig_seg_loop(ctx: Ctx) -> list[Figure]:
     from bench import seg_training
 
-    epochs = 2 if ctx.quick else 3
+    epochs = 2 if ctx.quick else 5  # as the classification loop figure
     r = seg_training.loop_overhead(ctx.params(), ctx.preprocessed, epochs, ctx.repeats, ctx.tmp)
     return [
         Figure.check(
