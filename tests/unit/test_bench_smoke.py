@@ -23,6 +23,7 @@ EXPECTED = {
     "ingest scaling",
     "data path",
     "training loop",
+    "segmentation training loop",
     "tuning: best val AUC",
     "tuning: epochs",
 }
