@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+from pipeline.tasks.autoencoder import AutoencoderTask
 from pipeline.tasks.base import (
     TARGET_TAG,
     TASK_TAG,
@@ -28,12 +29,14 @@ if TYPE_CHECKING:
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     RegressionTask.kind: RegressionTask,
+    AutoencoderTask.kind: AutoencoderTask,
 }
 
 __all__ = [
     "TARGET_TAG",
     "TASKS",
     "TASK_TAG",
+    "AutoencoderTask",
     "ClassificationTask",
     "PairedTest",
     "RegressionTask",
@@ -56,7 +59,10 @@ def make_task(kind: str, target: str = "label", loss: str = "auto") -> Task:
 def get_task(params: Params, loss: str | None = None) -> Task:
     """The unfitted task of a run: ``task.kind``, ``task.target`` and ``train.loss`` (or
     ``loss``, e.g. a tuning trial's value)."""
-    return make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    task = make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    if isinstance(task, AutoencoderTask):  # its mode and noise live in task.autoencoder
+        task = task.with_options(params.task.autoencoder.model_dump())
+    return task
 
 
 def task_from_meta(meta: dict[str, Any]) -> Task:
