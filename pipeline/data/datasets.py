@@ -348,7 +348,7 @@ class RadDataModule(L.LightningDataModule):
         self._task = task
         self.notes = [t.note(task.target) for t in (train, val)] + self.notes
         limit = self.in_memory_limit_bytes
-        image = {"image_target": task.target_kind == "image"}
+        image: dict[str, Any] = {"image_target": task.target_kind == "image"}
         if image["image_target"]:
             image["corrupt"] = getattr(task, "corruption", lambda: None)()
         self.train_set = ArrayDataset(

@@ -121,8 +121,8 @@ def plot_reconstructions(
         for col, (panel, name) in enumerate(panels):
             ax = fig.add_subplot(len(picks), 3, 3 * row + col + 1)
             cmap = "magma" if col == 2 else "gray"
-            lim = {} if col == 2 else {"vmin": float(img.min()), "vmax": float(img.max())}
-            ax.imshow(panel, cmap=cmap, **lim)
+            vmin, vmax = (None, None) if col == 2 else (float(img.min()), float(img.max()))
+            ax.imshow(panel, cmap=cmap, vmin=vmin, vmax=vmax)
             ax.set_axis_off()
             ax.set_title(f"{kind} (MSE {errors[i]:.3f}): {name}" if col == 0 else name, fontsize=8)
     fig.suptitle(title)

@@ -247,7 +247,7 @@ def build_autoencoder(arch: dict[str, Any]) -> nn.Module:
             self.decoder = nn.Sequential(*layers)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.decoder(self.bottleneck(self.features(x)))
+            out = self.decoder(self.bottleneck(self.features(x)))  # type: ignore[operator]
             if out.shape[-2:] != x.shape[-2:]:  # sizes not divisible by 2**depth
                 out = F.interpolate(out, size=x.shape[-2:], mode="bilinear")
             return out  # type: ignore[no-any-return]
@@ -260,35 +260,40 @@ QUALITY_COLUMNS = ("recon_mse", "recon_mae", "psnr", "ssim")  # an autoencoder's
 
 def reconstruction_quality(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Per-image reconstruction quality of an autoencoder, N×4 float32 in the order of
-    ``QUALITY_COLUMNS``: mean squared and absolute error (the anomaly score / data-quality
-    signal is ``recon_mse``), PSNR and SSIM (MONAI), both with the input image's own range
-    (max - min) as data range, since the images are z-scored rather than in [0, 1]."""
+    ``QUALITY_COLUMNS`` (see ``quality``)."""
     import torch
-    from monai.metrics.regression import compute_ssim_and_cs
 
     out: list[np.ndarray] = []
     network.eval()
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             clean = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
-            recon = network(clean).float()
-            flat = (recon - clean).flatten(1)
-            mse, mae = flat.pow(2).mean(1), flat.abs().mean(1)
-            lo = clean.flatten(1).amin(1).view(-1, 1, 1, 1)
-            rng = (clean.flatten(1).amax(1).view(-1, 1, 1, 1) - lo).clamp_min(1e-6)
-            a, b = (clean - lo) / rng, (recon - lo) / rng  # input's range → [0, 1]
-            psnr = 10 * torch.log10(1.0 / (a - b).flatten(1).pow(2).mean(1).clamp_min(1e-10))
-            ssim_map, _ = compute_ssim_and_cs(
-                b,
-                a,
-                spatial_dims=2,
-                kernel_size=(7, 7),
-                kernel_sigma=(1.5, 1.5),
-                data_range=1.0,
-                kernel_type="gaussian",
-                k1=0.01,
-                k2=0.03,
-            )
-            ssim = ssim_map.flatten(1).mean(1)
-            out.append(torch.stack([mse, mae, psnr, ssim], dim=1).numpy())
+            out.append(quality(clean, network(clean).float()).numpy())
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 4), np.float32)
+
+
+def quality(clean: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """N×4: mean squared and absolute error (``recon_mse`` is the anomaly score and the
+    data-quality signal), PSNR and SSIM (MONAI's), both with the input image's own range
+    (max - min) as data range, since the images are z-scored rather than in [0, 1]."""
+    import torch
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    flat = (recon - clean).flatten(1)
+    mse, mae = flat.pow(2).mean(1), flat.abs().mean(1)
+    lo = clean.flatten(1).amin(1).view(-1, 1, 1, 1)
+    rng = (clean.flatten(1).amax(1).view(-1, 1, 1, 1) - lo).clamp_min(1e-6)
+    a, b = (clean - lo) / rng, (recon - lo) / rng  # the input's range → [0, 1]
+    psnr = 10 * torch.log10(1.0 / (a - b).flatten(1).pow(2).mean(1).clamp_min(1e-10))
+    ssim_map, _ = compute_ssim_and_cs(
+        b,
+        a,
+        spatial_dims=2,
+        kernel_size=(7, 7),
+        kernel_sigma=(1.5, 1.5),
+        data_range=1.0,
+        kernel_type="gaussian",
+        k1=0.01,
+        k2=0.03,
+    )
+    return torch.stack([mse, mae, psnr, ssim_map.flatten(1).mean(1)], dim=1)

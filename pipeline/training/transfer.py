@@ -199,11 +199,18 @@ def load_source(init: str, source: str) -> tuple[dict[str, Any], dict[str, Any],
 
 def initialise(net: nn.Module, cfg: TrainSection, source: str | None = None) -> InitSource | None:
     """Load ``train.init``'s weights into ``net`` (None for ``scratch``); ``source``
-    overrides ``train.init_source`` (the pinned URI of ``init_source.json``)."""
+    overrides ``train.init_source``; otherwise the version pinned in ``init_source.json`` (if
+    it was pinned for this source) is used, and must still have the pinned SHA-256."""
     if cfg.init == "scratch":
         return None
-    source = source or pinned_source(cfg) or requested_source(cfg)
+    pin = pinned(cfg)
+    source = source or (pin or {}).get("resolved") or requested_source(cfg)
     state, meta, info = load_source(cfg.init, source)
+    if pin and source == pin.get("resolved") and pin.get("sha256") not in ("", info.sha256):
+        raise ConfigError(
+            f"train.init_source {source!r} changed since it was pinned in {pin_file()} "
+            "(another SHA-256); run `dvc repro -f init` to pin it again"
+        )
     keys = transfer_keys(cfg.init, meta, list(state))
     target = net.state_dict()
     check_compatible(target, state, keys, whole=len(keys) == len(state))
@@ -217,15 +224,16 @@ def pin_file(folder: Path = INIT_DIR) -> Path:
     return folder / "init_source.json"
 
 
-def pinned_source(cfg: TrainSection, folder: Path = INIT_DIR) -> str | None:
-    """The pinned URI in ``init_source.json`` when it was written for this init/source."""
+def pinned(cfg: TrainSection, folder: Path = INIT_DIR) -> dict[str, Any] | None:
+    """``init_source.json`` (pinned ``resolved`` URI, ``sha256``) when it was written for
+    this ``train.init`` and ``init_source``, else None."""
     path = pin_file(folder)
     if not path.is_file():
         return None
-    doc = json.loads(path.read_text())
+    doc: dict[str, Any] = json.loads(path.read_text())
     if doc.get("init") != cfg.init or doc.get("source") != requested_source(cfg):
         return None
-    return str(doc.get("resolved") or "") or None
+    return doc
 
 
 def write_pin(params: Params, folder: Path = INIT_DIR) -> dict[str, Any]:
