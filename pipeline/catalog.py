@@ -65,6 +65,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 LAST_CKPT = "last.ckpt"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_META_FILE = "model.json"
+INIT_DIR = Path("models/init")  # DVC stage ``init``: train.init's source, pinned
+INIT_SOURCE_FILE = "init_source.json"
 
 # ---------------------------------------------------------------- baseline
 BASELINE_MODEL_FILE = "model.skops"
@@ -107,6 +109,11 @@ def predictions_file(folder: Path | str, split: str) -> Path:
 
 def confusion_plot(folder: Path | str, model: str) -> Path:
     return Path(folder) / f"confusion_matrix_{model}.png"
+
+
+def reconstructions_plot(folder: Path | str, model: str) -> Path:
+    """Autoencoder: input, reconstruction and error map of typical and extreme images."""
+    return Path(folder) / f"reconstructions_{model}.png"
 
 
 def bland_altman_plot(folder: Path | str, model: str) -> Path:

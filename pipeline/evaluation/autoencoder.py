@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 # metric name -> column of the predictions
 METRICS = {"recon_mse": 0, "recon_mae": 1, "psnr": 2, "ssim": 3}
-RECON_FIGURE = "reconstructions_{model}.png"
 
 
 def _quality(pred: np.ndarray) -> np.ndarray:
@@ -147,7 +146,7 @@ def report(inp: ReportInput) -> ReportOutput:
         recon = raw_outputs(extra["cnn"], x)
         errors = _quality(inp.predictions["cnn"])[:, 0]
         if len(x):
-            path = figures / RECON_FIGURE.format(model="cnn")
+            path = catalog.reconstructions_plot(figures, "cnn")
             per_model["cnn"].append(plot_reconstructions(x, recon, errors, "Autoencoder", path))
     rows = []
     for name, pred in inp.predictions.items():

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("radops.transfer")
 
 DEFAULT_AUTOENCODER_URI = "models:/radops-autoencoder@champion"
-INIT_DIR = Path("models/init")  # the DVC stage ``init``'s output folder
+INIT_DIR = catalog.INIT_DIR  # the DVC stage ``init``'s output folder
 ENCODER_PREFIX = "features."
 
 
@@ -221,7 +221,7 @@ def initialise(net: nn.Module, cfg: TrainSection, source: str | None = None) -> 
 
 # --------------------------------------------------------------------------- DVC pin
 def pin_file(folder: Path = INIT_DIR) -> Path:
-    return folder / "init_source.json"
+    return folder / catalog.INIT_SOURCE_FILE
 
 
 def pinned(cfg: TrainSection, folder: Path = INIT_DIR) -> dict[str, Any] | None:

@@ -120,7 +120,7 @@ class Snapshots(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.encoder.append(encoder_state(pl_module.net))  # type: ignore[arg-type]
-        self.head.append(pl_module.net.head.weight.detach().clone())  # type: ignore[union-attr]
+        self.head.append(pl_module.net.head.weight.detach().clone())  # type: ignore[union-attr,operator]
 
 
 def test_frozen_layers_do_not_change_during_frozen_epochs_and_do_after(
