@@ -29,9 +29,9 @@ def smooth_images(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarr
     rng.shuffle(y)
     patch = 8
     checker = np.indices((patch, patch)).sum(axis=0) % 2 * 6.0 - 3.0
-    for i in np.flatnonzero(y):
+    for j in np.flatnonzero(y):
         r, c = (int(v) for v in rng.integers(2, size - patch - 2, size=2))
-        x[i, 0, r : r + patch, c : c + patch] += checker.astype(np.float32)
+        x[j, 0, r : r + patch, c : c + patch] += checker.astype(np.float32)
     return x - 0.5, y
 
 
