@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--freeze-epochs", type=int, default=3)
     ap.add_argument("--finetune-lr-factor", type=float, default=1.0)
     ap.add_argument("--reuse-autoencoder", action="store_true", help="keep WORK/autoencoder")
+    ap.add_argument("--autoencoder", type=Path, help="use this trained autoencoder folder")
+    ap.add_argument(
+        "--reuse-scratch", type=Path, help="scratch runs from an earlier transfer_study_runs.json"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from pipeline.io import write_json, write_text
@@ -158,18 +162,32 @@ def main(argv: list[str] | None = None) -> None:
         "autoencoder",
         task={"kind": "autoencoder", "autoencoder": {"mode": args.ae_mode}},
     )
-    if args.reuse_autoencoder and (ae_params.train.out_dir / "model.json").is_file():
+    ae_dir = args.autoencoder.resolve() if args.autoencoder else ae_params.train.out_dir
+    if args.autoencoder:
+        print(f"autoencoder: using {ae_dir}", flush=True)
+    elif args.reuse_autoencoder and (ae_params.train.out_dir / "model.json").is_file():
         print(f"autoencoder: reusing {ae_params.train.out_dir}", flush=True)
     else:
         ae = train.run(ae_params, train.Paths.from_params(ae_params))
         print(f"autoencoder: {ae.epochs_run} epochs, best {ae.monitor} {ae.best_value:.4f}")
     rows: list[dict[str, Any]] = []
+    earlier = json.loads(args.reuse_scratch.read_text())["runs"] if args.reuse_scratch else []
     for fraction in args.fractions:
         for seed in args.seeds:
             for init in ("scratch", "autoencoder"):
+                old = [
+                    r
+                    for r in earlier
+                    if r["init"] == init == "scratch"
+                    and float(r["label_fraction"]) == fraction
+                    and int(r["seed"]) == seed
+                ]
+                if old:  # the same run (same seed, data and settings) measured before
+                    rows.append(old[0])
+                    continue
                 extra = (
                     {
-                        "init_source": str(ae_params.train.out_dir),
+                        "init_source": str(ae_dir),
                         "freeze_epochs": args.freeze_epochs,
                         "finetune_lr_factor": args.finetune_lr_factor,
                     }
