@@ -88,6 +88,7 @@ CALIBRATION_DATA = "calibration"
 CONFUSION_DATA = "confusion"
 SCATTER_DATA = "scatter"
 BLAND_ALTMAN_DATA = "bland_altman"
+RECON_ERROR_DATA = "recon_error"  # autoencoder: per-image reconstruction MSE
 
 # ---------------------------------------------------------------- register / predict
 REGISTRATION_FILE = "registration.json"

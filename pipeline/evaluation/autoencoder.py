@@ -135,6 +135,7 @@ def report(inp: ReportInput) -> ReportOutput:
 
     from pipeline.evaluation import report as rep
     from pipeline.evaluation.classification import _intro, _parts, relative_to
+    from pipeline.io import write_csv
 
     figures = inp.out / catalog.FIGURES_DIR
     per_model: dict[str, list[Path]] = {n: [] for n in inp.metrics}
@@ -148,6 +149,11 @@ def report(inp: ReportInput) -> ReportOutput:
         if len(x):
             path = catalog.reconstructions_plot(figures, "cnn")
             per_model["cnn"].append(plot_reconstructions(x, recon, errors, "Autoencoder", path))
+    plots = inp.out / catalog.PLOTS_DIR
+    for name, pred in inp.predictions.items():  # DVC plot data: error per test image
+        q = _quality(pred)
+        frame = pd.DataFrame({"image": np.arange(len(q)), "recon_mse": q[:, 0], "ssim": q[:, 3]})
+        write_csv(catalog.plot_data(plots, catalog.RECON_ERROR_DATA, name), frame)
     rows = []
     for name, pred in inp.predictions.items():
         q = _quality(pred)
