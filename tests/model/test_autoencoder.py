@@ -135,3 +135,34 @@ def test_task_round_trips_through_model_json_and_evaluates_with_cis() -> None:
     better = again.paired_test(y, q, worse, groups, RegisterSection())
     assert better.better and better.method == "wilcoxon"
     assert not again.paired_test(y, worse, q, groups, RegisterSection()).better
+
+
+def test_train_baseline_and_evaluate_an_anomaly_autoencoder(
+    tmp_path: Path, smooth: Path, mlflow_uri: str
+) -> None:
+    """The stages as DVC runs them: train (MLflow, saved model), the PCA baseline, evaluate
+    (metrics with CIs, figures, DVC plot data, per-image prediction columns)."""
+    import pandas as pd
+
+    from pipeline.baselines import svm
+    from pipeline.evaluation import evaluate
+    from pipeline.training import train
+
+    task = {"kind": "autoencoder", "autoencoder": {"mode": "anomaly"}}
+    params = tiny_params(tmp_path, smooth, mlflow_uri, task=task, max_epochs=4)
+    train.run(params, train.Paths.from_params(params))
+    base = svm.run(params, svm.Paths.from_params(params))
+    assert base.score == "recon_mse" and "PCA" in base.summary()
+    result = evaluate.run(params, evaluate.Paths.from_params(params))
+    for model in ("cnn", "baseline"):
+        m = result.metrics[model]
+        for key in ("recon_mse", "recon_mae", "ssim", "psnr", "anomaly_auc"):
+            assert m[f"test_{key}_ci_low"] <= m[f"test_{key}"] <= m[f"test_{key}_ci_high"]
+    assert result.metrics["cnn"]["n_test"] == 48  # anomaly mode tests every labelled image
+    out = params.evaluate.out_dir
+    assert (out / "figures" / "reconstructions_cnn.png").is_file()
+    assert (out / "plots" / "recon_error_cnn.csv").is_file()
+    frame = pd.read_parquet(out / "predictions_test.parquet")
+    assert {"recon_mse_cnn", "anomaly_score_cnn", "ssim_baseline"} <= set(frame.columns)
+    assert "SSIM" in result.summary()
+    assert "Anomaly AUC" in (out / "evaluation.md").read_text()
