@@ -53,6 +53,9 @@ bench: setup ## Performance benchmarks: ratios against baselines, written to ben
 transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25/100 % labels, 3 seeds (bench/work/transfer/).
 	dvc repro preprocess
 	nice -n 10 python -m bench.transfer_study
+	nice -n 10 python -m bench.transfer_study --freeze-epochs 0 --work bench/work/transfer-freeze0 \
+	  --autoencoder bench/work/transfer/autoencoder/model \
+	  --reuse-scratch bench/work/transfer/transfer_study_runs.json
 
 test: setup ## Run the test suite.
 	pytest
