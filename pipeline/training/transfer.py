@@ -216,7 +216,8 @@ def initialise(net: nn.Module, cfg: TrainSection, source: str | None = None) -> 
     check_compatible(target, state, keys, whole=len(keys) == len(state))
     net.load_state_dict({k: state[k] for k in keys}, strict=False)
     log.info("initialised %d tensors from %s (%s)", len(keys), info.resolved, cfg.init)
-    return InitSource(**(asdict(info) | {"layers": tuple(keys)}))
+    configured = requested_source(cfg)  # as in params.yaml; ``resolved`` says what was loaded
+    return InitSource(**(asdict(info) | {"layers": tuple(keys), "source": configured}))
 
 
 # --------------------------------------------------------------------------- DVC pin

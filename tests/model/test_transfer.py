@@ -188,6 +188,7 @@ def test_registry_source_is_resolved_pinned_and_recorded(
     result = train.run(params, train.Paths.from_params(params))
     tags = MlflowClient().get_run(result.run_id).data.tags
     assert tags["radops.init_version"] == str(first.version)
+    assert tags["radops.init_source"] == transfer.DEFAULT_AUTOENCODER_URI  # as configured
     assert tags["radops.init_source_run"] == ae_run.run_id
     meta = read_json(params.train.out_dir / "model.json")
     assert meta["init"]["radops.init_resolved"] == pin["resolved"]
