@@ -12,7 +12,7 @@ MLFLOW_PORT ?= $(or $(shell sed -n 's/^ *mlflow_ui_port: *\([0-9]*\).*/\1/p' par
 PREFECT_PORT ?= 4200
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench
+.PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench transfer-study
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,13 @@ schedule: setup ## Serve nightly retraining of this folder (cron from params.yam
 
 bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
 	python -m bench.run
+
+transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25/100 % labels, 3 seeds (bench/work/transfer/).
+	dvc repro preprocess
+	nice -n 10 python -m bench.transfer_study
+	nice -n 10 python -m bench.transfer_study --freeze-epochs 0 --work bench/work/transfer-freeze0 \
+	  --autoencoder bench/work/transfer/autoencoder/model \
+	  --reuse-scratch bench/work/transfer/transfer_study_runs.json
 
 test: setup ## Run the test suite.
 	pytest

@@ -65,6 +65,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 LAST_CKPT = "last.ckpt"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_META_FILE = "model.json"
+INIT_DIR = Path("models/init")  # DVC stage ``init``: train.init's source, pinned
+INIT_SOURCE_FILE = "init_source.json"
 
 # ---------------------------------------------------------------- baseline
 BASELINE_MODEL_FILE = "model.skops"
@@ -86,6 +88,7 @@ CALIBRATION_DATA = "calibration"
 CONFUSION_DATA = "confusion"
 SCATTER_DATA = "scatter"
 BLAND_ALTMAN_DATA = "bland_altman"
+RECON_ERROR_DATA = "recon_error"  # autoencoder: per-image reconstruction MSE
 
 # ---------------------------------------------------------------- register / predict
 REGISTRATION_FILE = "registration.json"
@@ -136,6 +139,11 @@ def predictions_file(folder: Path | str, split: str) -> Path:
 
 def confusion_plot(folder: Path | str, model: str) -> Path:
     return Path(folder) / f"confusion_matrix_{model}.png"
+
+
+def reconstructions_plot(folder: Path | str, model: str) -> Path:
+    """Autoencoder: input, reconstruction and error map of typical and extreme images."""
+    return Path(folder) / f"reconstructions_{model}.png"
 
 
 def bland_altman_plot(folder: Path | str, model: str) -> Path:

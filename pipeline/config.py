@@ -123,14 +123,29 @@ Activation = Literal["relu", "leakyrelu", "gelu", "tanh", "sigmoid"]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 
 
+class AutoencoderSection(Section):
+    """``task.kind: autoencoder`` only (``pipeline/tasks/autoencoder.py``): ``plain``
+    reconstruction, ``denoising`` (input corrupted by ``noise`` at ``noise_level``, target the
+    clean image) or ``anomaly`` (trained on negatives, ``label`` 0, only; reconstruction error
+    is the anomaly score). ``latent_channels``: channels of the bottleneck."""
+
+    mode: Literal["plain", "denoising", "anomaly"] = "plain"
+    noise: Literal["gaussian", "poisson"] = "gaussian"
+    noise_level: float = Field(0.2, ge=0)
+    latent_channels: int = Field(16, ge=1)
+
+
 class TaskSection(Section):
     """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
     labels-file column (carried through ingest and preprocess) that holds the target."""
 
-    kind: Literal["classification", "regression", "segmentation"] = "classification"
+    kind: Literal["classification", "regression", "segmentation", "autoencoder"] = (
+        "classification"
+    )
     target: str = Field("label", min_length=1)
     # segmentation: the SEG segment label(s) learned, one output channel each (case-insensitive)
     segments: list[str] = Field(default_factory=lambda: ["lesion"], min_length=1)
+    autoencoder: AutoencoderSection = AutoencoderSection()
 
 
 class ModelSection(Section):
@@ -182,6 +197,12 @@ class TrainSection(Section):
     num_threads: int = Field(1, ge=0)
     # Training arrays up to this size are read into memory; larger ones stay memory-mapped.
     in_memory_limit_mb: int = Field(4096, ge=0)
+    # Transfer learning (pipeline/training/transfer.py): where the initial weights come from.
+    init: Literal["scratch", "autoencoder", "registry", "file"] = "scratch"
+    init_source: str = ""  # models:/ URI, model folder or .safetensors ("" + autoencoder: champion)
+    freeze_epochs: int = Field(0, ge=0)  # transferred layers frozen for the first N epochs
+    finetune_lr_factor: float = Field(1.0, gt=0, le=1)  # learning-rate factor of transferred layers
+    label_fraction: float = Field(1.0, gt=0, le=1)  # training patients kept (seeded by base.seed)
 
 
 class FloatSpace(Section):

@@ -70,7 +70,7 @@ class BaselineResult:
     def summary(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in sorted(self.best_params.items()))
         name = {"auc": "AUC", "auc_macro": "macro AUC", "mae": "MAE"}.get(self.score, self.score)
-        model = "SVR" if self.score == "mae" else "SVM"
+        model = {"mae": "SVR", "recon_mse": "baseline"}.get(self.score, "SVM")
         cv = "" if math.isnan(self.cv_auc) else f", grouped-CV {name} {self.cv_auc:.3f}"
         return (
             f"baseline: {self.kernel} {model} ({params}) on {len(self.selected_features)} "
@@ -315,6 +315,10 @@ def outputs(pipe: Pipeline, feats: np.ndarray, task: Task) -> np.ndarray:
 def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """The baseline's predictions for N×1×S×S images: N probabilities of class 1 (binary),
     N×K class probabilities, or N values in the target's units."""
+    if meta.get("kind") == "pca":  # the autoencoder's baseline
+        from pipeline.baselines import pca
+
+        return pca.predict(pipe, meta, x)
     return outputs(pipe, _features(meta, x), task_of(meta))
 
 
@@ -343,6 +347,10 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
 
+    if params.task.kind == "autoencoder":  # its baseline is PCA reconstruction
+        from pipeline.baselines import pca
+
+        return pca.run(params, paths)
     cfg, seed = params.baseline, params.base.seed
     task = get_task(params)
     if task.target_kind == "mask":  # segmentation: the classical segmenter instead

@@ -225,7 +225,13 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         seed: int = 0,
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
         rows: np.ndarray | None = None,
+        image_target: bool = False,
+        corrupt: Any = None,
+        fixed_noise: bool = False,
     ) -> None:
+        # Autoencoder hook: the (augmented) image is the target, ``corrupt(x, generator)`` the
+        # input (denoising); ``fixed_noise``: the same noise per image every epoch (val).
+        self.image_target, self.corrupt, self.fixed_noise = image_target, corrupt, fixed_noise
         self.rows = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
         if len(self.rows) != len(y):
             raise InputError(f"{len(self.rows)} images but {len(y)} targets")
@@ -278,6 +284,11 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             data = {IMAGE_KEY: x} | ({"mask": y} if self.mask_target else {})
             out = self.augment(data, self._rng())
             x, y = out[IMAGE_KEY], out.get("mask", y)
+        if self.image_target:
+            y = x
+            if self.corrupt is not None:
+                fixed = torch.Generator().manual_seed(self.seed + int(indices[0]))
+                x = self.corrupt(x, fixed if self.fixed_noise else self._rng())
         return x, y
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,10 +310,12 @@ class RadDataModule(L.LightningDataModule):
         augment: BatchAugment | None = None,
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
         task: Task | None = None,
+        label_fraction: float = 1.0,
     ) -> None:
         from pipeline.tasks import make_task
 
         super().__init__()
+        self.label_fraction = label_fraction
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -319,6 +332,13 @@ class RadDataModule(L.LightningDataModule):
             return
         task = self._task
         x, train = load_split(self.data_dir, "train", task)
+        if self.label_fraction < 1:  # train.label_fraction: a seeded subset of patients
+            from pipeline.data.label_fraction import subsample_patients
+
+            train, fraction_note = subsample_patients(
+                self.data_dir, train, self.label_fraction, self.seed
+            )
+            self.notes.append(fraction_note)
         xv, val = load_split(self.data_dir, "val", task)
         if x.shape[1:] != xv.shape[1:]:
             raise InputError(f"train images are {x.shape[1:]} but val are {xv.shape[1:]}")
@@ -326,10 +346,17 @@ class RadDataModule(L.LightningDataModule):
             task = task.fit(train)
         task.check(val)
         self._task = task
-        self.notes = [t.note(task.target) for t in (train, val)]
+        self.notes = [t.note(task.target) for t in (train, val)] + self.notes
         limit = self.in_memory_limit_bytes
-        self.train_set = ArrayDataset(x, train.values, self.augment, self.seed, limit, train.rows)
-        self.val_set = ArrayDataset(xv, val.values, None, self.seed, limit, val.rows)
+        image: dict[str, Any] = {"image_target": task.target_kind == "image"}
+        if image["image_target"]:
+            image["corrupt"] = getattr(task, "corruption", lambda: None)()
+        self.train_set = ArrayDataset(
+            x, train.values, self.augment, self.seed, limit, train.rows, **image
+        )
+        self.val_set = ArrayDataset(
+            xv, val.values, None, self.seed, limit, val.rows, **image, fixed_noise=True
+        )
 
     @property
     def task(self) -> Task:
@@ -383,4 +410,5 @@ def make_datamodule(
         augment=BatchAugment.from_config(train_cfg.augmentation, mask_keys) if augment else None,
         in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,
         task=task,
+        label_fraction=getattr(train_cfg, "label_fraction", 1.0),
     )

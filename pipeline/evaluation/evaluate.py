@@ -57,11 +57,12 @@ PREDICTION_COLUMNS = ["image_id", "patient_id", "label", "site", "manufacturer"]
 
 def reporter(task: Task) -> Callable[[ReportInput], ReportOutput]:
     """The ``report`` function of the evaluation module for ``task.kind``."""
-    from pipeline.evaluation import classification, regression
+    from pipeline.evaluation import autoencoder, classification, regression
 
     reporters: dict[str, Callable[[ReportInput], ReportOutput]] = {
         "classification": classification.report,
         "regression": regression.report,
+        "autoencoder": autoencoder.report,
     }
     if task.kind not in reporters:
         raise InputError(f"no evaluation for task.kind {task.kind!r}")
@@ -113,6 +114,10 @@ class EvaluateResult:
                 f", accuracy {m['test_accuracy']:.3f}, macro F1 {m['test_f1_macro']:.3f}"
                 if key == "test_auc_macro"
                 else f", RMSE {m['test_rmse']:.3f}, R² {m['test_r2']:.3f}"
+                if key == "test_mae"
+                else f", SSIM {m['test_ssim']:.3f}, PSNR {m['test_psnr']:.1f} dB"
+                if key == "test_recon_mse"
+                else ""
             )
             lines.append(
                 f"  {name:<8} {key.removeprefix('test_')} {m[key]:.3f} ({self.level:.0%} CI "
@@ -287,7 +292,9 @@ def prediction_frame(
     columns: dict[str, np.ndarray] = {}
     for name, p in preds.items():
         p = np.asarray(p)
-        if p.ndim == 2:
+        if task.target_kind == "image":  # autoencoder: named per-image quality columns
+            columns |= {f"{k}_{name}": v for k, v in task.prediction_columns(p).items()}
+        elif p.ndim == 2:
             columns |= {f"prob_{name}_{k}": p[:, k] for k in range(p.shape[1])}
             columns[f"pred_{name}"] = p.argmax(axis=1)
         elif task.kind == "classification":
@@ -326,7 +333,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
             catalog.predictions_file(paths.out_dir, split),
             prediction_frame(task, index, targets[split].values, preds[split]),
         )
-        index_test = index
+        index_test, x_test = index, x
     assert index_test is not None
     notes = tuple(t.note(task.target) for t in targets.values() if t.n_missing)
     for note in notes:
@@ -364,7 +371,18 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     for name in MODELS:
         write_json(catalog.metrics_file(out, name), metrics[name])
     made = reporter(task)(
-        ReportInput(out, task, metrics, preds["test"], y_test, index_test, cfg, flags, notes)
+        ReportInput(
+            out,
+            task,
+            metrics,
+            preds["test"],
+            y_test,
+            index_test,
+            cfg,
+            flags,
+            notes,
+            extra={"x": x_test, "cnn": net},
+        )
     )
     write_csv(out / catalog.SUBGROUPS_FILE, made.subgroups)
     write_text(out / catalog.EVALUATION_REPORT, made.markdown)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,6 +271,7 @@ class ReportInput:
     cfg: Any  # EvaluateSection
     flags: Mapping[str, Any]
     notes: Sequence[str] = ()  # e.g. how many test images lacked the target
+    extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. autoencoder: x, cnn
 
 
 @dataclass(frozen=True)

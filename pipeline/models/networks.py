@@ -72,6 +72,8 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     from torch import nn
 
     arch = ARCH_DEFAULTS | dict(arch)
+    if arch.get("network") == AUTOENCODER:
+        return build_autoencoder(arch)
     n_out = int(arch["out_channels"])
     if arch.get("network") == "unet":  # segmentation: one logit map per segment
         return _unet(arch)
@@ -146,7 +148,7 @@ def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) ->
     if missing:
         raise ValueError(f"model metadata lacks architecture keys: {missing}")
     transform = meta.get("output", OUTPUT_DEFAULT).get("transform")
-    if transform not in ("sigmoid", "softmax", "identity"):
+    if transform not in ("sigmoid", "softmax", "identity", RECONSTRUCTION_ERROR):
         raise ValueError(f"model metadata has an unknown output transform {transform!r}")
     out_dir = Path(out_dir)
     ensure_parent(out_dir / WEIGHTS_FILE)  # a folder radops creates is marked as its own
@@ -210,9 +212,111 @@ def predict(
     network: nn.Module, meta: dict[str, Any], x: np.ndarray, batch_size: int = 256
 ) -> np.ndarray:
     """Predictions of a loaded model (``load_model``'s pair) for N×C×H×W inputs."""
+    if (meta.get("output") or {}).get("transform") == RECONSTRUCTION_ERROR:
+        return reconstruction_quality(network, x, batch_size)
     return apply_output(raw_outputs(network, x, batch_size), meta.get("output"))
 
 
 def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Positive-class probabilities of a *binary* (one-logit) network for N×C×H×W inputs."""
     return apply_output(raw_outputs(network, x, batch_size), OUTPUT_DEFAULT)
+
+
+# --------------------------------------------------------------------------- autoencoder
+# Here and not in a module of its own: the served MLflow model carries only this file.
+AUTOENCODER = "autoencoder"  # ``architecture["network"]`` of a convolutional autoencoder
+RECONSTRUCTION_ERROR = "reconstruction"  # its ``output`` transform: per-image quality
+
+
+def build_autoencoder(arch: dict[str, Any]) -> nn.Module:
+    """An encoder-decoder whose encoder *is* the classifier's ``features`` (same blocks, same
+    parameter names ``features.*``), so its weights can initialise a classifier
+    (``pipeline.training.transfer``). A 1×1 bottleneck to ``latent_channels``, then per level
+    nearest upsampling + a MONAI convolution block back to the image's channels (linear
+    output: the images are z-scored, not in [0, 1])."""
+    import torch.nn.functional as F
+    from monai.networks.blocks import Convolution
+    from torch import nn
+
+    depth, base = int(arch["depth"]), int(arch["base_width"])
+    latent = int(arch.get("latent_channels", 16))
+    act, norm = arch["activation"], ("batch" if arch["batch_norm"] else None)
+    encoder_arch = {k: v for k, v in arch.items() if k != "network"}
+
+    def block(c_in: int, c_out: int, kernel: int, last: bool = False) -> nn.Module:
+        return Convolution(
+            spatial_dims=2,
+            in_channels=c_in,
+            out_channels=c_out,
+            kernel_size=kernel,
+            act=None if last else act,
+            norm=None if last else norm,
+            conv_only=last,
+        )
+
+    class AutoEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = build_network(encoder_arch).features  # the classifier's encoder
+            top = base * 2 ** (depth - 1)
+            self.bottleneck = block(top, latent, 1)
+            layers: list[nn.Module] = []
+            channels = latent
+            for level in reversed(range(depth)):
+                width = base * 2**level
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), block(channels, width, 3)]
+                channels = width
+            layers.append(block(channels, int(arch["in_channels"]), 1, last=True))
+            self.decoder = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.decoder(self.bottleneck(self.features(x)))  # type: ignore[operator]
+            if out.shape[-2:] != x.shape[-2:]:  # sizes not divisible by 2**depth
+                out = F.interpolate(out, size=x.shape[-2:], mode="bilinear")
+            return out  # type: ignore[no-any-return]
+
+    return AutoEncoder()
+
+
+QUALITY_COLUMNS = ("recon_mse", "recon_mae", "psnr", "ssim")  # an autoencoder's predictions
+
+
+def reconstruction_quality(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Per-image reconstruction quality of an autoencoder, N×4 float32 in the order of
+    ``QUALITY_COLUMNS`` (see ``quality``)."""
+    import torch
+
+    out: list[np.ndarray] = []
+    network.eval()
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            clean = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
+            out.append(quality(clean, network(clean).float()).numpy())
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 4), np.float32)
+
+
+def quality(clean: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """N×4: mean squared and absolute error (``recon_mse`` is the anomaly score and the
+    data-quality signal), PSNR and SSIM (MONAI's), both with the input image's own range
+    (max - min) as data range, since the images are z-scored rather than in [0, 1]."""
+    import torch
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    flat = (recon - clean).flatten(1)
+    mse, mae = flat.pow(2).mean(1), flat.abs().mean(1)
+    lo = clean.flatten(1).amin(1).view(-1, 1, 1, 1)
+    rng = (clean.flatten(1).amax(1).view(-1, 1, 1, 1) - lo).clamp_min(1e-6)
+    a, b = (clean - lo) / rng, (recon - lo) / rng  # the input's range → [0, 1]
+    psnr = 10 * torch.log10(1.0 / (a - b).flatten(1).pow(2).mean(1).clamp_min(1e-10))
+    ssim_map, _ = compute_ssim_and_cs(
+        b,
+        a,
+        spatial_dims=2,
+        kernel_size=(7, 7),
+        kernel_sigma=(1.5, 1.5),
+        data_range=1.0,
+        kernel_type="gaussian",
+        k1=0.01,
+        k2=0.03,
+    )
+    return torch.stack([mse, mae, psnr, ssim_map.flatten(1).mean(1)], dim=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+from pipeline.tasks.autoencoder import AutoencoderTask
 from pipeline.tasks.base import (
     TARGET_TAG,
     TASK_TAG,
@@ -30,12 +31,14 @@ TASKS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     RegressionTask.kind: RegressionTask,
     SegmentationTask.kind: SegmentationTask,
+    AutoencoderTask.kind: AutoencoderTask,
 }
 
 __all__ = [
     "TARGET_TAG",
     "TASKS",
     "TASK_TAG",
+    "AutoencoderTask",
     "ClassificationTask",
     "PairedTest",
     "RegressionTask",

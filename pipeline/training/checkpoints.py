@@ -45,6 +45,8 @@ def fingerprint(
 
     hp = {k: v for k, v in hyperparameters(cfg, model).items() if k not in RUNTIME_ONLY}
     spec = {"hp": hp, "seed": seed, "task": [task.kind, task.target, task.loss_name]}
+    if getattr(task, "options", None):  # the autoencoder's mode and noise
+        spec["options"] = task.options  # type: ignore[attr-defined]
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update((data_dir / catalog.STATS_FILE).read_bytes())
     for split in ("train", "val"):

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from pipeline.models.networks import architecture, build_network
+from pipeline.training import transfer
 from pipeline.training.callbacks import EpochHistory, monitor_mode
 
 if TYPE_CHECKING:
@@ -54,10 +55,11 @@ class TaskModule(L.LightningModule):
         self.cfg = cfg
         self.monitor, self.monitor_mode = task.monitor_and_mode(cfg.early_stopping_monitor)
         self.arch = architecture(model_cfg, image_size, in_channels, task.n_outputs)
-        self.arch |= task.network(model_cfg)  # e.g. segmentation's U-Net
+        self.arch |= task.network(model_cfg)  # e.g. segmentation's U-Net, the autoencoder
         # channels-last runs the convolutions about 25% faster on CPU (oneDNN) and suits
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
+        self.init_source = transfer.initialise(net, cfg)  # train.init (None: scratch)
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.loss_fn = task.make_loss(cfg)
         self.train_metrics = nn.ModuleDict(task.make_metrics())
@@ -107,9 +109,13 @@ class TaskModule(L.LightningModule):
         self.log("val_loss", loss, on_epoch=True, batch_size=len(y), sync_dist=True)
         self._update_metrics("val", self.val_metrics, outputs, y)
 
+    def configure_callbacks(self) -> list[Callback]:
+        """``train.freeze_epochs``: transferred layers frozen for the first epochs."""
+        return transfer.callbacks(self.init_source, self.cfg)
+
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
-        params = self.parameters()
+        params = transfer.param_groups(self.net, self.init_source, cfg)
         wd = cfg.weight_decay
         optimizer: torch.optim.Optimizer
         if cfg.optimizer == "sgd":

@@ -258,6 +258,8 @@ def run(params: Params, paths: Paths) -> TrainResult:
     with tracking as active:
         module = TaskModule(task, cfg, model_cfg, shape[-1], shape[0])
         monitor, mode = module.monitor, module.monitor_mode
+        if chief and module.init_source is not None:  # train.init: the source's lineage
+            mlflow.set_tags(module.init_source.tags())
         if chief:
             log_params_flat("", hyperparameters(cfg, model_cfg))
             mlflow.log_params({"hyperparameter_source": source[:500], "monitor": monitor})
@@ -299,6 +301,8 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "stopped_epoch": outcome["stopped_epoch"],
             "data": list(data.notes),
         }
+        if module.init_source is not None:
+            meta["init"] = module.init_source.tags()
         if "best_val_auc" in outcome:  # the binary classifier's historical key
             meta["best_val_auc"] = outcome["best_val_auc"]
         history_doc = {
