@@ -139,9 +139,7 @@ class TaskSection(Section):
     """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
     labels-file column (carried through ingest and preprocess) that holds the target."""
 
-    kind: Literal["classification", "regression", "segmentation", "autoencoder"] = (
-        "classification"
-    )
+    kind: Literal["classification", "regression", "segmentation", "autoencoder"] = "classification"
     target: str = Field("label", min_length=1)
     # segmentation: the SEG segment label(s) learned, one output channel each (case-insensitive)
     segments: list[str] = Field(default_factory=lambda: ["lesion"], min_length=1)
