@@ -85,7 +85,7 @@ def test_two_process_ddp_logs_one_run_and_saves_one_model(tmp_path: Path, tiny_d
     assert json.loads((model_dir / catalog.RUN_FILE).read_text())["run_id"] == run.info.run_id
     assert not (tmp_path / "ddp" / "checkpoints").exists(), "rank 0 removes the checkpoints"
     # one model folder, no staging left by a second writer
-    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["cnn"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [".radops-output", "cnn"]
 
     metrics = {
         name: json.loads((tmp_path / name / "cnn" / catalog.TRAIN_METRICS_FILE).read_text())
