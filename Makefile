@@ -46,8 +46,10 @@ repro: setup ## Run the DVC graph without Prefect (`dvc repro`).
 
 ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/ (the stack's server while it is up).
 	@$(WITH_STACK) if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
-	  echo "make stack is up: its MLflow server serves the UI at $$MLFLOW_TRACKING_URI"; exit 0; fi; \
+	  echo "make stack is up: its MLflow server serves the UI at" \
+	    "$$MLFLOW_TRACKING_URI/#/experiments?workflowType=machine_learning"; exit 0; fi; \
 	mkdir -p mlruns; \
+	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"; \
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
 	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
 

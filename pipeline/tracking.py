@@ -107,6 +107,14 @@ def configure(params: Params) -> str:
     return str(experiment_id)
 
 
+def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens on training runs. MLflow 3.17's UI ignores
+    ``mlflow.experimentKind`` (its GenAI / Model training switch decides, GenAI by default), so
+    the link names the workflow."""
+    path = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base_url.rstrip('/')}/{path}?workflowType=machine_learning"
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -155,7 +163,7 @@ def log_split_inputs(params: Params, splits: tuple[str, ...]) -> None:
     for split in splits:
         index = (folder / f"{split}_{catalog.INDEX_SUFFIX}").resolve()
         source = resolve_dataset_source(index.as_uri())
-        dataset = MetaDataset(source=source, name=split, digest=version)
+        dataset = MetaDataset(source=source, name=split, digest=version)  # type: ignore[abstract]
         mlflow.log_input(dataset, context=split)
 
 
