@@ -34,7 +34,7 @@ def _settings(tmp: Path, data: Path, name: str) -> list[str]:
         "train.batch_size": 16,
         "train.lr": 0.01,
         "train.optimizer": "adam",
-        "train.early_stopping_patience": 2,
+        "train.early_stopping_patience": 3,
         "train.accelerator": "cpu",
         "model.depth": 2,
         "model.base_width": 8,
