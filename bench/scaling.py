@@ -31,6 +31,12 @@ def _sets(values: dict[str, Any]) -> list[str]:
     return [arg for k, v in values.items() for arg in ("-S", f"{k}={v}")]
 
 
+def ensure_data(ctx: Ctx) -> None:
+    """The preprocessed data, when the end-to-end figure did not build it (``--only``)."""
+    if not (ctx.preprocessed / "stats.json").exists():
+        run_proc(ctx, ["dvc", "repro", "preprocess"], "repro-preprocess")
+
+
 def _tune(ctx: Ctx, workers: int) -> tuple[float, dict[str, Any]]:
     folder = ctx.tmp / f"tune-{workers}w"
     shutil.rmtree(folder, ignore_errors=True)
@@ -45,6 +51,7 @@ def _tune(ctx: Ctx, workers: int) -> tuple[float, dict[str, Any]]:
 
 
 def fig_parallel_tuning(ctx: Ctx) -> list[Figure]:
+    ensure_data(ctx)
     one_s, one = _tune(ctx, 1)
     two_s, two = _tune(ctx, 2)
     detail = {
@@ -90,6 +97,7 @@ def _train(ctx: Ctx, name: str, extra: dict[str, Any], env: dict[str, str] | Non
 
 
 def fig_tracking_server(ctx: Ctx) -> list[Figure]:
+    ensure_data(ctx)
     from flows import stack
 
     local_proc, _ = _train(ctx, "sqlite", {"base.tracking_uri": f"sqlite:///{ctx.tmp / 'ml.db'}"})
@@ -113,6 +121,7 @@ def fig_tracking_server(ctx: Ctx) -> list[Figure]:
 
 
 def fig_ddp(ctx: Ctx) -> list[Figure]:
+    ensure_data(ctx)
     common = {"base.tracking_uri": f"sqlite:///{ctx.tmp / 'ddp.db'}", "train.accelerator": "cpu"}
     one, m1 = _train(ctx, "1proc", common | {"train.devices": 1})
     two, m2 = _train(ctx, "ddp2", common | {"train.devices": 2, "train.strategy": "ddp"})
