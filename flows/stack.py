@@ -263,11 +263,25 @@ def deploy(root: Path, prefect_env: dict[str, str]) -> str:
         return str(deployment(root, work_pool_name=POOL).apply(work_pool_name=POOL))
 
 
+def _ours(pid: int) -> bool:
+    """``pid`` still leads the process group of a server this stack started (not a reused pid
+    after a reboot): a session leader running mlflow, flows.server or a prefect worker."""
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, ProcessLookupError):
+        return not Path("/proc").is_dir()  # no /proc (not Linux): trust the state file
+    return any(mark in cmdline for mark in ("mlflow", "flows.server", "prefect"))
+
+
 def _stop_group(pid: int | None, wait_s: float = 20.0) -> None:
     """SIGTERM the process group ``pid`` leads, SIGKILL what is left after ``wait_s``."""
     if not _alive(pid):
         return
     assert pid is not None
+    if not _ours(pid):
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait_s

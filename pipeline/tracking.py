@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,7 +163,9 @@ def log_split_inputs(params: Params, splits: tuple[str, ...]) -> None:
     version = data_version()
     for split in splits:
         index = (folder / f"{split}_{catalog.INDEX_SUFFIX}").resolve()
-        source = resolve_dataset_source(index.as_uri())
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(index.as_uri())
         dataset = MetaDataset(source=source, name=split, digest=version)  # type: ignore[abstract]
         mlflow.log_input(dataset, context=split)
 
