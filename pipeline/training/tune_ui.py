@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from pipeline import catalog
 
 HOST = "127.0.0.1"
 
 
-def storage_url(params_file: str = "params.yaml") -> str:
+def storage_url(params_file: str | Path = catalog.PARAMS_FILE) -> str:
     from pipeline.config import load_params
     from pipeline.credentials import optuna_storage
     from pipeline.training.parallel_tune import shared_storage
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default=str(catalog.PARAMS_FILE))
     args = parser.parse_args(argv)
     try:
         url = storage_url(args.params)
