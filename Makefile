@@ -10,9 +10,19 @@ export PREFECT_HOME ?= $(abspath .radops/prefect)
 # The MLflow UI's port: base.mlflow_ui_port in params.yaml (the run summary links to it).
 MLFLOW_PORT ?= $(or $(shell sed -n 's/^ *mlflow_ui_port: *\([0-9]*\).*/\1/p' params.yaml),5000)
 PREFECT_PORT ?= 4200
+# make stack: Prefect workers in the process work pool; optuna-dashboard's port.
+STACK_WORKERS ?= 2
+TUNE_UI_PORT ?= 8080
+STACK_ENV := .radops/stack/env
+# While `make stack` is up, recipes get its client settings (MLflow server, PostgreSQL study,
+# Prefect API); otherwise the embedded defaults (SQLite, an ephemeral Prefect server).
+WITH_STACK = if python -m flows.stack check; then set -a; . ./$(STACK_ENV); set +a; fi;
+# apt-get needs root; others get sudo.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench transfer-study
+.PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench \
+	stack stack-down stack-deps browser-deps tune-ui transfer-study
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -29,15 +39,22 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 run: setup ## Run the whole pipeline (Prefect flow over the DVC graph; temporary local Prefect server).
 	mkdir -p "$(PREFECT_HOME)"
-	python -m flows.pipeline_flow
+	$(WITH_STACK) python -m flows.pipeline_flow
 
 repro: setup ## Run the DVC graph without Prefect (`dvc repro`).
 	dvc repro
 
-ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/.
-	mkdir -p mlruns
+ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/ (the stack's server while it is up).
+	@$(WITH_STACK) if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
+	  echo "make stack is up: its MLflow server serves the UI at" \
+	    "$$MLFLOW_TRACKING_URI/#/experiments?workflowType=machine_learning"; exit 0; fi; \
+	mkdir -p mlruns; \
+	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"; \
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
 	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+tune-ui: setup ## optuna-dashboard over the study storage (SQLite, journal or the stack's PostgreSQL) on 127.0.0.1.
+	$(WITH_STACK) python -m pipeline.training.tune_ui --port $(TUNE_UI_PORT)
 
 server: setup ## Prefect server + UI on http://127.0.0.1:4200: loopback, CSRF on, auth string in .radops/prefect-api-auth.
 	mkdir -p "$(PREFECT_HOME)"
@@ -45,7 +62,22 @@ server: setup ## Prefect server + UI on http://127.0.0.1:4200: loopback, CSRF on
 
 schedule: setup ## Serve nightly retraining of this folder (cron from params.yaml; runs take no parameters).
 	mkdir -p "$(PREFECT_HOME)"
-	PREFECT_PORT=$(PREFECT_PORT) python -m flows.retrain
+	@if python -m flows.stack check; then python -m flows.stack deploy; \
+	else PREFECT_PORT=$(PREFECT_PORT) python -m flows.retrain; fi
+
+stack: setup stack-deps ## PostgreSQL, MLflow server, Prefect server + STACK_WORKERS workers on 127.0.0.1 (state in .radops/stack).
+	python -m flows.stack up --workers $(STACK_WORKERS)
+
+stack-down: setup ## Stop everything `make stack` started (databases kept; rm -rf .radops/stack forgets them).
+	python -m flows.stack down
+
+stack-deps: ## Install PostgreSQL from the system's packages if initdb/pg_ctl are absent (Debian/Ubuntu).
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends postgresql; }
+
+browser-deps: ## Install Debian's Chromium for the browser tests if absent (Playwright drives it).
+	@command -v chromium >/dev/null || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
 bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
 	python -m bench.run
@@ -57,7 +89,7 @@ transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25
 	  --autoencoder bench/work/transfer/autoencoder/model \
 	  --reuse-scratch bench/work/transfer/transfer_study_runs.json
 
-test: setup ## Run the test suite.
+test: setup stack-deps browser-deps ## Run the test suite (installs PostgreSQL and Chromium if absent).
 	pytest
 
 test-fast: setup ## Run the tests not marked slow.

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from bench import scaling
 from bench.harness import Ctx, Figure, prepare, run_proc, stages_run, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,6 +278,9 @@ FIGURES: list[tuple[str, Callable[[Ctx], list[Figure]]]] = [
     ("training loop", fig_loop),
     ("segmentation loop", fig_seg_loop),
     ("tuning", fig_tuning),
+    ("parallel tuning", scaling.fig_parallel_tuning),
+    ("tracking server", scaling.fig_tracking_server),
+    ("ddp", scaling.fig_ddp),
 ]
 
 
@@ -292,12 +296,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny cohort and budgets (smoke test)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only these figures (by label, e.g. --only 'parallel tuning'); figures that"
+        " need the data build it with `dvc repro preprocess` when the end-to-end run is left out",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     quiet()
     ctx = prepare(args.work.resolve(), args.quick)
     figures: list[Figure] = []
-    for label, fn in FIGURES:
+    # The scaling rows start servers and worker processes; tests/stack and the DDP and
+    # parallel-tuning tests cover their code paths, so the quick smoke run leaves them out.
+    chosen = [
+        (label, fn)
+        for label, fn in FIGURES
+        if (not args.only or label in args.only)
+        and not (args.quick and fn.__module__ == scaling.__name__)
+    ]
+    for label, fn in chosen:
         t0 = time.perf_counter()
         print(f"bench: {label} ...", flush=True)
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,13 @@ def pipeline_flow(
     logger = get_run_logger()
     root = Path(workdir).resolve()
     with pipeline_lock(root):
+        # Every MLflow run of this pipeline run carries its id (tag radops.pipeline_run), so
+        # the UI groups and compares two retrainings; the stages inherit it from here.
+        from prefect.runtime import flow_run
+
+        from pipeline.tracking import PIPELINE_RUN_ENV
+
+        os.environ[PIPELINE_RUN_ENV] = str(flow_run.get_id() or uuid.uuid4())
         target = root / catalog.PARAMS_FILE
         source = (root / params_file).resolve()
         if source != target.resolve():

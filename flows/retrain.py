@@ -96,15 +96,27 @@ def retrain_flow() -> dict[str, Any]:
     return retrain(deployed_root())
 
 
-def deployment(root: Path | str) -> RunnerDeployment:
-    """The retraining deployment of the project at ``root``, scheduled from its params.yaml."""
+def deployment(root: Path | str, work_pool_name: str | None = None) -> RunnerDeployment:
+    """The retraining deployment of the project at ``root``, scheduled from its params.yaml.
+
+    With ``work_pool_name`` (``make stack``) the flow is loaded from the project folder, so a
+    pool's workers run it there (``.apply(work_pool_name=...)``); without, it is served.
+    """
     from prefect.schedules import Cron
 
     from pipeline.config import load_params
 
     project = Path(root).resolve()
     params = load_params(project / PARAMS_FILE)
-    deployed: RunnerDeployment = retrain_flow.to_deployment(  # type: ignore[assignment]
+    source: Any = retrain_flow
+    extra: dict[str, Any] = {}
+    if work_pool_name is not None:
+        source = retrain_flow.from_source(str(project), "flows/retrain.py:retrain_flow")
+        extra = {
+            "work_pool_name": work_pool_name,
+            "job_variables": {"env": {ROOT_ENV: str(project)}},
+        }
+    deployed: RunnerDeployment = source.to_deployment(  # type: ignore[assignment]
         name=params.schedule.deployment_name,
         schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)],
         description=(
@@ -113,6 +125,7 @@ def deployment(root: Path | str) -> RunnerDeployment:
         ),
         tags=["radops"],
         enforce_parameter_schema=True,
+        **extra,
     )
     # Prefect's generated schema leaves additionalProperties open, so with enforcement alone
     # the server would still accept {"workdir": ...}; closing it makes the server refuse such

@@ -52,6 +52,9 @@ def server_environment(root: Path, port: int) -> dict[str, str]:
         "PREFECT_SERVER_API_AUTH_STRING": auth_string(root),
         "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin(port),
+        # The UI calls the API at this URL: it must follow --port (a PREFECT_API_URL in the
+        # profile or environment would otherwise win, e.g. the default port 4200).
+        "PREFECT_UI_API_URL": api_url(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }

@@ -28,6 +28,15 @@ LINKAGE_FILE = "linkage.csv"  # source_id -> input path; beside the pseudonym ke
 OPTUNA_STORAGE_FILE = LOCAL_DIR / "optuna-storage"  # a storage URL with a password (0600)
 TRACKING_URI_FILE = LOCAL_DIR / "tracking-uri"  # a tracking URL with a password (0600)
 PREFECT_AUTH_FILE = LOCAL_DIR / "prefect-api-auth"  # the Prefect server's API auth string
+# `make stack`: PostgreSQL, MLflow server, Prefect server + workers; all state here (0700).
+STACK_DIR = LOCAL_DIR / "stack"
+STACK_ENV_FILE = STACK_DIR / "env"  # KEY=VALUE for clients while the stack is up (0600)
+STACK_STATE_FILE = "state.json"  # ports and process ids
+STACK_PASSWORD_FILE = "pg-password"  # the PostgreSQL role's generated password (0600)
+STACK_PG_DIR = "postgres"  # PGDATA and its log
+STACK_ARTIFACTS_DIR = "artifacts"  # MLflow's proxied artifact store
+STACK_PREFECT_HOME = "prefect"  # the stack's Prefect server database and settings
+STACK_LOGS_DIR = "logs"
 MLRUNS_DIR = Path("mlruns")
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "artifacts"

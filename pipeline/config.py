@@ -260,6 +260,9 @@ class TuneSection(Section):
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_epochs: int = Field(2, ge=0)
     reduction_factor: int = Field(3, ge=2)  # successive_halving: rungs at 1, r, r², ... epochs
+    # Worker processes on one study (PostgreSQL, or a journal file beside a SQLite storage).
+    workers: int = Field(1, ge=1)
+    heartbeat_s: int = Field(60, ge=1)  # a killed worker's trial is failed and retried after 3×
     search_space: dict[str, SearchDimension] = Field(default_factory=lambda: dict(SEARCH_SPACE))
 
 

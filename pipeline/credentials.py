@@ -12,6 +12,7 @@ setting                environment (wins)                          or a 0600 fil
                        ``MLFLOW_TRACKING_USERNAME/PASSWORD``)
 =====================  ==========================================  ===========================
 
+While ``make stack`` is up, its ``.radops/stack/env`` comes next (before ``params.yaml``).
 PostgreSQL also reads ``PGPASSWORD`` or ``~/.pgpass`` itself, so ``params.yaml`` may keep a
 password-less ``postgresql://user@host/db``. The config loader refuses a params value that
 carries a password (:func:`password_in`), and everything that logs a URL passes it through
@@ -161,13 +162,30 @@ def _from_file(path: Path) -> str | None:
 
 def optuna_storage(params: Params) -> str:
     """The Optuna storage URL in force: environment, then ``.radops/``, then params."""
-    return os.environ.get(STORAGE_ENV) or _from_file(STORAGE_FILE) or params.tune.storage
+    return (
+        os.environ.get(STORAGE_ENV)
+        or _from_file(STORAGE_FILE)
+        or _from_stack(STORAGE_ENV)
+        or params.tune.storage
+    )
 
 
 def tracking_uri_setting(params: Params) -> str:
     """The tracking URI set by the user: environment, then ``.radops/``, then params ('' if
     none: the local SQLite store)."""
-    return os.environ.get(TRACKING_ENV) or _from_file(TRACKING_FILE) or params.base.tracking_uri
+    return (
+        os.environ.get(TRACKING_ENV)
+        or _from_file(TRACKING_FILE)
+        or _from_stack(TRACKING_ENV)
+        or params.base.tracking_uri
+    )
+
+
+def _from_stack(key: str) -> str | None:
+    """The setting of ``make stack`` while it is up (``pipeline/stack_env.py``)."""
+    from pipeline import stack_env
+
+    return stack_env.settings().get(key) or None
 
 
 class RedactingFilter:

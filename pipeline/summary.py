@@ -63,7 +63,7 @@ class RunSummary:
             lines.append(f"  MLflow run       {self.train_run_id}")
             lines.append(
                 f"  open it          make ui, then {ui_url(self.ui_port)}/#/experiments/"
-                f"{self.experiment_id}/runs/{self.train_run_id}"
+                f"{self.experiment_id}/runs/{self.train_run_id}?workflowType=machine_learning"
             )
         if self.registration:
             lines.append(

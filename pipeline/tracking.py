@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,20 @@ if TYPE_CHECKING:
 MLRUNS_DIR = catalog.MLRUNS_DIR
 PID_TAG = "radops.pid"
 HOST_TAG = "radops.host"
+# MLflow 3's UI opens an experiment by its kind; untagged ones with traces may open on the GenAI
+# overview. radops' runs are model training.
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
+# The runs of one pipeline run (set by flows/pipeline_flow.py for its stages) share this tag.
+PIPELINE_RUN_ENV = "RADOPS_PIPELINE_RUN"
+PIPELINE_RUN_TAG = "radops.pipeline_run"
+# The splits each stage's run reads, logged as MLflow dataset inputs (digest: data version).
+SPLITS_READ = {
+    "tune": ("train", "val"),
+    "train": ("train", "val"),
+    "baseline": ("train", "val"),
+    "evaluate": ("test",),
+}
 
 
 class RunTerminated(BaseException):
@@ -87,8 +102,18 @@ def configure(params: Params) -> str:
             experiment_id = existing.experiment_id
     else:
         experiment_id = experiment.experiment_id
+    if experiment is None or experiment.tags.get(KIND_TAG) != KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment_id, KIND_TAG, KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return str(experiment_id)
+
+
+def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens on training runs. MLflow 3.17's UI ignores
+    ``mlflow.experimentKind`` (its GenAI / Model training switch decides, GenAI by default), so
+    the link names the workflow."""
+    path = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base_url.rstrip('/')}/{path}?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -114,13 +139,35 @@ def data_version(lock_path: Path = catalog.DVC_LOCK) -> str:
 
 
 def base_tags(stage: str) -> dict[str, str]:
-    return {
+    tags = {
         "radops.stage": stage,
         "mlflow.source.git.commit": git_commit(),
         "radops.data_version": data_version(),
         PID_TAG: str(os.getpid()),
         HOST_TAG: socket.gethostname(),
     }
+    if os.environ.get(PIPELINE_RUN_ENV):
+        tags[PIPELINE_RUN_TAG] = os.environ[PIPELINE_RUN_ENV]
+    return tags
+
+
+def log_split_inputs(params: Params, splits: tuple[str, ...]) -> None:
+    """Log each split as an MLflow dataset input of the active run (the runs table's "Dataset"
+    column): name = the split, digest = the DVC data version, source = its index file. Only
+    metadata: no rows, no identifiers."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folder = catalog.Catalog(params).preprocess_dir
+    version = data_version()
+    for split in splits:
+        index = (folder / f"{split}_{catalog.INDEX_SUFFIX}").resolve()
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(index.as_uri())
+        dataset = MetaDataset(source=source, name=split, digest=version)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context=split)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -190,6 +237,14 @@ def tracked_run(
     else:
         all_tags = base_tags(stage) | (tags or {})
         run = mlflow.start_run(run_name=run_name or stage, nested=nested, tags=all_tags)
+    child = nested or "mlflow.parentRunId" in (tags or {})
+    if stage in SPLITS_READ and not child:
+        try:
+            log_split_inputs(params, SPLITS_READ[stage])
+        except Exception as exc:  # never fail a stage for its metadata
+            import logging
+
+            logging.getLogger("radops.tracking").warning("dataset inputs not logged: %s", exc)
     try:
         with _sigterm_raises():
             yield run

@@ -22,6 +22,7 @@ import pytest
 
 from pipeline import catalog
 from pipeline.config import Params, with_updates
+from tests.stack.fixtures import running_stack  # noqa: F401  (tests/stack and tests/ui share it)
 
 # section -> its path fields, relative to the root handed to build_params.
 _PATH_FIELDS: dict[str, dict[str, str]] = {

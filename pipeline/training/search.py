@@ -50,21 +50,36 @@ def make_pruner(
     raise ConfigError(f"unknown pruner {kind!r}")
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str, heartbeat_s: int = 60) -> Any:
     """An Optuna storage for ``url`` (None = in memory); SQLite's folder is created.
 
-    RDB storages get a heartbeat, so a trial whose process was killed is marked FAIL after a
-    grace period instead of staying RUNNING forever.
+    RDB storages get a heartbeat (every ``heartbeat_s``, stale after 3×), so a trial whose
+    process was killed is marked FAIL instead of staying RUNNING forever, and is queued again
+    once with the same parameters. ``journal:///path`` is Optuna's journal file (several
+    worker processes without a database server; no heartbeat there).
     """
     import optuna
 
     if url in ("", ":memory:", "memory"):
         return None
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_s,
+            grace_period=3 * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:

@@ -172,6 +172,16 @@ def set_threads(cfg: TrainSection) -> None:
         torch.set_num_threads(cfg.num_threads)
 
 
+def per_process_batch(cfg: TrainSection) -> TrainSection:
+    """``train.batch_size`` is the global batch: under DDP each of the ``devices`` processes
+    loads its share, so the optimisation (steps per epoch, batch statistics of the gradient)
+    is that of one process and the result does not depend on the number of processes."""
+    world = cfg.devices if isinstance(cfg.devices, int) else 1
+    if world <= 1 or not cfg.strategy.startswith("ddp"):
+        return cfg
+    return cfg.model_copy(update={"batch_size": max(1, cfg.batch_size // world)})
+
+
 def _rank() -> int:
     """The process's rank under DDP (0 when not distributed)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
@@ -234,7 +244,9 @@ def run(params: Params, paths: Paths) -> TrainResult:
     stats = load_stats(paths.data_dir)
     set_threads(cfg)
     L.seed_everything(params.base.seed, workers=True, verbose=False)
-    data = make_datamodule(paths.data_dir, cfg, params.base.seed, task=get_task(params, cfg.loss))
+    data = make_datamodule(
+        paths.data_dir, per_process_batch(cfg), params.base.seed, task=get_task(params, cfg.loss)
+    )
     task = data.task  # fitted on the training targets
     shape = data.image_shape
     chief = _rank() == 0

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import catalog
 from pipeline.credentials import redact_url
 from pipeline.errors import RadopsError
+from pipeline.training.parallel_tune import run_parallel, trial_tracking
 from pipeline.training.search import (
     check_space,
     make_pruner,
@@ -202,19 +202,21 @@ def run_study(
     storage: str | None = None,
     study_name: str | None = None,
     timeout_s: float | None = None,
+    count_running: bool = False,
 ) -> StudyStats:
     """Create or resume the study and run ``n_trials`` minus its finished trials.
 
     Usable in-process (benchmarks compare pruners by ``total_epochs``); MLflow logging goes
     to nested runs when a run is active. Arguments default to ``params.tune``; ``storage``
-    may be ``":memory:"`` for a throw-away study.
+    may be ``":memory:"`` for a throw-away study. ``count_running`` (``tune.workers`` > 1):
+    trials other workers are running count towards the budget, so it is not overshot.
     """
     import mlflow
     import optuna
 
     from pipeline.data.datasets import load_split
     from pipeline.tasks import get_task
-    from pipeline.tracking import log_params_flat, tracked_run
+    from pipeline.tracking import log_params_flat
     from pipeline.training.callbacks import silence_known_noise
     from pipeline.training.train import set_threads
 
@@ -254,7 +256,7 @@ def run_study(
     # the fingerprint takes over, and is itself resumed by later runs with the same inputs.
     from pipeline.credentials import optuna_storage
 
-    backend = open_storage(optuna_storage(params) if storage is None else storage)
+    backend = open_storage(optuna_storage(params) if storage is None else storage, tune.heartbeat_s)
     fp = study_fingerprint(params, paths.data_dir, task)
     study = open_study(study_name)
     if study.user_attrs.get(FINGERPRINT_ATTR, fp) != fp:
@@ -281,11 +283,7 @@ def run_study(
         tags |= task.tags()
         pruned: optuna.TrialPruned | None = None
         history: Any = None
-        tracking: Any = (
-            tracked_run(params, "tune", run_name=name, nested=True, tags=tags)
-            if mlflow.active_run() is not None
-            else contextlib.nullcontext()
-        )
+        tracking: Any = trial_tracking(params, name, tags)
         with tracking:
             if mlflow.active_run() is not None:
                 log_params_flat("", values)
@@ -323,7 +321,8 @@ def run_study(
     if remaining:
         # Stop once `n_trials` trials are COMPLETE or PRUNED (failed ones are replaced, as on
         # a rerun), but give up after as many failures as trials were wanted.
-        enough = optuna.study.MaxTrialsCallback(n_trials, states=done_states)
+        counted = (*done_states, optuna.trial.TrialState.RUNNING) if count_running else done_states
+        enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
         study.optimize(
             objective,
             n_trials=2 * remaining,
@@ -377,7 +376,11 @@ def run(params: Params, paths: Paths) -> TuneResult:
         from pipeline.credentials import optuna_storage
 
         log_params_flat("", settings | {"storage": redact_url(optuna_storage(params))})
-        stats = run_study(params, paths)
+        stats = (
+            run_parallel(params, paths, parent.info.run_id)
+            if tune.workers > 1
+            else run_study(params, paths)
+        )
         log_params_flat("best", stats.best_params)
         counts = {k: getattr(stats, k) for k in ("n_trials", "n_complete", "n_pruned", "n_failed")}
         mlflow.log_metrics(

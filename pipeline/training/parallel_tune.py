@@ -1,0 +1,113 @@
+"""``tune.workers: N``: N Optuna worker processes on one study.
+
+* Storage: the study's storage when it is a server database (PostgreSQL under ``make stack``);
+  a SQLite storage is swapped for Optuna's journal file beside it (``<name>.journal``), since
+  SQLite is not safe for several writers. Each worker is a ``spawn``ed process that runs
+  ``tune.run_study`` on the shared study, so sampling (TPE), pruning (the median of every
+  worker's reported epochs) and the trial budget are the study's, not the worker's: a worker
+  stops once finished plus running trials reach ``tune.n_trials``.
+* MLflow: each trial is a run whose ``mlflow.parentRunId`` is the ``tune`` run the parent
+  process holds open, exactly what a nested run is, so the UI nests them under it.
+* Threads: torch threads per worker = usable cores // N (at most ``train.num_threads`` when
+  that is set), so N workers do not oversubscribe the machine.
+* A killed worker: with a database storage, Optuna's heartbeat (``tune.heartbeat_s``) marks
+  its RUNNING trial FAIL once stale, and ``RetryHeartbeatStaleTrialCallback`` queues the same
+  parameters again (``search.open_storage``). Optuna 5's journal storage has no heartbeat: a
+  killed worker's trial stays RUNNING there (it counts as failed in the summary's budget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.config import Params
+    from pipeline.training.tune import Paths, StudyStats
+
+PARENT_ENV = "RADOPS_TUNE_PARENT_RUN"
+JOURNAL_PREFIX = "journal:///"
+
+
+def shared_storage(url: str) -> str:
+    """A storage several processes may write: SQLite becomes a journal file beside it."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        return JOURNAL_PREFIX + str(path.with_suffix(".journal"))
+    if url in ("", ":memory:", "memory"):
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("tune.workers > 1 needs a shared storage, not an in-memory study")
+    return url
+
+
+def threads_per_worker(workers: int, configured: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per = max(1, cores // max(1, workers))
+    return min(per, configured) if configured > 0 else per
+
+
+def trial_tracking(params: Params, name: str, tags: dict[str, str]) -> Any:
+    """The MLflow run of one trial: nested under the active run, or, in a worker process,
+    under the parent named by ``RADOPS_TUNE_PARENT_RUN``; none without either."""
+    import mlflow
+
+    from pipeline.tracking import tracked_run
+
+    if mlflow.active_run() is not None:
+        return tracked_run(params, "tune", run_name=name, nested=True, tags=tags)
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        return tracked_run(
+            params, "tune", run_name=name, tags=tags | {"mlflow.parentRunId": parent}
+        )
+    return contextlib.nullcontext()
+
+
+def _worker(params: Params, paths: Paths, storage: str, parent: str | None) -> StudyStats:
+    """One worker process: the shared study, its share of the threads."""
+    from pipeline.training.tune import run_study
+
+    if parent:
+        os.environ[PARENT_ENV] = parent
+    return run_study(params, paths, storage=storage, count_running=True)
+
+
+def run_parallel(params: Params, paths: Paths, parent_run_id: str | None) -> StudyStats:
+    """Run ``tune.workers`` worker processes on the study; summarise it once they finish."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import optuna
+
+    from pipeline.credentials import optuna_storage
+    from pipeline.training.search import open_storage
+    from pipeline.training.tune import summarize
+
+    workers = params.tune.workers
+    storage = shared_storage(optuna_storage(params))
+    threads = threads_per_worker(workers, params.train.num_threads)
+    worker_params = params.model_copy(
+        update={
+            "train": params.train.model_copy(update={"num_threads": threads}),
+            "tune": params.tune.model_copy(update={"workers": 1}),
+        }
+    )
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_worker, worker_params, paths, storage, parent_run_id)
+            for _ in range(workers)
+        ]
+        results = [f.result() for f in futures]
+    first = results[0]
+    study = optuna.load_study(
+        study_name=first.study_name, storage=open_storage(storage, params.tune.heartbeat_s)
+    )
+    epochs = [e for r in results for e in r.epochs_per_trial]
+    return summarize(study, epochs, first.monitor)

@@ -1,0 +1,71 @@
+"""``tune.workers: 2``: two worker processes on one study (journal storage without a server).
+
+(The same with PostgreSQL, and the heartbeat retry of a killed worker's trial, run in
+tests/stack/ against the real stack.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+
+from pipeline.training import tune
+from pipeline.training.parallel_tune import shared_storage, threads_per_worker
+
+
+def test_sqlite_becomes_a_journal_beside_it_and_threads_split_the_cores() -> None:
+    assert shared_storage("sqlite:///x/optuna.db") == "journal:///x/optuna.journal"
+    assert shared_storage("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert threads_per_worker(2, 0) >= 1
+    assert threads_per_worker(64, 0) == 1
+    assert threads_per_worker(1, 1) == 1
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_with_trials_nested_under_one_parent(
+    make_params: Any, tiny_data: Path
+) -> None:
+    params = make_params(
+        tiny_data,
+        tune={
+            "workers": 2,
+            "n_trials": 4,
+            "max_epochs": 2,
+            "n_startup_trials": 1,
+            "n_warmup_epochs": 0,
+        },
+    )
+    paths = tune.Paths.from_params(params)
+    result = tune.run(params, paths)
+
+    journal = Path(shared_storage(params.tune.storage).removeprefix("journal:///"))
+    assert journal.is_file() and not Path(params.tune.storage.removeprefix("sqlite:///")).exists()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    study = optuna.load_study(study_name=result.stats.study_name, storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 4, "the budget is the study's, not each worker's"
+    best = json.loads(paths.best_params.read_text())
+    assert best["value"] == pytest.approx(study.best_value)
+    assert 0.5 <= best["value"] <= 1.0
+
+    mlflow.set_tracking_uri(params.base.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[params.base.experiment_name], output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    (parent,) = parents
+    assert parent.info.run_id == result.run_id and parent.info.status == "FINISHED"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    # two processes ran them, neither of them the parent
+    pids = {c.data.tags["radops.pid"] for c in children}
+    assert len(pids) == 2 and parent.data.tags["radops.pid"] not in pids
+    numbers = sorted(int(c.data.tags["optuna.trial_number"]) for c in children)
+    assert numbers == [t.number for t in finished]
