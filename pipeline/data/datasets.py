@@ -299,10 +299,12 @@ class RadDataModule(L.LightningDataModule):
         augment: BatchAugment | None = None,
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
         task: Task | None = None,
+        exclude_file: Path | None = None,
     ) -> None:
         from pipeline.tasks import make_task
 
         super().__init__()
+        self.exclude_file = exclude_file  # QA's exclusions.json: training images to drop
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -320,13 +322,18 @@ class RadDataModule(L.LightningDataModule):
         task = self._task
         x, train = load_split(self.data_dir, "train", task)
         xv, val = load_split(self.data_dir, "val", task)
+        qa_note = None
+        if self.exclude_file is not None:  # data QA (qa.action: exclude): training images only
+            from pipeline.monitoring.qa import drop_excluded
+
+            train, qa_note = drop_excluded(self.data_dir, train, self.exclude_file)
         if x.shape[1:] != xv.shape[1:]:
             raise InputError(f"train images are {x.shape[1:]} but val are {xv.shape[1:]}")
         if not task.fitted:
             task = task.fit(train)
         task.check(val)
         self._task = task
-        self.notes = [t.note(task.target) for t in (train, val)]
+        self.notes = [t.note(task.target) for t in (train, val)] + ([qa_note] if qa_note else [])
         limit = self.in_memory_limit_bytes
         self.train_set = ArrayDataset(x, train.values, self.augment, self.seed, limit, train.rows)
         self.val_set = ArrayDataset(xv, val.values, None, self.seed, limit, val.rows)
@@ -371,6 +378,7 @@ def make_datamodule(
     seed: int,
     augment: bool = True,
     task: Task | None = None,
+    exclude_file: Path | None = None,
 ) -> RadDataModule:
     """The DataModule configured from a TrainSection (batch size, workers, augmentation) for
     ``task`` (default: classification of ``label``)."""
@@ -383,4 +391,5 @@ def make_datamodule(
         augment=BatchAugment.from_config(train_cfg.augmentation, mask_keys) if augment else None,
         in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,
         task=task,
+        exclude_file=exclude_file,
     )
