@@ -24,8 +24,10 @@ outliers over ``monitor.warn_outlier_share``, a prediction shift, new metadata);
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,13 +337,15 @@ def run(params: Params, paths: Paths) -> MonitorResult:
             doc["predictions"] = {
                 k: v for k, v in doc["predictions"].items() if k not in ("reference", "batch")
             }
-        write_json(staged / catalog.DRIFT_JSON, doc)
-        (staged / catalog.DRIFT_REPORT).write_text(
-            drift_report.markdown(doc, details.get("features_table")), encoding="utf-8"
-        )
-    result = MonitorResult(paths.out_dir, verdict, reasons, n_images, doc,
-                           time.perf_counter() - start)  # fmt: skip
-    _log_mlflow(params, result)
+        result = MonitorResult(paths.out_dir, verdict, reasons, n_images, doc)
+        with _monitoring_run(params, result) as run_id:
+            doc["mlflow_run_id"] = run_id
+            write_json(staged / catalog.DRIFT_JSON, doc)
+            (staged / catalog.DRIFT_REPORT).write_text(
+                drift_report.markdown(doc, details.get("features_table")), encoding="utf-8"
+            )
+            _log_artifacts(staged)
+    result.seconds = time.perf_counter() - start
     return result
 
 
@@ -400,15 +404,16 @@ def _patient_means(matrix: np.ndarray, patients: pd.Series) -> np.ndarray:
     return frame.to_numpy(dtype=np.float64)
 
 
-def _log_mlflow(params: Params, result: MonitorResult) -> None:
-    """One run in the ``<experiment>-monitoring`` experiment: verdict tag, metrics, report."""
+@contextlib.contextmanager
+def _monitoring_run(params: Params, result: MonitorResult) -> Iterator[str]:
+    """One run in the ``<experiment>-monitoring`` experiment: verdict tag and metrics."""
     import mlflow
 
     from pipeline.tracking import base_tags, configure
 
     configure(params)
     mlflow.set_experiment(params.base.experiment_name + EXPERIMENT_SUFFIX)
-    with mlflow.start_run(run_name="monitor", tags=base_tags("monitor")):
+    with mlflow.start_run(run_name="monitor", tags=base_tags("monitor")) as run:
         mlflow.set_tags({"radops.verdict": result.verdict,
                          "radops.reasons": "; ".join(result.reasons)[:4000]})  # fmt: skip
         d = result.details
@@ -421,9 +426,15 @@ def _log_mlflow(params: Params, result: MonitorResult) -> None:
         if "p_value" in d.get("predictions", {}):
             metrics["prediction_ks_p"] = d["predictions"]["p_value"]
         mlflow.log_metrics(metrics)
-        # The report goes up; the ingested batch (pixels) stays local.
-        for name in (catalog.DRIFT_REPORT, catalog.DRIFT_JSON):
-            mlflow.log_artifact(str(result.out_dir / name), artifact_path="monitor")
-        figures = result.out_dir / catalog.FIGURES_DIR
-        if any(figures.iterdir()):
-            mlflow.log_artifacts(str(figures), artifact_path="monitor/figures")
+        yield run.info.run_id
+
+
+def _log_artifacts(folder: Path) -> None:
+    """The report goes up; the ingested batch (pixels) stays local."""
+    import mlflow
+
+    for name in (catalog.DRIFT_REPORT, catalog.DRIFT_JSON):
+        mlflow.log_artifact(str(folder / name), artifact_path="monitor")
+    figures = folder / catalog.FIGURES_DIR
+    if any(figures.iterdir()):
+        mlflow.log_artifacts(str(figures), artifact_path="monitor/figures")
