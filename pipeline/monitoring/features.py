@@ -140,14 +140,14 @@ def image_features(
     return out, all_names
 
 
-def _names(
-    spec: FeatureSpec, with_raw: bool, extra: Sequence[str], with_atlas: bool
-) -> list[str]:
+def _names(spec: FeatureSpec, with_raw: bool, extra: Sequence[str], with_atlas: bool) -> list[str]:
     from pipeline.baselines.features import feature_names
 
-    names = feature_names(spec) + [
-        f"layout_{r}{c}" for r in range(LAYOUT_GRID) for c in range(LAYOUT_GRID)
-    ] + list(ORIENTATION)
+    names = (
+        feature_names(spec)
+        + [f"layout_{r}{c}" for r in range(LAYOUT_GRID) for c in range(LAYOUT_GRID)]
+        + list(ORIENTATION)
+    )
     if with_atlas:
         names += list(ATLAS)
     if with_raw:

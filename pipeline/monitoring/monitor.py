@@ -141,7 +141,8 @@ def metadata_changes(reference: pd.DataFrame, batch: pd.DataFrame) -> list[str]:
     if new_spacing:
         lo, hi = ref_spacing.min(), ref_spacing.max()
         changes.append(
-            "new pixel spacing: " + ", ".join(f"{v:.3g} mm" for v in new_spacing)
+            "new pixel spacing: "
+            + ", ".join(f"{v:.3g} mm" for v in new_spacing)
             + f" (training: {lo:.3g}–{hi:.3g} mm)"
         )
     return changes
@@ -313,10 +314,8 @@ def run(params: Params, paths: Paths) -> MonitorResult:
                     raise InputError("the QA model's features differ from this run's; rerun qa")
                 ref_matrix = reference[names].to_numpy(dtype=np.float64)
                 groups = (reference["patient_id"], manifest["patient_id"])
-                details = _compare(
-                    params, ref_matrix, matrix, names, scaler, meta, forest, groups
-                )
-                details["quarantined"] = int(len(quarantine))
+                details = _compare(params, ref_matrix, matrix, names, scaler, meta, forest, groups)
+                details["quarantined"] = len(quarantine)
                 ref_manifest = pd.read_parquet(paths.ingest_dir / catalog.MANIFEST_FILE)
                 details["metadata"] = metadata_changes(ref_manifest, manifest)
                 with tempfile.TemporaryDirectory(prefix="radops-monitor-") as tmp:
@@ -387,8 +386,8 @@ def _compare(
     return {
         "features": {"tested": len(names), "shifted": shifted,
                      "top": table.head(10)[["feature", "bh_q", "shift_sd"]].to_dict("records")},
-        "mmd": {"mmd2": mmd2, "p_value": mmd_p, "reference_n": int(len(take)),
-                "batch_n": int(len(zn)), "unit": "patient" if cfg.per_patient else "image"},
+        "mmd": {"mmd2": mmd2, "p_value": mmd_p, "reference_n": len(take),
+                "batch_n": len(zn), "unit": "patient" if cfg.per_patient else "image"},
         "images": n_images,
         "outliers": {"share": float(outliers.mean()), "count": int(outliers.sum()),
                      "training_share": float(meta["contamination"])},

@@ -134,7 +134,7 @@ def cluster_table(index: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     import pandas as pd
 
     frame = index.assign(cluster=labels)
-    parts = [frame.groupby("cluster").size().rename("images")]
+    parts: list[pd.DataFrame | pd.Series] = [frame.groupby("cluster").size().rename("images")]
     for column in ("site", "manufacturer", "label"):
         cross = pd.crosstab(frame["cluster"], frame[column])
         cross.columns = [f"{column}={c}" for c in cross.columns]
@@ -153,7 +153,7 @@ def cluster_warnings(table: pd.DataFrame, share: float, min_size: int) -> list[s
             cols = [c for c in table.columns if c.startswith(f"{column}=")]
             counts = row[cols].astype(float)
             if counts.max() / row["images"] >= share and len(cols) > 1:
-                top = counts.idxmax().split("=", 1)[1]
+                top = str(counts.idxmax()).split("=", 1)[1]
                 out.append(
                     f"cluster {int(row['cluster'])} ({int(row['images'])} images) is "
                     f"{counts.max() / row['images']:.0%} {column} {top}: the model may learn "
@@ -305,9 +305,7 @@ def run(params: Params, paths: Paths) -> QAResult:
         )
         report.pca_map(pcs, index, explained, staged / catalog.FIGURES_DIR / catalog.PCA_MAP_PLOT)
         shown = flags[flag].sort_values("score", ascending=False).head(cfg.max_thumbnails)
-        report.thumbnails(
-            x, shown, staged / catalog.FIGURES_DIR / catalog.FLAGGED_PLOT
-        )
+        report.thumbnails(x, shown, staged / catalog.FIGURES_DIR / catalog.FLAGGED_PLOT)
         (staged / catalog.QA_REPORT).write_text(
             report.qa_markdown(meta, table, flags, shown), encoding="utf-8"
         )

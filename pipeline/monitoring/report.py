@@ -97,7 +97,10 @@ def qa_markdown(
         "",
         "| component | explained variance | cumulative |",
         "|---|---|---|",
-        *[f"| PC{i + 1} | {v:.3f} | {c:.3f} |" for i, (v, c) in enumerate(zip(explained, cum))],
+        *[
+            f"| PC{i + 1} | {v:.3f} | {c:.3f} |"
+            for i, (v, c) in enumerate(zip(explained, cum, strict=False))
+        ],
         "",
         f"![PCA map]({catalog.FIGURES_DIR}/{catalog.PCA_MAP_PLOT})",
         "",

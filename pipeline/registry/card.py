@@ -117,7 +117,7 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
         ("Training details (optimiser, schedule, epochs, augmentation)", AUTO,
          "see Training above"),
         ("Model selection (tuning, early stopping)", AUTO,
-         f"{meta.get('hyperparameter_source', 'params.yaml')}; early stopping on "
+         f"{meta.get('hyperparameter_source', catalog.PARAMS_FILE)}; early stopping on "
          f"{meta.get('monitor', 'n/a')}"),
         ("Ensembling", AUTO, "none"),
         ("Performance metrics and uncertainty", AUTO,
@@ -190,7 +190,8 @@ def build_card(
             f"Data QA (`qa.action: {qa['action']}`): isolation-forest outliers flagged "
             f"{flagged}; **{qa['excluded']} training images excluded**; "
             f"{len(qa['warnings'])} cluster warning(s)"
-            + (": " + "; ".join(qa["warnings"]) if qa["warnings"] else "") + ".",
+            + (": " + "; ".join(qa["warnings"]) if qa["warnings"] else "")
+            + ".",
             "",
         ]
     else:
@@ -205,7 +206,7 @@ def build_card(
         "- Architecture: "
         + ", ".join(f"{k} {v}" for k, v in sorted(meta.get("architecture", {}).items())),
         "- Hyperparameters: " + ", ".join(f"{k} {hyper[k]}" for k in keep if k in hyper),
-        f"- Source of hyperparameters: {meta.get('hyperparameter_source', 'params.yaml')}",
+        f"- Source of hyperparameters: {meta.get('hyperparameter_source', catalog.PARAMS_FILE)}",
         f"- Best epoch {meta.get('best_epoch', 'n/a')} (stopped at "
         f"{meta.get('stopped_epoch', 'n/a')}; monitored {meta.get('monitor', 'n/a')})",
         f"- Transferred weights: {_transfer(meta)}",

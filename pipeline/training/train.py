@@ -234,8 +234,8 @@ def run(params: Params, paths: Paths) -> TrainResult:
     stats = load_stats(paths.data_dir)
     set_threads(cfg)
     L.seed_everything(params.base.seed, workers=True, verbose=False)
-    data = make_datamodule(paths.data_dir, cfg, params.base.seed, task=get_task(params, cfg.loss),
-        exclude_file=catalog.Catalog(params).qa_exclusions)  # QA's exclusions (qa.action)
+    data = make_datamodule(paths.data_dir, cfg, params.base.seed, task=get_task(params, cfg.loss))
+    data.exclude_file = catalog.Catalog(params).qa_exclusions  # data QA (qa.action)
     task = data.task  # fitted on the training targets
     shape = data.image_shape
     chief = _rank() == 0

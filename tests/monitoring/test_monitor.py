@@ -30,7 +30,7 @@ def test_batch_from_the_same_generator_is_none(
     # no champion in this store: the prediction check says why it was skipped
     assert "no model to compare" in doc["predictions"]["skipped"]
     # the batch was de-identified into the monitor's own area
-    manifest = (tmp_path / "same" / catalog.MONITOR_INGEST_DIR / catalog.MANIFEST_FILE)
+    manifest = tmp_path / "same" / catalog.MONITOR_INGEST_DIR / catalog.MANIFEST_FILE
     assert manifest.is_file()
     assert "Verdict: none" in (tmp_path / "same" / catalog.DRIFT_REPORT).read_text()
 
