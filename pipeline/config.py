@@ -288,7 +288,7 @@ class QASection(Section):
     out_dir: Path = Path("data/qa")
     # report: flag only; exclude: also drop flagged TRAINING images (never val/test).
     action: Literal["report", "exclude"] = "report"
-    contamination: float = Field(0.02, gt=0, le=0.5)  # isolation forest's flagged share (train)
+    contamination: float = Field(0.03, gt=0, le=0.5)  # isolation forest's flagged share (train)
     n_estimators: int = Field(200, ge=10)
     histogram_bins: int = Field(16, ge=2)
     pca_components: int = Field(20, ge=2)
