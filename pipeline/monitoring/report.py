@@ -68,7 +68,7 @@ def _table(frame: pd.DataFrame) -> str:
     cols = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
