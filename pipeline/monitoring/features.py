@@ -9,9 +9,11 @@ statistics, histogram, gradient, GLCM/LBP texture, foreground shape: reused from
 values, before windowing: a wrong rescale is plain there).
 
 Extra feature providers (the documented hook for an autoencoder): a function
-``provider(images: N×C×S×S float32) -> (N×F matrix, F names)`` registered under a name with
-:func:`register_provider` and switched on with ``qa.extra_features: [name]``; e.g. an
-autoencoder's reconstruction error and embedding. Its columns join the matrix, are
+``provider(images: N×C×S×S float32) -> (N×F matrix, F names)``, switched on with
+``qa.extra_features: [name]``, where ``name`` is either registered in-process with
+:func:`register_provider` or a ``"package.module:function"`` path imported on use (so a
+``radops qa`` subprocess finds it too); e.g. an autoencoder's reconstruction error and
+embedding, ``"pipeline.tasks.autoencoder:qa_features"``. Its columns join the matrix, are
 standardised on the training split like the rest, and feed PCA, clustering, the isolation
 forest and the drift tests unchanged. An unknown name is a configuration error.
 """
@@ -39,6 +41,19 @@ PROVIDERS: dict[str, Provider] = {}
 def register_provider(name: str, provider: Provider) -> None:
     """Make ``provider`` available as ``qa.extra_features: [name]`` (autoencoder hook)."""
     PROVIDERS[name] = provider
+
+
+def _import_provider(path: str) -> None:
+    """Register ``"package.module:function"`` (only radops' own ``pipeline.`` modules)."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    if not module_name.startswith("pipeline."):
+        raise ConfigError(f"qa.extra_features: {path!r} must be a pipeline.* module:function")
+    try:
+        register_provider(path, getattr(importlib.import_module(module_name), attr))
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"qa.extra_features: cannot import {path!r}: {exc}") from None
 
 
 def _layout(images: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -128,6 +143,8 @@ def image_features(
         blocks.append(raw[list(RAW_COLUMNS)].to_numpy(dtype=np.float64))
         all_names += [f"raw_{c.removeprefix('pixel_')}" for c in RAW_COLUMNS]
     for name in extra:
+        if name not in PROVIDERS and ":" in name:
+            _import_provider(name)
         if name not in PROVIDERS:
             raise ConfigError(
                 f"qa.extra_features: no feature provider named {name!r} "
