@@ -110,7 +110,8 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
          "QA stage (PCA, k-means, isolation forest)" if has_qa else "no QA output found"),
         ("Ground truth (reference standard) and annotators", HUMAN, ""),
         ("Data partitions", AUTO,
-         f"patient-grouped {params.split.train}/{params.split.val}/{params.split.test}"),
+         f"patient-grouped {params.split.train}/{params.split.val}/{params.split.test}"
+         + (" (or the labels file's split column)" if params.split.use_labels_split else "")),
         ("Model description", AUTO, ", ".join(f"{k} {v}" for k, v in sorted(arch.items()))),
         ("Software and versions", AUTO, "see the MLflow run (git commit, packages)"),
         ("Initialisation / transferred weights", AUTO, _transfer(meta)),
