@@ -37,6 +37,7 @@ import numpy as np
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.errors import InputError
+from pipeline.monitoring.drift_stats import bh_reject, metadata_changes, mmd_test, patient_means
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 VERDICTS = ("none", "warn", "drift")
 EXPERIMENT_SUFFIX = "-monitoring"
-SPACING_TOLERANCE = 0.01  # relative: a spacing within 1 % of a reference value is not new
 
 
 @dataclass(frozen=True)
@@ -82,70 +82,6 @@ class MonitorResult:
         lines = [f"monitor: verdict {self.verdict} ({self.images} new images) -> {self.out_dir}"]
         lines += [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
-
-
-def bh_reject(pvalues: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Benjamini–Hochberg adjusted p-values (q) and which are below ``level``."""
-    from scipy.stats import false_discovery_control
-
-    if not len(pvalues):
-        return pvalues, np.zeros(0, dtype=bool)
-    q = false_discovery_control(np.clip(pvalues, 0, 1), method="bh")
-    return q, q < level
-
-
-def mmd_test(a: np.ndarray, b: np.ndarray, permutations: int, seed: int) -> tuple[float, float]:
-    """Squared MMD (RBF kernel, median-distance bandwidth) of samples ``a`` and ``b`` and its
-    permutation p-value."""
-    pooled = np.vstack([a, b])
-    sq = np.square(pooled).sum(axis=1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * pooled @ pooled.T, 0)
-    bandwidth = float(np.median(d2[np.triu_indices(len(pooled), 1)])) or 1.0
-    kernel = np.exp(-d2 / bandwidth)
-    n = len(a)
-
-    def stat(first: np.ndarray) -> float:
-        second = ~first
-        kxx = kernel[np.ix_(first, first)].mean()
-        kyy = kernel[np.ix_(second, second)].mean()
-        return float(kxx + kyy - 2 * kernel[np.ix_(first, second)].mean())
-
-    mask = np.zeros(len(pooled), dtype=bool)
-    mask[:n] = True
-    observed = stat(mask)
-    rng = np.random.default_rng(seed)
-    hits = sum(stat(rng.permutation(mask)) >= observed for _ in range(permutations))
-    return observed, (hits + 1) / (permutations + 1)
-
-
-def metadata_changes(reference: pd.DataFrame, batch: pd.DataFrame) -> list[str]:
-    """Values of the batch's manifest never seen in the reference manifest."""
-    changes: list[str] = []
-    for column in ("manufacturer", "modality", "photometric"):
-        if column in batch and column in reference:
-            new = sorted(set(batch[column].astype(str)) - set(reference[column].astype(str)))
-            if new:
-                changes.append(f"new {column}: {', '.join(new)}")
-    sizes_ref = set(zip(reference["rows"], reference["columns"], strict=True))
-    sizes = sorted(set(zip(batch["rows"], batch["columns"], strict=True)) - sizes_ref)
-    if sizes:
-        changes.append("new image size: " + ", ".join(f"{r}x{c}" for r, c in sizes))
-    ref_spacing = reference["pixel_spacing_row"].dropna().to_numpy(dtype=float)
-    new_spacing = []
-    for value in sorted(set(batch["pixel_spacing_row"].dropna().astype(float))):
-        if not len(ref_spacing):
-            break
-        nearest = np.abs(ref_spacing - value).min()
-        if nearest > SPACING_TOLERANCE * value:
-            new_spacing.append(value)
-    if new_spacing:
-        lo, hi = ref_spacing.min(), ref_spacing.max()
-        changes.append(
-            "new pixel spacing: "
-            + ", ".join(f"{v:.3g} mm" for v in new_spacing)
-            + f" (training: {lo:.3g}–{hi:.3g} mm)"
-        )
-    return changes
 
 
 def _batch_images(
@@ -367,8 +303,8 @@ def _compare(
     outliers = forest.predict(outlier_space(scaler.transform(new), meta["pca"])) == -1
     n_images = len(new)
     if cfg.per_patient:  # images of a patient share site and anatomy: test patients
-        ref = _patient_means(ref, groups[0])
-        new = _patient_means(new, groups[1])
+        ref = patient_means(ref, groups[0])
+        new = patient_means(new, groups[1])
     zr, zn = scaler.transform(ref), scaler.transform(new)
     pvalues = np.array([ks_2samp(ref[:, j], new[:, j]).pvalue for j in range(ref.shape[1])])
     effect = np.array([wasserstein_distance(zr[:, j], zn[:, j]) for j in range(ref.shape[1])])
@@ -393,14 +329,6 @@ def _compare(
                      "training_share": float(meta["contamination"])},
         "features_table": table,
     }  # fmt: skip
-
-
-def _patient_means(matrix: np.ndarray, patients: pd.Series) -> np.ndarray:
-    """One row per patient: the mean of its images' features."""
-    import pandas as pd
-
-    frame = pd.DataFrame(matrix).groupby(patients.to_numpy(), sort=True).mean()
-    return frame.to_numpy(dtype=np.float64)
 
 
 @contextlib.contextmanager
