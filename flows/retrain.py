@@ -22,6 +22,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.logging import get_run_logger
 from prefect.utilities.callables import ParameterSchema
 
+from flows.drift_gate import drift_gate
 from flows.dvc_tasks import changed_stages
 from flows.pipeline_flow import pipeline_flow
 from pipeline import catalog
@@ -75,6 +76,13 @@ def retrain(root: Path) -> dict[str, Any]:
     """Check the data stages with ``dvc status``; retrain and promote only if they changed."""
     _refuse_run_parameters()
     logger = get_run_logger()
+    gate = drift_gate(root)  # monitor.incoming_dir set: the drift verdict decides
+    if gate is not None:
+        if not gate["retrain"]:
+            return {"retrained": False, "changed": [], "drift": gate}
+        return {"retrained": True, "changed": [], "drift": gate} | pipeline_flow(
+            PARAMS_FILE, None, True, str(root)
+        )
     # Before any run, `dvc status` reports these stages as changed too (outputs missing).
     changed = changed_stages(data_stages(root), str(root))
     if not changed:

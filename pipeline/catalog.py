@@ -99,7 +99,29 @@ SCATTER_DATA = "scatter"
 BLAND_ALTMAN_DATA = "bland_altman"
 RECON_ERROR_DATA = "recon_error"  # autoencoder: per-image reconstruction MSE
 
+# ---------------------------------------------------------------- qa (pipeline/monitoring)
+QA_FEATURES_FILE = "features.parquet"  # every image's raw features, with split/site/label
+QA_FLAGS_FILE = "qa_flags.parquet"
+QA_CLUSTERS_FILE = "clusters.csv"
+QA_EXCLUSIONS_FILE = "exclusions.json"  # training images the training data loading drops
+QA_MODEL_FILE = "qa_model.skops"  # the fitted isolation forest (skops, never pickle)
+QA_META_FILE = "qa_model.json"  # feature spec, names, scaler, PCA, thresholds
+QA_ATLAS_FILE = "atlas.npy"  # the mean training image (orientation features)
+QA_REPORT = "qa.md"
+PCA_MAP_PLOT = "pca_map.png"
+FLAGGED_PLOT = "flagged.png"
+PLANTED_FILE = "planted.csv"  # synth's truth of planted bad scans: for tests, never ingested
+
+# ---------------------------------------------------------------- monitor
+MONITOR_INGEST_DIR = "ingested"  # the new batch, de-identified, inside the monitor output
+DRIFT_JSON = "drift.json"
+DRIFT_REPORT = "drift.md"
+DRIFT_FEATURES_PLOT = "feature_shift.png"
+DRIFT_MAP_PLOT = "reference_vs_batch.png"
+DRIFT_PREDICTIONS_PLOT = "predictions.png"
+
 # ---------------------------------------------------------------- register / predict
+MODEL_CARD = "model_card.md"
 REGISTRATION_FILE = "registration.json"
 PREDICTIONS_FILE = Path("predictions.csv")
 
@@ -224,6 +246,18 @@ class Catalog:
         return self.params.register_.out_dir
 
     @property
+    def qa_dir(self) -> Path:
+        return self.params.qa.out_dir
+
+    @property
+    def qa_exclusions(self) -> Path:
+        return self.qa_dir / QA_EXCLUSIONS_FILE
+
+    @property
+    def monitor_dir(self) -> Path:
+        return self.params.monitor.out_dir
+
+    @property
     def secret_key(self) -> Path:
         return self.params.base.secret_key_path
 
@@ -288,6 +322,8 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "evaluate": (("data_dir", "cnn_dir", "baseline_dir"), ("out_dir",)),
     "register": (("cnn_dir", "reports_dir"), ("out_dir",)),
     "promote": (("registration", "data_dir"), ()),
+    "qa": (("ingest_dir", "data_dir"), ("out_dir",)),
+    "monitor": (("input_dir", "qa_dir", "data_dir"), ("out_dir",)),
     "predict": (("input_dir", "model_uri"), ("out_csv",)),
 }
 

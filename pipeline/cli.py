@@ -52,6 +52,8 @@ STAGE_MODULES = {
     "register": "pipeline.registry.register",
     "promote": "pipeline.registry.promote",
     "predict": "pipeline.serving.predict",
+    "qa": "pipeline.monitoring.qa",
+    "monitor": "pipeline.monitoring.monitor",
 }
 
 
@@ -148,6 +150,7 @@ for _stage, _doc in [
     ("validate", "Check the data contracts (Great Expectations); non-zero exit on failure."),
     ("split", "Patient-grouped, label-stratified train/val/test split with a leakage check."),
     ("preprocess", "Window, resize, denoise and normalise (statistics from train only)."),
+    ("qa", "Data QA: PCA, k-means and isolation-forest outliers; report or exclude odd images."),
     ("tune", "Optuna study over the search space in params.yaml, on the validation split."),
     ("train", "Train the CNN with early stopping; save it without pickle; log to MLflow."),
     ("baseline", "Hand-crafted features, feature selection and a kernel SVM."),
@@ -168,6 +171,20 @@ def predict(
 ) -> None:
     """Score new DICOMs with a registered model (same ingest and preprocessing as training)."""
     run_stage("predict", params, set_, model_uri=model, input_dir=input, out_csv=out)
+
+
+@app.command()
+def monitor(
+    input: Annotated[Path, typer.Option("--input", help="DICOM folder of the new batch.")],
+    out: Annotated[Path | None, typer.Option(help="Report folder (drift.md, drift.json).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model whose predictions are compared (default: champion).")
+    ] = None,
+    params: ParamsOpt = catalog.PARAMS_FILE,
+    set_: SetOpt = None,
+) -> None:
+    """Compare a new batch with the training reference; print the drift verdict."""
+    run_stage("monitor", params, set_, input_dir=input, out_dir=out, model_uri=model)
 
 
 def main() -> None:

@@ -48,6 +48,10 @@ class SynthSection(Section):
     patients: int = Field(300, ge=2)
     seed: int = 7
     image_size: int = Field(128, ge=32, le=1024)
+    # Data-QA and monitoring hooks (pipeline/data/synth_shift.py): bad scans planted among the
+    # images (labels kept; truth in planted.csv, never ingested), and a batch from a new site.
+    plant_bad_scans: int = Field(0, ge=0)
+    new_site: bool = False
 
 
 class IngestSection(Section):
@@ -305,6 +309,44 @@ class RegisterSection(Section):
     alpha: float = Field(0.05, gt=0, lt=1)
 
 
+class QASection(Section):
+    """Data QA (pipeline/monitoring/qa.py): unsupervised screening between preprocess and tune."""
+
+    out_dir: Path = Path("data/qa")
+    # report: flag only; exclude: also drop flagged TRAINING images (never val/test).
+    action: Literal["report", "exclude"] = "report"
+    contamination: float = Field(0.03, gt=0, le=0.5)  # isolation forest's flagged share (train)
+    n_estimators: int = Field(200, ge=10)
+    histogram_bins: int = Field(16, ge=2)
+    pca_components: int = Field(20, ge=2)
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(8, ge=2)
+    # A cluster whose images are at least this share one site (or manufacturer) is a warning.
+    single_site_share: float = Field(0.95, gt=0.5, le=1)
+    min_cluster_size: int = Field(10, ge=1)
+    max_thumbnails: int = Field(24, ge=0)
+    # Names registered with pipeline.monitoring.features.register_provider (autoencoder hook).
+    extra_features: list[str] = []
+
+
+class MonitorSection(Section):
+    """Drift monitoring (``radops monitor``) and how scheduled retraining reacts to it."""
+
+    out_dir: Path = Path("reports/monitor")
+    # Where new batches arrive for the retraining flow (a DICOM folder); empty: none.
+    incoming_dir: Path | None = None
+    fdr: float = Field(0.05, gt=0, lt=1)  # Benjamini-Hochberg level of the per-feature KS tests
+    alpha: float = Field(0.01, gt=0, lt=1)  # MMD permutation test and prediction-shift KS
+    permutations: int = Field(200, ge=20)
+    # Test patients (the mean of their images), not images: images of a patient are not
+    # independent (same site, same anatomy), and image-level tests call sampling noise drift.
+    per_patient: bool = True
+    max_reference: int = Field(400, ge=20)  # reference images subsampled for the MMD
+    min_drift_features: int = Field(3, ge=1)  # shifted features (with MMD) that make drift
+    warn_outlier_share: float = Field(0.1, gt=0, le=1)
+    drift_outlier_share: float = Field(0.3, gt=0, le=1)
+
+
 class ScheduleSection(Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -327,6 +369,8 @@ class Params(Section):
     evaluate: EvaluateSection = EvaluateSection()
     register_: RegisterSection = Field(RegisterSection(), alias="register")
     schedule: ScheduleSection = ScheduleSection()
+    qa: QASection = QASection()
+    monitor: MonitorSection = MonitorSection()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

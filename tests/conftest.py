@@ -37,6 +37,8 @@ _PATH_FIELDS: dict[str, dict[str, str]] = {
     "baseline": {"out_dir": "models/baseline"},
     "evaluate": {"out_dir": "reports"},
     "register": {"out_dir": "models/registry"},
+    "qa": {"out_dir": "data/qa"},
+    "monitor": {"out_dir": "reports/monitor"},
 }
 
 

@@ -311,11 +311,13 @@ class RadDataModule(L.LightningDataModule):
         in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
         task: Task | None = None,
         label_fraction: float = 1.0,
+        exclude_file: Path | None = None,
     ) -> None:
         from pipeline.tasks import make_task
 
         super().__init__()
         self.label_fraction = label_fraction
+        self.exclude_file = exclude_file  # QA's exclusions.json: training images to drop
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -340,13 +342,22 @@ class RadDataModule(L.LightningDataModule):
             )
             self.notes.append(fraction_note)
         xv, val = load_split(self.data_dir, "val", task)
+        qa_note = None
+        if self.exclude_file is not None:  # data QA (qa.action: exclude): training images only
+            from pipeline.monitoring.qa import drop_excluded
+
+            train, qa_note = drop_excluded(self.data_dir, train, self.exclude_file)
         if x.shape[1:] != xv.shape[1:]:
             raise InputError(f"train images are {x.shape[1:]} but val are {xv.shape[1:]}")
         if not task.fitted:
             task = task.fit(train)
         task.check(val)
         self._task = task
-        self.notes = [t.note(task.target) for t in (train, val)] + self.notes
+        self.notes = (
+            [t.note(task.target) for t in (train, val)]
+            + self.notes
+            + ([qa_note] if qa_note else [])
+        )
         limit = self.in_memory_limit_bytes
         image: dict[str, Any] = {"image_target": task.target_kind == "image"}
         if image["image_target"]:
@@ -398,6 +409,7 @@ def make_datamodule(
     seed: int,
     augment: bool = True,
     task: Task | None = None,
+    exclude_file: Path | None = None,
 ) -> RadDataModule:
     """The DataModule configured from a TrainSection (batch size, workers, augmentation) for
     ``task`` (default: classification of ``label``)."""
@@ -411,4 +423,5 @@ def make_datamodule(
         in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,
         task=task,
         label_fraction=getattr(train_cfg, "label_fraction", 1.0),
+        exclude_file=exclude_file,
     )

@@ -143,6 +143,7 @@ def run(params: Params, paths: Paths) -> SynthResult:
     import numpy as np
     from pydicom import config as dcm_config
 
+    from pipeline.data import synth_shift
     from pipeline.data.synth_seg import SegWriter
     from pipeline.io import atomic_path, check_outputs
 
@@ -161,10 +162,11 @@ def run(params: Params, paths: Paths) -> SynthResult:
             with (tmp / catalog.LABELS_FILE).open("w", newline="") as fh:
                 writer = csv.writer(fh, lineterminator="\n")
                 writer.writerow(LABELS_HEADER)
+                sites = (synth_shift.new_site(),) if cfg.new_site else SITES  # monitor hook
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
                     written = _write_patient(
-                        rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR, segs
+                        rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR, segs, sites
                     )
                     studies += len({w.study for w in written})
                     for w in written:
@@ -174,6 +176,10 @@ def run(params: Params, paths: Paths) -> SynthResult:
                         images += 1
                         positives += w.label
             segs.finish()
+            if cfg.plant_bad_scans:  # data-QA hook: labels kept, truth in planted.csv
+                synth_shift.plant_bad_scans(
+                    tmp / catalog.SYNTH_DICOM_DIR, cfg.plant_bad_scans, cfg.seed
+                )
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(
@@ -221,10 +227,11 @@ def _write_patient(
     grid: np.ndarray,
     dicom_dir: Path,
     segs: Any = None,
+    sites: tuple[Site, ...] = SITES,
 ) -> list[Written]:
     """Write one patient's studies; return study, SOP UID, PatientID, label, lesion diameter
     (mm) per image."""
-    site = SITES[int(rng.integers(len(SITES)))]
+    site = sites[int(rng.integers(len(sites)))]
     patient = {
         "PatientName": f"{rng.choice(LAST_NAMES)}^{rng.choice(FIRST_NAMES)}",
         "PatientID": str(int(rng.integers(10_000_000, 100_000_000))),

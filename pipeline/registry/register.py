@@ -198,7 +198,6 @@ def run(params: Params, paths: Paths) -> RegisterResult:
             f"(CI {info['test_auc_ci_low']:.3f}–{info['test_auc_ci_high']:.3f}){cut}. "
             f"Data version {info['data_version']}, commit {info['git_commit'][:12]}."
         )
-    client.update_model_version(name, version.version, description=description)
     registration = (
         {
             "name": name,
@@ -209,6 +208,14 @@ def run(params: Params, paths: Paths) -> RegisterResult:
         | info
         | task.tags()
     )
+    from pipeline.registry.card import publish_card  # the version's model card
+
+    card_uri = publish_card(
+        params, client, registration, metrics, meta, paths.reports_dir, paths.out_dir, key
+    )
+    registration["model_card"] = card_uri
+    description += f" Model card: {card_uri}"
+    client.update_model_version(name, version.version, description=description)
     path = write_json(paths.out_dir / REGISTRATION_FILE, registration)
     return RegisterResult(
         name=name,

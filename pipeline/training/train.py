@@ -247,6 +247,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
     data = make_datamodule(
         paths.data_dir, per_process_batch(cfg), params.base.seed, task=get_task(params, cfg.loss)
     )
+    data.exclude_file = catalog.Catalog(params).qa_exclusions  # data QA (qa.action)
     task = data.task  # fitted on the training targets
     shape = data.image_shape
     chief = _rank() == 0

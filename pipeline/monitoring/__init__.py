@@ -1,0 +1,1 @@
+"""Data QA and drift monitoring: unsupervised screening of images and batches."""
