@@ -30,9 +30,15 @@ RUNTIME_ONLY = ("num_workers", "num_threads")
 
 
 def fingerprint(
-    cfg: TrainSection, model: ModelSection, seed: int, data_dir: Path, task: Task
+    cfg: TrainSection,
+    model: ModelSection,
+    seed: int,
+    data_dir: Path,
+    task: Task,
+    exclude_file: Path | None = None,
 ) -> str:
-    """A hash of what a checkpoint depends on: hyperparameters, seed, task and the data.
+    """A hash of what a checkpoint depends on: hyperparameters, seed, task and the data
+    (including data QA's ``exclusions.json``, which drops training images).
 
     The data part is stats.json, the task's targets (kept rows and values), the image arrays'
     shapes and up to 64 rows of each image array (evenly spaced): cheap on large data, and a
@@ -49,6 +55,8 @@ def fingerprint(
         spec["options"] = task.options  # type: ignore[attr-defined]
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update((data_dir / catalog.STATS_FILE).read_bytes())
+    if exclude_file is not None and exclude_file.exists():
+        digest.update(exclude_file.read_bytes())
     for split in ("train", "val"):
         x, targets = load_split(data_dir, split, task)
         digest.update(f"{split}:{x.shape}:{x.dtype}".encode())

@@ -251,7 +251,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
     task = data.task  # fitted on the training targets
     shape = data.image_shape
     chief = _rank() == 0
-    fp = fingerprint(cfg, model_cfg, params.base.seed, paths.data_dir, task)
+    fp = fingerprint(cfg, model_cfg, params.base.seed, paths.data_dir, task, data.exclude_file)
     if chief:
         resume, note = prepare_checkpoints(paths.checkpoint_dir, fp)
     else:  # DDP workers follow rank 0's decision without touching the folder

@@ -133,7 +133,14 @@ def study_fingerprint(params: Params, data_dir: Path, task: Task) -> str:
 
     space = {k: v.model_dump(mode="json") for k, v in params.tune.search_space.items()}
     parts = {
-        "train": fingerprint(params.train, params.model, params.base.seed, data_dir, task),
+        "train": fingerprint(
+            params.train,
+            params.model,
+            params.base.seed,
+            data_dir,
+            task,
+            catalog.Catalog(params).qa_exclusions,
+        ),
         "space": space,
         "max_epochs": params.tune.max_epochs,
     }
