@@ -34,7 +34,7 @@ GREY = [  # (file, frames): native LE/BE, deflate, RLE, JPEG (extended, LS), JPE
     ("MR_small_jp2klossless.dcm", 1), ("JPGExtended.dcm", 1), ("JPEG2000.dcm", 1),
     ("JPEGLSNearLossless_08.dcm", 1), ("JPEGLSNearLossless_16.dcm", 1), ("693_J2KI.dcm", 1),
     ("J2K_pixelrep_mismatch.dcm", 1), ("image_dfl.dcm", 1), ("examples_overlay.dcm", 1),
-    ("liver_1frame.dcm", 1), ("liver_expb_1frame.dcm", 1), ("rtdose.dcm", 15),
+    ("rtdose.dcm", 15),
     ("rtdose_1frame.dcm", 1), ("rtdose_expb.dcm", 15), ("rtdose_rle.dcm", 15),
     ("rtdose_rle_1frame.dcm", 1), ("dicomdirtests/77654033/CR1/6154", 1),
     ("dicomdirtests/77654033/CT2/17106", 1), ("dicomdirtests/98892003/MR1/15820", 1),
@@ -51,6 +51,10 @@ REFUSED = [
     ("no_meta.dcm", "not a DICOM file"),
     ("README.txt", "not a DICOM file"),
     ("badVR.dcm", "invalid NumberOfFrames in header (VR IS)"),
+    # Segmentation Storage (SEG) objects are masks, not images; these lack attributes highdicom
+    # needs, and reference no image of the batch.
+    ("liver_1frame.dcm", "unreadable segmentation (SEG) object"),
+    ("liver_expb_1frame.dcm", "unreadable segmentation (SEG) object"),
 ]
 
 
