@@ -169,6 +169,11 @@ def run(params: Params, paths: Paths) -> SynthResult:
                         )
                         images += 1
                         positives += w.label
+            if cfg.series_patients:  # the series cohort, beside (never inside) the default
+                from pipeline.data import synth_series
+
+                counts = synth_series.write_cohort(cfg, tmp / catalog.SYNTH_SERIES_DIR)
+                log.info("synth: series cohort %s", counts)
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(

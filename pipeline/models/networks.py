@@ -61,6 +61,22 @@ def architecture(
         "image_size": int(image_size),
         "in_channels": int(in_channels),
         "out_channels": int(out_channels),
+    } | series_architecture(model_cfg)
+
+
+def series_architecture(model_cfg: Any) -> dict[str, Any]:
+    """The series keys (``name``, ``rnn``...) of a series model; none for the 2-D CNN, whose
+    ``model.json`` stays as it was."""
+    name = str(getattr(model_cfg, "name", "cnn"))
+    if name == "cnn":
+        return {}
+    return {
+        "name": name,
+        "rnn": str(model_cfg.rnn),
+        "rnn_hidden": int(model_cfg.rnn_hidden),
+        "rnn_layers": int(model_cfg.rnn_layers),
+        "bidirectional": bool(model_cfg.bidirectional),
+        "rnn_pooling": str(model_cfg.rnn_pooling),
     }
 
 
@@ -72,6 +88,12 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     from torch import nn
 
     arch = ARCH_DEFAULTS | dict(arch)
+    if arch.get("name", "cnn") != "cnn":  # a series model (pipeline/models/series_nets.py)
+        try:  # the copy logged with the MLflow model
+            from radops_series_nets import build_series_network  # type: ignore[import-not-found]
+        except ImportError:
+            from pipeline.models.series_nets import build_series_network
+        return build_series_network(arch, build_network)
     n_out = int(arch["out_channels"])
 
     class Net(nn.Module):

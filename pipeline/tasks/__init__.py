@@ -21,6 +21,7 @@ from pipeline.tasks.base import (
 )
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.regression import RegressionTask
+from pipeline.tasks.series import SeriesClassificationTask
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.kind: ClassificationTask,
     RegressionTask.kind: RegressionTask,
+    SeriesClassificationTask.kind: SeriesClassificationTask,
 }
 
 __all__ = [

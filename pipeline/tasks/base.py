@@ -265,6 +265,11 @@ class Task(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(predictions, targets)`` as the metrics want them (probabilities / target units)."""
 
+    def network_architecture(self, model_cfg: Any, arch: dict[str, Any]) -> dict[str, Any]:
+        """The architecture the task's network is built from (``networks.architecture``'s
+        dict; a series task picks its series model here). Default: unchanged."""
+        return arch
+
     # ------------------------------------------------------------------ serving
     @abstractmethod
     def output_spec(self) -> dict[str, Any]:
