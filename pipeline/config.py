@@ -152,6 +152,7 @@ class ModelSection(Section):
     bidirectional: bool = True
     # cnn_rnn: attention (weights per slice; predict names the top slice), mean, or last state
     rnn_pooling: Literal["attention", "mean", "last"] = "attention"
+    slice_context: int = Field(1, ge=0, le=4)  # cnn_rnn: neighbour slices each side as channels
 
 
 Loss = Literal["auto", "cross_entropy", "focal", "mse", "mae", "huber"]

@@ -77,6 +77,7 @@ def series_architecture(model_cfg: Any) -> dict[str, Any]:
         "rnn_layers": int(model_cfg.rnn_layers),
         "bidirectional": bool(model_cfg.bidirectional),
         "rnn_pooling": str(model_cfg.rnn_pooling),
+        "slice_context": int(model_cfg.slice_context),
     }
 
 

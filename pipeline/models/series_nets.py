@@ -5,10 +5,12 @@ series shorter than the stored depth, ``series.slices: 0``) are all-NaN: the net
 them from the input itself, so one array is still the whole input (as for the served MLflow
 model). The valid slices must come first.
 
-``cnn_rnn``: every slice goes through the classifier's 2-D conv feature extractor (the
+``cnn_rnn``: every slice (with ``slice_context`` neighbours on either side as extra channels,
+"2.5-D": a lesion is a change along the slices) goes through the classifier's 2-D conv
+feature extractor (the
 ``features`` of ``networks.build_network``, shared weights; its state-dict keys are the
 classifier's with ``features.`` → ``encoder.``, so a trained classifier or pretrained encoder
-can initialise it: ``load_encoder``), max+mean pooled to one embedding per slice; a GRU or
+can initialise it: ``load_encoder``, the centre-slice channel of the first layer), max+mean pooled to one embedding per slice; a GRU or
 LSTM (``rnn``, ``rnn_hidden``, ``rnn_layers``, ``bidirectional``) reads the embeddings in
 order, packed to each series' length (``pack_padded_sequence``), so padding never enters;
 ``rnn_pooling``: ``attention`` (a learned softmax weight per valid slice; the weights say
@@ -33,7 +35,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 SERIES_NAMES = ("cnn_rnn", "cnn3d")
-SERIES_KEYS = ("name", "rnn", "rnn_hidden", "rnn_layers", "bidirectional", "rnn_pooling")
+SERIES_KEYS = ("name", "rnn", "rnn_hidden", "rnn_layers", "bidirectional", "rnn_pooling",
+               "slice_context")  # fmt: skip
 
 
 def valid_slices(x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +53,14 @@ def _encoder_arch(arch: dict[str, Any]) -> dict[str, Any]:
 class CnnRnn(nn.Module):
     def __init__(self, arch: dict[str, Any], build2d: Callable[[dict[str, Any]], nn.Module]):
         super().__init__()
-        self.encoder = build2d(_encoder_arch(arch)).features  # type: ignore[union-attr]
+        self.context = int(arch.get("slice_context", 0))
+        encoder = _encoder_arch(arch)
+        encoder["in_channels"] = int(arch["in_channels"]) * (2 * self.context + 1)
+        self.encoder = build2d(encoder).features  # type: ignore[union-attr]
         width = int(arch["base_width"]) * 2 ** (int(arch["depth"]) - 1)
         hidden, layers = int(arch["rnn_hidden"]), int(arch["rnn_layers"])
         self.bidirectional = bool(arch["bidirectional"])
+        self.norm = nn.LayerNorm(2 * width)  # embeddings on one scale: the gates do not saturate
         rnn = nn.LSTM if arch["rnn"] == "lstm" else nn.GRU
         self.rnn = rnn(
             2 * width, hidden, num_layers=layers, batch_first=True,
@@ -66,13 +73,32 @@ class CnnRnn(nn.Module):
         self.n_out = int(arch["out_channels"])
         self.head = nn.Linear(out, self.n_out)
 
+    def with_context(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """B×D×C×S×S → B×D×(2k+1)C×S×S: each slice with its ``k`` neighbours on either
+        side as channels (the series' own edge slice repeated beyond its ends, so padding
+        never leaks in)."""
+        k = self.context
+        x = torch.nan_to_num(x, nan=0.0)
+        if k == 0:
+            return x
+        b, d = x.shape[:2]
+        last = (valid.sum(dim=1) - 1).clamp(min=0)
+        offsets = torch.arange(-k, k + 1, device=x.device)
+        pos = (torch.arange(d, device=x.device)[None, :, None] + offsets[None, None, :]).clamp(min=0)
+        pos = torch.minimum(pos, last[:, None, None])
+        gathered = x[torch.arange(b, device=x.device)[:, None, None], pos]  # B×D×K×C×S×S
+        return gathered.flatten(2, 3)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-slice embeddings B×D×E and the valid-slice mask B×D."""
         valid = valid_slices(x)
         b, d = x.shape[:2]
-        h = self.encoder(torch.nan_to_num(x, nan=0.0).reshape(b * d, *x.shape[2:]))
+        planes = self.with_context(x, valid)
+        planes = planes.reshape(b * d, *planes.shape[2:])
+        # channels-last: about 25 % faster convolutions on CPU (as for the 2-D CNN)
+        h = self.encoder(planes.contiguous(memory_format=torch.channels_last))
         e = torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
-        return e.reshape(b, d, -1), valid
+        return self.norm(e).reshape(b, d, -1), valid
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs and each slice's weight in the pooled state (B×D, zero on padding)."""
@@ -148,11 +174,17 @@ def load_encoder(network: nn.Module, classifier_state: dict[str, torch.Tensor]) 
     """Initialise a ``cnn_rnn`` slice encoder from a 2-D classifier's state dict (its
     ``features.*`` tensors); returns how many tensors were loaded."""
     own = network.state_dict()
-    picked = {
-        "encoder." + k[len("features.") :]: v
-        for k, v in classifier_state.items()
-        if k.startswith("features.") and "encoder." + k[len("features.") :] in own
-    }
+    picked = {}
+    for k, v in classifier_state.items():
+        name = "encoder." + k[len("features.") :]
+        if not k.startswith("features.") or name not in own:
+            continue
+        if v.ndim == 4 and own[name].shape[1] != v.shape[1]:  # first conv with slice context:
+            inflated = torch.zeros_like(own[name])  # the classifier sees the centre slice
+            centre = (own[name].shape[1] // v.shape[1]) // 2
+            inflated[:, centre * v.shape[1] : (centre + 1) * v.shape[1]] = v
+            v = inflated
+        picked[name] = v
     network.load_state_dict(picked, strict=False)
     return len(picked)
 

@@ -160,6 +160,10 @@ def run(params: Params, paths: Paths) -> PredictResult:
         threshold = operating_threshold(task, registry_threshold, meta)
         if registry_threshold is None and threshold is not None:
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
+        if task.kind == "series_classification":  # one row per series
+            from pipeline.serving.series_predict import run_series
+
+            return run_series(params, paths, network, meta, task, threshold, label, work)
         ingested = work / "ingested"
         ingested_result = ingest.run(
             params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)

@@ -60,7 +60,7 @@ class TaskModule(L.LightningModule):
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
         self.planar = self.arch.get("name", "cnn") == "cnn"  # series models: 5-D input
-        if self.planar:
+        if self.arch.get("name", "cnn") in ("cnn", "cnn_rnn"):  # 2-D convolutions
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.net = net
         self.loss_fn = task.make_loss(cfg)
