@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.harness import Ctx, Figure, prepare, run_proc, stages_run, table
+from bench.series_bench import fig_series
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "bench" / "work"
@@ -259,6 +260,7 @@ FIGURES: list[tuple[str, Callable[[Ctx], list[Figure]]]] = [
     ("data path", fig_data_path),
     ("training loop", fig_loop),
     ("tuning", fig_tuning),
+    ("series", fig_series),  # last: it rebuilds the project's series folder
 ]
 
 

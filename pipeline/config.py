@@ -49,8 +49,9 @@ class SynthSection(Section):
     seed: int = 7
     image_size: int = Field(128, ge=32, le=1024)
     # The series cohort (``synth.out_dir``/series: multi-slice CT series for
-    # ``task.kind: series_classification``, read by the ``series`` stage); 0 writes none.
-    series_patients: int = Field(160, ge=0)
+    # ``task.kind: series_classification``, read by the ``series`` stage; at least 1: the
+    # stage's input folder must exist for DVC).
+    series_patients: int = Field(160, ge=1)
     series_image_size: int = Field(64, ge=32, le=512)
 
 

@@ -382,10 +382,8 @@ def process_file(
         stored = np.ascontiguousarray(plane, dtype="<f4")  # the bytes the shard holds
         location = shard.add(stored)
         digest = hashlib.sha256(stored.data).hexdigest()
-        out_rows.append(
-            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest, channels,
-             *geometry[f])  # fmt: skip
-        )
+        row = (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest)
+        out_rows.append((*row, channels, *geometry[f]))
     return Outcome(order, source, out_rows, None, sop)
 
 

@@ -18,10 +18,18 @@ import math
 from typing import Any
 
 GEOMETRY_FIELDS: tuple[str, ...] = (
-    "ipp_x", "ipp_y", "ipp_z",
-    "iop_row_x", "iop_row_y", "iop_row_z", "iop_col_x", "iop_col_y", "iop_col_z",
-    "instance_number", "slice_thickness",
-)  # fmt: skip
+    "ipp_x",
+    "ipp_y",
+    "ipp_z",
+    "iop_row_x",
+    "iop_row_y",
+    "iop_row_z",
+    "iop_col_x",
+    "iop_col_y",
+    "iop_col_z",
+    "instance_number",
+    "slice_thickness",
+)
 NAN = float("nan")
 
 

@@ -37,8 +37,15 @@ NO_GEOMETRY = "no slice position, orientation or instance number"
 DUPLICATE_POSITION = "duplicate slice positions"
 MISSING_SLICES = "missing slices (a gap of two or more slice spacings)"
 INCONSISTENT_SPACING = "inconsistent slice spacing"
-REASONS = (TOO_FEW, INCONSISTENT_PLANE, INCONSISTENT_ORIENTATION, NO_GEOMETRY,
-           DUPLICATE_POSITION, MISSING_SLICES, INCONSISTENT_SPACING)  # fmt: skip
+REASONS = (
+    TOO_FEW,
+    INCONSISTENT_PLANE,
+    INCONSISTENT_ORIENTATION,
+    NO_GEOMETRY,
+    DUPLICATE_POSITION,
+    MISSING_SLICES,
+    INCONSISTENT_SPACING,
+)
 IPP = ("ipp_x", "ipp_y", "ipp_z")
 IOP = ("iop_row_x", "iop_row_y", "iop_row_z", "iop_col_x", "iop_col_y", "iop_col_z")
 ORIENTATION_TOL = 1e-3  # direction cosines
@@ -143,23 +150,32 @@ def assemble(
         first = in_order.iloc[0]
         kept.append(
             {
-                "image_id": uid, "sop_uid": uid, "series_uid": uid,
-                "study_uid": first["study_uid"], "patient_id": first["patient_id"],
+                "image_id": uid,
+                "sop_uid": uid,
+                "series_uid": uid,
+                "study_uid": first["study_uid"],
+                "patient_id": first["patient_id"],
                 "label": series_label(in_order["label"].to_numpy(), rule),
-                "site": first["site"], "manufacturer": first["manufacturer"],
-                "modality": first["modality"], "n_slices": len(in_order),
-                "spacing_mm": ordered.spacing_mm, "order_source": ordered.source,
+                "site": first["site"],
+                "manufacturer": first["manufacturer"],
+                "modality": first["modality"],
+                "n_slices": len(in_order),
+                "spacing_mm": ordered.spacing_mm,
+                "order_source": ordered.source,
                 "oblique": ordered.oblique,
                 # the smallest slice hash: orders patients in the split without any pseudonym
                 "pixel_sha256": str(in_order["pixel_sha256"].min()),
             }
-        )  # fmt: skip
+        )
         slices.append(
             pd.DataFrame(
-                {"series_uid": uid, "slice": np.arange(len(in_order)),
-                 "image_id": in_order["image_id"].to_numpy(),
-                 "position_mm": ordered.positions_mm}
-            )  # fmt: skip
+                {
+                    "series_uid": uid,
+                    "slice": np.arange(len(in_order)),
+                    "image_id": in_order["image_id"].to_numpy(),
+                    "position_mm": ordered.positions_mm,
+                }
+            )
         )
     series = pd.DataFrame(kept, columns=SERIES_COLUMNS)
     slice_frame = (
@@ -172,10 +188,21 @@ def assemble(
 
 
 SERIES_COLUMNS = (
-    "image_id", "sop_uid", "series_uid", "study_uid", "patient_id", "label", "site",
-    "manufacturer", "modality", "n_slices", "spacing_mm", "order_source", "oblique",
+    "image_id",
+    "sop_uid",
+    "series_uid",
+    "study_uid",
+    "patient_id",
+    "label",
+    "site",
+    "manufacturer",
+    "modality",
+    "n_slices",
+    "spacing_mm",
+    "order_source",
+    "oblique",
     "pixel_sha256",
-)  # fmt: skip
+)
 
 
 def series_label(slice_labels: np.ndarray, rule: str = "any") -> int:
@@ -201,9 +228,14 @@ def apply_series_labels(series: pd.DataFrame, table: pd.DataFrame, uid_of: Any) 
     missing = {"series_instance_uid", "label"} - set(table.columns)
     if missing:
         raise InputError(f"series labels file lacks column(s) {sorted(missing)}")
-    mapped = {uid_of(str(u)): int(v) for u, v in zip(table["series_instance_uid"], table["label"], strict=True)}
+    mapped = {
+        uid_of(str(u)): int(v)
+        for u, v in zip(table["series_instance_uid"], table["label"], strict=True)
+    }
     out = series.copy()
-    out["label"] = [mapped.get(u, lab) for u, lab in zip(out["series_uid"], out["label"], strict=True)]
+    out["label"] = [
+        mapped.get(u, lab) for u, lab in zip(out["series_uid"], out["label"], strict=True)
+    ]
     return out
 
 

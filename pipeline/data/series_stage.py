@@ -79,10 +79,13 @@ def series_stats(params: Params) -> dict[str, Any]:
 
     s = params.series
     return stats_from_params(params) | {
-        "image_size": int(s.image_size), "channels": 1, "spacing_mm": 0.0,
-        "series_slices": int(s.slices), "series_slice_mm": float(s.slice_mm),
+        "image_size": int(s.image_size),
+        "channels": 1,
+        "spacing_mm": 0.0,
+        "series_slices": int(s.slices),
+        "series_slice_mm": float(s.slice_mm),
         "series_max_slices": int(s.max_slices),
-    }  # fmt: skip
+    }
 
 
 def target_count(n: int, spacing_mm: float, stats: dict[str, Any]) -> int:
@@ -95,7 +98,9 @@ def target_count(n: int, spacing_mm: float, stats: dict[str, Any]) -> int:
     return min(max(1, round((n - 1) * spacing_mm / mm) + 1), int(stats["series_max_slices"]))
 
 
-def resample_slices(volume: np.ndarray, count: int, spacing_mm: float, stats: dict[str, Any]) -> np.ndarray:
+def resample_slices(
+    volume: np.ndarray, count: int, spacing_mm: float, stats: dict[str, Any]
+) -> np.ndarray:
     """D×S×S → count×S×S by linear interpolation along the slice axis (first to last slice,
     or every ``series_slice_mm`` mm from the centre when resampling by thickness)."""
     import numpy as np
@@ -116,7 +121,9 @@ def resample_slices(volume: np.ndarray, count: int, spacing_mm: float, stats: di
     return (volume[lo] * (1 - w) + volume[hi] * w).astype(np.float32)
 
 
-def series_volume(slices: list[np.ndarray], spacing_mm: float, stats: dict[str, Any], depth: int) -> np.ndarray:
+def series_volume(
+    slices: list[np.ndarray], spacing_mm: float, stats: dict[str, Any], depth: int
+) -> np.ndarray:
     """Raw slices in order → depth×1×S×S (before normalisation; NaN slices pad the end).
     The same function serves ``radops predict``."""
     import numpy as np
@@ -154,8 +161,7 @@ def run(params: Params, paths: Paths) -> SeriesResult:
     return result
 
 
-def _build(params: Params, paths: Paths, staged: Path) -> dict[str, Any]:
-    import numpy as np
+def _build(params: Params, paths: Paths, staged: Path) -> Any:
     import pandas as pd
 
     from pipeline.data import ingest
@@ -172,10 +178,15 @@ def _build(params: Params, paths: Paths, staged: Path) -> dict[str, Any]:
     ingest_dir = staged / catalog.SERIES_INGEST_DIR
     labels = paths.labels_csv if Path(paths.labels_csv).is_file() else None
     ingested = ingest.ingest_folder(
-        paths.input_dir, ingest_dir, key, labels, params.ingest.workers,
-        max_megapixels=params.ingest.max_megapixels, linkage=linkage_path(key_path),
+        paths.input_dir,
+        ingest_dir,
+        key,
+        labels,
+        params.ingest.workers,
+        max_megapixels=params.ingest.max_megapixels,
+        linkage=linkage_path(key_path),
         key_note=ingest.SYNTHETIC_NOTE if synthetic else ingest.LOCAL_NOTE,
-    )  # fmt: skip
+    )
     manifest = pd.read_parquet(ingest_dir / catalog.MANIFEST_FILE)
     assembled = S.assemble(manifest, cfg.tolerance, cfg.min_slices, cfg.label_rule)
     table = assembled.series
@@ -187,9 +198,16 @@ def _build(params: Params, paths: Paths, staged: Path) -> dict[str, Any]:
     if table.empty:
         raise InputError(f"no labelled series could be assembled from {paths.input_dir}")
     split = params.split
-    table = S.assign_splits(table, {"train": split.train, "val": split.val, "test": split.test}, params.base.seed)
+    table = S.assign_splits(
+        table, {"train": split.train, "val": split.val, "test": split.test}, params.base.seed
+    )
     stats = series_stats(params)
-    depth = int(max(target_count(int(r.n_slices), float(r.spacing_mm), stats) for r in table.itertuples()))
+    depth = int(
+        max(
+            target_count(int(n), float(mm), stats)
+            for n, mm in zip(table["n_slices"], table["spacing_mm"], strict=True)
+        )
+    )
     out = staged / catalog.SERIES_DATA_DIR
     out.mkdir()
     counts = _write_volumes(table, assembled.slices, manifest, ingest_dir, stats, depth, out)
@@ -197,21 +215,31 @@ def _build(params: Params, paths: Paths, staged: Path) -> dict[str, Any]:
     write_parquet(staged / catalog.SERIES_SLICES_FILE, assembled.slices)
     write_csv(staged / catalog.SERIES_QUARANTINE_FILE, assembled.quarantine, stage="series")
     return {
-        "series": len(table), "counts": counts, "slices": int(table["n_slices"].sum()),
-        "files_seen": ingested.files_seen, "files_quarantined": ingested.quarantined,
-        "quarantined": len(assembled.quarantine), "unlabelled_series": unlabelled,
+        "series": len(table),
+        "counts": counts,
+        "slices": int(table["n_slices"].sum()),
+        "files_seen": ingested.files_seen,
+        "files_quarantined": ingested.quarantined,
+        "quarantined": len(assembled.quarantine),
+        "unlabelled_series": unlabelled,
         "quarantine_reasons": assembled.quarantine["reason"].value_counts().to_dict(),
         "order_source": table["order_source"].value_counts().to_dict(),
-        "oblique": int(table["oblique"].sum()), "positives": int(table["label"].sum()),
+        "oblique": int(table["oblique"].sum()),
+        "positives": int(table["label"].sum()),
         "shape": [depth, 1, int(stats["image_size"]), int(stats["image_size"])],
         "label_rule": "labels file" if cfg.series_labels_csv else cfg.label_rule,
-    }  # fmt: skip
+    }
 
 
 def _write_volumes(
-    table: pd.DataFrame, slices: pd.DataFrame, manifest: pd.DataFrame, ingest_dir: Path,
-    stats: dict[str, Any], depth: int, out: Path,
-) -> dict[str, int]:  # fmt: skip
+    table: pd.DataFrame,
+    slices: pd.DataFrame,
+    manifest: pd.DataFrame,
+    ingest_dir: Path,
+    stats: dict[str, Any],
+    depth: int,
+    out: Path,
+) -> dict[str, int]:
     """``{split}_x.npy`` volumes, indexes and labels; normalisation fitted on train only."""
     import numpy as np
 
@@ -229,14 +257,19 @@ def _write_volumes(
             part = table[table["split"] == name].reset_index(drop=True)
             counts[name] = len(part)
             x = np.lib.format.open_memmap(
-                catalog.split_file(out, name, catalog.IMAGES_SUFFIX), mode="w+",
-                dtype=np.float32, shape=(len(part), depth, 1, size, size),
-            )  # fmt: skip
-            for i, row in enumerate(part.itertuples()):
-                raw = [store.load(located.loc[image_id]) for image_id in by_series[row.series_uid]]
-                x[i] = series_volume(raw, float(row.spacing_mm), stats, depth)
+                catalog.split_file(out, name, catalog.IMAGES_SUFFIX),
+                mode="w+",
+                dtype=np.float32,
+                shape=(len(part), depth, 1, size, size),
+            )
+            for i, (uid, mm) in enumerate(zip(part["series_uid"], part["spacing_mm"], strict=True)):
+                raw = [store.load(located.loc[image_id]) for image_id in by_series[uid]]
+                x[i] = series_volume(raw, float(mm), stats, depth)
             arrays[name] = x
-            np.save(catalog.split_file(out, name, catalog.LABELS_SUFFIX), part["label"].to_numpy(dtype=np.int64))
+            np.save(
+                catalog.split_file(out, name, catalog.LABELS_SUFFIX),
+                part["label"].to_numpy(dtype=np.int64),
+            )
             write_parquet(
                 catalog.split_file(out, name, catalog.INDEX_SUFFIX),
                 part[[*INDEX_COLUMNS, "series_uid", "study_uid"]],
@@ -245,8 +278,12 @@ def _write_volumes(
     finite = train[np.isfinite(train)]
     if not finite.size:
         raise InputError("the training split has no series; cannot fit normalisation")
-    stats |= {"mean": float(finite.mean()), "std": float(finite.std()) or 1.0,
-              "min": float(finite.min()), "max": float(finite.max())}  # fmt: skip
+    stats |= {
+        "mean": float(finite.mean()),
+        "std": float(finite.std()) or 1.0,
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+    }
     for x in arrays.values():
         for i in range(len(x)):
             x[i] = normalize(np.asarray(x[i]), stats)

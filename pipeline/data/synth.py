@@ -169,11 +169,10 @@ def run(params: Params, paths: Paths) -> SynthResult:
                         )
                         images += 1
                         positives += w.label
-            if cfg.series_patients:  # the series cohort, beside (never inside) the default
-                from pipeline.data import synth_series
+            from pipeline.data import synth_series  # the series cohort, beside the default
 
-                counts = synth_series.write_cohort(cfg, tmp / catalog.SYNTH_SERIES_DIR)
-                log.info("synth: series cohort %s", counts)
+            counts = synth_series.write_cohort(cfg, tmp / catalog.SYNTH_SERIES_DIR)
+            log.info("synth: series cohort %s", counts)
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(

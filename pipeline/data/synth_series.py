@@ -121,7 +121,8 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
             names = rng.permutation(10**6)[:n]  # shuffled file names
             folder = dicom_dir / f"PA{p + 1:06d}" / "ST000001" / f"SE{series_no:06d}"
             folder.mkdir(parents=True)
-            base = None
+            base: np.ndarray | None = None
+            ds: Any = None
             for i in rng.permutation(n):  # written in shuffled order too
                 d = abs(int(i) - centre)
                 here = positive and d <= half
@@ -130,29 +131,38 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
                 )
                 if here or base is None:  # the lesion-free slice is rendered once
                     hu, _ = synth.render_image(
-                        np.random.default_rng(anatomy), size, grid, site, enhanced,
+                        np.random.default_rng(anatomy),
+                        size,
+                        grid,
+                        site,
+                        enhanced,
                         scaled if here else None,
-                    )  # fmt: skip
+                    )
                     if not here:
                         base = hu
-                hu = hu if here else base
+                hu = hu if here or base is None else base
                 noise = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.6)
                 hu = hu + noise * (float(rng.uniform(*site.noise)) / max(float(noise.std()), 1e-6))
                 sop = synth._uid(rng)
-                ds = synth._dataset(rng, site, patient, study, 0, sop, hu, size)
-                ds.SeriesInstanceUID = series_uid
-                ds.SeriesNumber = series_no
+                if ds is None:  # one header per series; each slice changes what differs
+                    ds = synth._dataset(rng, site, patient, study, 0, sop, hu, size)
+                    ds.SeriesInstanceUID = series_uid
+                    ds.SeriesNumber = series_no
+                    ds.ImageOrientationPatient = [_ds(v) for v in orientation]
+                    ds.SliceThickness = _ds(spacing)
+                    ds.SeriesDescription = f"CHEST {spacing:g}mm" + (" TILT" if tilt else "")
+                ds.SOPInstanceUID = sop
+                ds.file_meta.MediaStorageSOPInstanceUID = sop
+                ds.PixelData = np.clip(np.rint(hu + 1024.0), 0, 4095).astype("<i2").tobytes()
                 ds.InstanceNumber = int(i) + 1
                 ds.ImagePositionPatient = [_ds(v) for v in positions[i]]
-                ds.ImageOrientationPatient = [_ds(v) for v in orientation]
-                ds.SliceThickness = _ds(spacing)
                 ds.SliceLocation = _ds(float(positions[i][2]))
-                ds.SeriesDescription = f"CHEST {spacing:g}mm" + (" TILT" if tilt else "")
-                ds.save_as(folder / f"IM{int(names[i]):06d}{site.extension}", enforce_file_format=True)
+                ds.save_as(
+                    folder / f"IM{int(names[i]):06d}{site.extension}", enforce_file_format=True
+                )
                 writer.writerow([sop, patient["PatientID"], int(here)])
                 slices += 1
             series += 1
             positives += int(positive)
             oblique += int(tilt > 0)
     return SeriesCounts(series, slices, positives, oblique)
-

@@ -35,8 +35,15 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 SERIES_NAMES = ("cnn_rnn", "cnn3d")
-SERIES_KEYS = ("name", "rnn", "rnn_hidden", "rnn_layers", "bidirectional", "rnn_pooling",
-               "slice_context")  # fmt: skip
+SERIES_KEYS = (
+    "name",
+    "rnn",
+    "rnn_hidden",
+    "rnn_layers",
+    "bidirectional",
+    "rnn_pooling",
+    "slice_context",
+)
 
 
 def valid_slices(x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +52,16 @@ def valid_slices(x: torch.Tensor) -> torch.Tensor:
 
 
 def _encoder_arch(arch: dict[str, Any]) -> dict[str, Any]:
-    keep = ("depth", "base_width", "kernel_size", "batch_norm", "dropout", "activation",
-            "image_size", "in_channels")  # fmt: skip
+    keep = (
+        "depth",
+        "base_width",
+        "kernel_size",
+        "batch_norm",
+        "dropout",
+        "activation",
+        "image_size",
+        "in_channels",
+    )
     return {k: arch[k] for k in keep} | {"out_channels": 1, "name": "cnn"}
 
 
@@ -63,9 +78,13 @@ class CnnRnn(nn.Module):
         self.norm = nn.LayerNorm(2 * width)  # embeddings on one scale: the gates do not saturate
         rnn = nn.LSTM if arch["rnn"] == "lstm" else nn.GRU
         self.rnn = rnn(
-            2 * width, hidden, num_layers=layers, batch_first=True,
-            bidirectional=self.bidirectional, dropout=float(arch["dropout"]) if layers > 1 else 0.0,
-        )  # fmt: skip
+            2 * width,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=self.bidirectional,
+            dropout=float(arch["dropout"]) if layers > 1 else 0.0,
+        )
         out = hidden * (2 if self.bidirectional else 1)
         self.pooling = str(arch["rnn_pooling"])
         self.attention = nn.Linear(out, 1)
@@ -84,7 +103,9 @@ class CnnRnn(nn.Module):
         b, d = x.shape[:2]
         last = (valid.sum(dim=1) - 1).clamp(min=0)
         offsets = torch.arange(-k, k + 1, device=x.device)
-        pos = (torch.arange(d, device=x.device)[None, :, None] + offsets[None, None, :]).clamp(min=0)
+        pos = (torch.arange(d, device=x.device)[None, :, None] + offsets[None, None, :]).clamp(
+            min=0
+        )
         pos = torch.minimum(pos, last[:, None, None])
         gathered = x[torch.arange(b, device=x.device)[:, None, None], pos]  # B×D×K×C×S×S
         return gathered.flatten(2, 3)
@@ -96,7 +117,7 @@ class CnnRnn(nn.Module):
         planes = self.with_context(x, valid)
         planes = planes.reshape(b * d, *planes.shape[2:])
         # channels-last: about 25 % faster convolutions on CPU (as for the 2-D CNN)
-        h = self.encoder(planes.contiguous(memory_format=torch.channels_last))
+        h = self.encoder(planes.contiguous(memory_format=torch.channels_last))  # type: ignore[operator]
         e = torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
         return self.norm(e).reshape(b, d, -1), valid
 
@@ -137,11 +158,15 @@ class Cnn3d(nn.Module):
             width = int(arch["base_width"]) * 2**level
             blocks.append(
                 Convolution(
-                    spatial_dims=3, in_channels=channels, out_channels=width,
-                    kernel_size=int(arch["kernel_size"]), act=arch["activation"],
+                    spatial_dims=3,
+                    in_channels=channels,
+                    out_channels=width,
+                    kernel_size=int(arch["kernel_size"]),
+                    act=arch["activation"],
                     norm="batch" if arch["batch_norm"] else None,
-                    dropout=float(arch["dropout"]) or None, dropout_dim=3,
-                )  # fmt: skip
+                    dropout=float(arch["dropout"]) or None,
+                    dropout_dim=3,
+                )
             )
             channels = width
         self.blocks = nn.ModuleList(blocks)
@@ -200,5 +225,5 @@ def slice_weights(network: nn.Module, x: Any, batch_size: int = 32) -> Any:
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
-            out.append(network.forward_with_weights(batch)[1].numpy())
+            out.append(network.forward_with_weights(batch)[1].numpy())  # type: ignore[operator]
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

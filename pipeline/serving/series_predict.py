@@ -86,6 +86,7 @@ def run_series(
     weights = slice_weights(network, x) if len(x) else None
     top, top_file = [], []
     source_of = manifest.set_index("image_id")["source_id"]
+    row: Any
     for i, row in enumerate(table.itertuples()):
         if weights is None:
             top.append(np.nan)
@@ -111,13 +112,23 @@ def run_series(
         | {"top_slice": top, "top_slice_file": top_file, "reason": ""}
     )
     rejected = pd.DataFrame(
-        {"series_uid": made.quarantine["series_uid"], "n_slices": made.quarantine["slices"],
-         "first_file": "", "status": "quarantined", "reason": made.quarantine["reason"]}
-    )  # fmt: skip
+        {
+            "series_uid": made.quarantine["series_uid"],
+            "n_slices": made.quarantine["slices"],
+            "first_file": "",
+            "status": "quarantined",
+            "reason": made.quarantine["reason"],
+        }
+    )
     files = pd.DataFrame(
-        {"series_uid": "", "n_slices": 0, "first_file": quarantine["source_id"].map(path_of),
-         "status": "quarantined", "reason": quarantine["reason"]}
-    )  # fmt: skip
+        {
+            "series_uid": "",
+            "n_slices": 0,
+            "first_file": quarantine["source_id"].map(path_of),
+            "status": "quarantined",
+            "reason": quarantine["reason"],
+        }
+    )
     frames = [f for f in (scored, rejected, files) if len(f)]
     table_out = pd.concat(frames, ignore_index=True) if frames else scored
     write_csv(paths.out_csv, table_out, stage="predict")

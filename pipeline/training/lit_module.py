@@ -62,7 +62,7 @@ class TaskModule(L.LightningModule):
         self.planar = self.arch.get("name", "cnn") == "cnn"  # series models: 5-D input
         if self.arch.get("name", "cnn") in ("cnn", "cnn_rnn"):  # 2-D convolutions
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.net = net
+        self.net: Any = net
         self.loss_fn = task.make_loss(cfg)
         self.train_metrics = nn.ModuleDict(task.make_metrics())
         self.val_metrics = nn.ModuleDict(task.make_metrics())

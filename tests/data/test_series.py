@@ -13,8 +13,15 @@ from pipeline.data import series as S
 from pipeline.data.geometry import GEOMETRY_FIELDS
 
 
-def stack(n: int = 8, spacing: float = 2.5, tilt_deg: float = 0.0, coronal: bool = False,
-          uid: str = "2.25.1", patient: str = "P-1", seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def stack(
+    n: int = 8,
+    spacing: float = 2.5,
+    tilt_deg: float = 0.0,
+    coronal: bool = False,
+    uid: str = "2.25.1",
+    patient: str = "P-1",
+    seed: int = 0,
+) -> pd.DataFrame:
     """Manifest rows of one contiguous stack, in shuffled order; ``instance`` = true order."""
     t = math.radians(tilt_deg)
     row = np.array([1.0, 0.0, 0.0])
@@ -25,15 +32,34 @@ def stack(n: int = 8, spacing: float = 2.5, tilt_deg: float = 0.0, coronal: bool
     for i in range(n):
         ipp = origin + i * spacing * normal
         rows.append(
-            {"image_id": f"{uid}.{i}", "series_uid": uid, "study_uid": "2.25.9",
-             "patient_id": patient, "label": 0, "site": "S", "manufacturer": "M",
-             "modality": "CT", "rows": 64, "columns": 64, "pixel_spacing_row": 0.7,
-             "pixel_spacing_col": 0.7, "frame": 0, "pixel_sha256": f"{i:064x}",
-             "ipp_x": ipp[0], "ipp_y": ipp[1], "ipp_z": ipp[2],
-             "iop_row_x": row[0], "iop_row_y": row[1], "iop_row_z": row[2],
-             "iop_col_x": col[0], "iop_col_y": col[1], "iop_col_z": col[2],
-             "instance_number": float(i + 1), "slice_thickness": spacing}
-        )  # fmt: skip
+            {
+                "image_id": f"{uid}.{i}",
+                "series_uid": uid,
+                "study_uid": "2.25.9",
+                "patient_id": patient,
+                "label": 0,
+                "site": "S",
+                "manufacturer": "M",
+                "modality": "CT",
+                "rows": 64,
+                "columns": 64,
+                "pixel_spacing_row": 0.7,
+                "pixel_spacing_col": 0.7,
+                "frame": 0,
+                "pixel_sha256": f"{i:064x}",
+                "ipp_x": ipp[0],
+                "ipp_y": ipp[1],
+                "ipp_z": ipp[2],
+                "iop_row_x": row[0],
+                "iop_row_y": row[1],
+                "iop_row_z": row[2],
+                "iop_col_x": col[0],
+                "iop_col_y": col[1],
+                "iop_col_z": col[2],
+                "instance_number": float(i + 1),
+                "slice_thickness": spacing,
+            }
+        )
     frame = pd.DataFrame(rows)
     return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
@@ -83,9 +109,12 @@ def _drop(frame: pd.DataFrame, instance: int) -> pd.DataFrame:
         (lambda f: f.assign(ipp_x=np.nan, instance_number=np.nan), S.NO_GEOMETRY),
         (lambda f: pd.concat([f, f.head(1).assign(image_id="dup")]), S.DUPLICATE_POSITION),
         (lambda f: _drop(f, 4), S.MISSING_SLICES),
-        (lambda f: f.assign(ipp_z=f["ipp_z"] + (f["instance_number"] > 4) * 1.2), S.INCONSISTENT_SPACING),
+        (
+            lambda f: f.assign(ipp_z=f["ipp_z"] + (f["instance_number"] > 4) * 1.2),
+            S.INCONSISTENT_SPACING,
+        ),
     ],
-)  # fmt: skip
+)
 def test_each_quarantine_reason(change, reason: str) -> None:
     frame = change(stack(8)).reset_index(drop=True)
     with pytest.raises(S.Rejected) as caught:
@@ -117,8 +146,14 @@ def test_series_split_keeps_each_patient_in_one_split() -> None:
     for p in range(30):  # 2 series per patient
         for s in range(2):
             lab = int(p % 2 == 0 and s == 0)
-            frames.append(stack(4, uid=f"2.25.{p}.{s}", patient=f"P-{p}", seed=p)
-                          .assign(label=lab, pixel_sha256=lambda f, p=p, s=s: [f"{p:032x}{s:02x}{i:030x}" for i in range(len(f))]))  # fmt: skip
+            frames.append(
+                stack(4, uid=f"2.25.{p}.{s}", patient=f"P-{p}", seed=p).assign(
+                    label=lab,
+                    pixel_sha256=lambda f, p=p, s=s: [
+                        f"{p:032x}{s:02x}{i:030x}" for i in range(len(f))
+                    ],
+                )
+            )
     made = S.assemble(pd.concat(frames, ignore_index=True))
     split = S.assign_splits(made.series, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=42)
     assert split.groupby("patient_id")["split"].nunique().max() == 1
@@ -141,8 +176,12 @@ def test_synthetic_series_files_come_back_in_order(tmp_path) -> None:
 
     counts = synth_series.write_cohort(SynthSection(series_patients=4), tmp_path / "series")
     assert counts.oblique >= 1
-    ingest_folder(tmp_path / "series" / "dicom", tmp_path / "ing", SYNTHETIC_KEY,
-                  tmp_path / "series" / "labels.csv")  # fmt: skip
+    ingest_folder(
+        tmp_path / "series" / "dicom",
+        tmp_path / "ing",
+        SYNTHETIC_KEY,
+        tmp_path / "series" / "labels.csv",
+    )
     manifest = pd.read_parquet(tmp_path / "ing" / "manifest.parquet")
     assert set(GEOMETRY_FIELDS) <= set(manifest.columns)
     made = S.assemble(manifest)

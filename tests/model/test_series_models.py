@@ -89,26 +89,46 @@ def test_series_task_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     Path("params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(
         "params.yaml",
-        {"synth.series_patients": 24, "synth.series_image_size": 32,
-         "task.kind": "series_classification",
-         "model.name": "cnn_rnn", "model.base_width": 4, "model.depth": 2,
-         "series.image_size": 32, "series.slices": 6, "train.max_epochs": 2,
-         "train.batch_size": 8, "train.use_tuned_params": False,
-         "evaluate.bootstrap_iterations": 20, "baseline.search": False,
-         "base.secret_key_path": str(tmp_path / "key")},
-    )  # fmt: skip
+        {
+            "synth.series_patients": 24,
+            "synth.series_image_size": 32,
+            "task.kind": "series_classification",
+            "model.name": "cnn_rnn",
+            "model.base_width": 4,
+            "model.depth": 2,
+            "series.image_size": 32,
+            "series.slices": 6,
+            "train.max_epochs": 2,
+            "train.batch_size": 8,
+            "train.use_tuned_params": False,
+            "evaluate.bootstrap_iterations": 20,
+            "baseline.search": False,
+            "base.secret_key_path": str(tmp_path / "key"),
+        },
+    )
     synth_series.write_cohort(params.synth, Path("data/synthetic/series"))
     built = series_stage.run(params, series_stage.Paths.from_params(params))
     assert built.summary_doc["series"] == 24 and built.summary_doc["shape"] == [6, 1, 32, 32]
-    index = {s: pd.read_parquet(f"data/series/preprocessed/{s}_index.parquet") for s in ("train", "val", "test")}
+    index = {
+        s: pd.read_parquet(f"data/series/preprocessed/{s}_index.parquet")
+        for s in ("train", "val", "test")
+    }
     patients = [set(i["patient_id"]) for i in index.values()]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
     train.run(params, train.Paths.from_params(params))
     svm.run(params, svm.Paths.from_params(params))
     result = evaluate.run(params, evaluate.Paths.from_params(params))
     metrics = result.metrics["cnn"]
-    assert {"test_auc", "test_auc_ci_low", "test_sensitivity", "test_specificity", "test_tp"} <= set(metrics)
-    assert metrics["test_tp"] + metrics["test_fn"] + metrics["test_tn"] + metrics["test_fp"] == len(index["test"])
+    assert {
+        "test_auc",
+        "test_auc_ci_low",
+        "test_sensitivity",
+        "test_specificity",
+        "test_tp",
+    } <= set(metrics)
+    assert metrics["test_tp"] + metrics["test_fn"] + metrics["test_tn"] + metrics["test_fp"] == len(
+        index["test"]
+    )
 
     net, meta = load_model(Path(params.train.out_dir))
     assert meta["architecture"]["name"] == "cnn_rnn"
@@ -119,8 +139,12 @@ def test_series_task_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert abs(float(predict(net, meta, volume)[0]) - float(predict(net, meta, shuffled)[0])) > 1e-4
 
     out = tmp_path / "preds.csv"
-    done = serve.run(params, serve.Paths(str(Path(params.train.out_dir).resolve()),
-                                         Path("data/synthetic/series/dicom"), out))  # fmt: skip
+    done = serve.run(
+        params,
+        serve.Paths(
+            str(Path(params.train.out_dir).resolve()), Path("data/synthetic/series/dicom"), out
+        ),
+    )
     table = pd.read_csv(out)
     assert done.scored == 24 and (table["status"] == "scored").sum() == 24
     assert table["top_slice"].between(1, table["n_slices"]).all()
