@@ -37,7 +37,7 @@ def fig_series(ctx: Ctx) -> list[Figure]:
             peak_rss_mib=round(stage.maxrss_mb, 1),
         )
     ]
-    for model in ("cnn_rnn", "cnn3d"):
+    for model in ("cnn_rnn",) if ctx.quick else ("cnn_rnn", "cnn3d"):
         proc = run_proc(
             ctx,
             [

@@ -193,3 +193,34 @@ def test_synthetic_series_files_come_back_in_order(tmp_path) -> None:
         assert (np.diff(inst) == 1).all() or (np.diff(inst) == -1).all()
     positives = made.series["label"].sum()
     assert positives == counts.positives
+
+
+def test_enhanced_multiframe_geometry_orders_frames() -> None:
+    """Per-frame positions from the functional groups (frames stored out of order)."""
+    from pydicom.dataset import Dataset
+
+    from pipeline.data.geometry import frame_geometry
+
+    def item(**kw: object) -> Dataset:
+        ds = Dataset()
+        for k, v in kw.items():
+            setattr(ds, k, v)
+        return ds
+
+    z = [6.0, 0.0, 9.0, 3.0]  # frame f is at z[f]
+    ds = Dataset()
+    ds.SharedFunctionalGroupsSequence = [
+        item(PlaneOrientationSequence=[item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    ]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(PlanePositionSequence=[item(ImagePositionPatient=[-50, -50, v])]) for v in z
+    ]
+    ds.SliceThickness = "3"
+    geo = frame_geometry(ds, len(z))
+    assert [g[2] for g in geo] == z and all(g[5] == 0.0 and g[7] == 1.0 for g in geo)
+    rows = pd.DataFrame(geo, columns=list(GEOMETRY_FIELDS)).assign(
+        frame=range(len(z)), rows=64, columns=64
+    )
+    ordered = S.order_slices(rows)
+    assert rows["frame"].to_numpy()[ordered.rows].tolist() == [1, 3, 0, 2]
+    assert ordered.spacing_mm == pytest.approx(3.0)

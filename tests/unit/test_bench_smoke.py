@@ -25,6 +25,9 @@ EXPECTED = {
     "training loop",
     "tuning: best val AUC",
     "tuning: epochs",
+    "series stage",
+    "peak RSS: series training epoch",
+    "series data path",
 }
 
 
