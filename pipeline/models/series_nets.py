@@ -14,7 +14,9 @@ can initialise it: ``load_encoder``, the centre-slice channel of the first layer
 LSTM (``rnn``, ``rnn_hidden``, ``rnn_layers``, ``bidirectional``) reads the embeddings in
 order, packed to each series' length (``pack_padded_sequence``), so padding never enters;
 ``rnn_pooling``: ``attention`` (a learned softmax weight per valid slice; the weights say
-which slice contributed most), ``mean`` over valid slices, or ``last`` (the final states).
+which slice contributed most), ``mean`` over valid slices, or ``last`` (the final states),
+concatenated with the maximum of the RNN outputs over the valid slices, so a lesion in a few
+of many slices has a direct path to the head.
 
 ``cnn3d``: ``depth`` levels of MONAI 3-D convolution blocks (width ``base_width·2^level``),
 max-pooled in-plane at every level and across slices while more than one remains; global
@@ -75,7 +77,6 @@ class CnnRnn(nn.Module):
         width = int(arch["base_width"]) * 2 ** (int(arch["depth"]) - 1)
         hidden, layers = int(arch["rnn_hidden"]), int(arch["rnn_layers"])
         self.bidirectional = bool(arch["bidirectional"])
-        self.norm = nn.LayerNorm(2 * width)  # embeddings on one scale: the gates do not saturate
         rnn = nn.LSTM if arch["rnn"] == "lstm" else nn.GRU
         self.rnn = rnn(
             2 * width,
@@ -90,12 +91,12 @@ class CnnRnn(nn.Module):
         self.attention = nn.Linear(out, 1)
         self.dropout = nn.Dropout(float(arch["dropout"]))
         self.n_out = int(arch["out_channels"])
-        self.head = nn.Linear(out, self.n_out)
+        self.head = nn.Linear(2 * out, self.n_out)  # the pooled state and the max over slices
 
     def with_context(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """B×D×C×S×S → B×D×(2k+1)C×S×S: each slice with its ``k`` neighbours on either
-        side as channels (the series' own edge slice repeated beyond its ends, so padding
-        never leaks in)."""
+        """B×D×C×S×S → B×D×(2k+1)C×S×S: each slice, then its differences to its ``k``
+        neighbours on either side, as channels (the series' own edge slice repeated beyond
+        its ends, so padding never leaks in)."""
         k = self.context
         x = torch.nan_to_num(x, nan=0.0)
         if k == 0:
@@ -108,7 +109,11 @@ class CnnRnn(nn.Module):
         )
         pos = torch.minimum(pos, last[:, None, None])
         gathered = x[torch.arange(b, device=x.device)[:, None, None], pos]  # B×D×K×C×S×S
-        return gathered.flatten(2, 3)
+        centre = gathered[:, :, k : k + 1]
+        others = torch.cat([gathered[:, :, :k], gathered[:, :, k + 1 :]], dim=2)
+        # the slice, then its differences to each neighbour: a lesion is a change along the
+        # slices, which these make explicit (a plain neighbour stack trained only by luck)
+        return torch.cat([centre, centre - others], dim=2).flatten(2, 3)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-slice embeddings B×D×E and the valid-slice mask B×D."""
@@ -119,7 +124,7 @@ class CnnRnn(nn.Module):
         # channels-last: about 25 % faster convolutions on CPU (as for the 2-D CNN)
         h = self.encoder(planes.contiguous(memory_format=torch.channels_last))  # type: ignore[operator]
         e = torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
-        return self.norm(e).reshape(b, d, -1), valid
+        return e.reshape(b, d, -1), valid
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw outputs and each slice's weight in the pooled state (B×D, zero on padding)."""
@@ -140,7 +145,10 @@ class CnnRnn(nn.Module):
             h = state[0] if isinstance(state, tuple) else state
             pooled = torch.cat([h[-2], h[-1]], dim=1) if self.bidirectional else h[-1]
             weights = F.one_hot(lengths - 1, e.shape[1]).float()
-        logits = self.head(self.dropout(pooled))
+        # the max over valid slices too: a lesion in one of 16 slices then has a direct path to
+        # the head (with the pooled state alone training was at the mercy of the seed)
+        peak = out.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        logits = self.head(self.dropout(torch.cat([pooled, peak], dim=1)))
         return (logits.squeeze(1) if self.n_out == 1 else logits), weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,9 +213,8 @@ def load_encoder(network: nn.Module, classifier_state: dict[str, torch.Tensor]) 
         if not k.startswith("features.") or name not in own:
             continue
         if v.ndim == 4 and own[name].shape[1] != v.shape[1]:  # first conv with slice context:
-            inflated = torch.zeros_like(own[name])  # the classifier sees the centre slice
-            centre = (own[name].shape[1] // v.shape[1]) // 2
-            inflated[:, centre * v.shape[1] : (centre + 1) * v.shape[1]] = v
+            inflated = torch.zeros_like(own[name])  # the classifier sees the slice itself
+            inflated[:, : v.shape[1]] = v
             v = inflated
         picked[name] = v
     network.load_state_dict(picked, strict=False)
