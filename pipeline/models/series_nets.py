@@ -127,7 +127,11 @@ class CnnRnn(nn.Module):
         return e.reshape(b, d, -1), valid
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw outputs and each slice's weight in the pooled state (B×D, zero on padding)."""
+        """Raw outputs and each slice's contribution to the logit (B×D, zero on padding):
+        the head is linear in the pooled state (a weighted sum of the slices' RNN states, or
+        the last one) and in the max over slices (each feature taken from one slice), so the
+        logit minus the bias splits exactly into one share per slice (for K classes: of the
+        most probable class)."""
         e, valid = self.embed(x)
         lengths = valid.sum(dim=1).clamp(min=1)
         packed = pack_padded_sequence(e, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -147,9 +151,17 @@ class CnnRnn(nn.Module):
             weights = F.one_hot(lengths - 1, e.shape[1]).float()
         # the max over valid slices too: a lesion in one of 16 slices then has a direct path to
         # the head (with the pooled state alone training was at the mercy of the seed)
-        peak = out.masked_fill(~mask[..., None], float("-inf")).amax(dim=1)
+        peak, where = out.masked_fill(~mask[..., None], float("-inf")).max(dim=1)
         logits = self.head(self.dropout(torch.cat([pooled, peak], dim=1)))
-        return (logits.squeeze(1) if self.n_out == 1 else logits), weights
+        cls = logits.argmax(dim=1) if self.n_out > 1 else torch.zeros_like(lengths)
+        w = self.head.weight[cls]  # B×2H: the row of the explained output
+        w_pool, w_peak = w[:, : out.shape[2]], w[:, out.shape[2] :]
+        if self.pooling == "last":
+            share = weights * (pooled * w_pool).sum(dim=1, keepdim=True)
+        else:
+            share = weights * (out * w_pool[:, None]).sum(dim=2)
+        share = share.scatter_add(1, where, w_peak * peak)
+        return (logits.squeeze(1) if self.n_out == 1 else logits), share
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_weights(x)[0]
@@ -222,7 +234,8 @@ def load_encoder(network: nn.Module, classifier_state: dict[str, torch.Tensor]) 
 
 
 def slice_weights(network: nn.Module, x: Any, batch_size: int = 32) -> Any:
-    """Per-slice contributions (B×D numpy) of a ``cnn_rnn``; None for other networks."""
+    """Per-slice contributions to the logit (B×D numpy; see ``CnnRnn.forward_with_weights``)
+    of a ``cnn_rnn``; None for other networks."""
     import numpy as np
 
     if not hasattr(network, "forward_with_weights"):

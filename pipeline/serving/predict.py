@@ -107,7 +107,7 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
 def operating_threshold(task: Any, registry: float | None, meta: dict[str, Any]) -> float | None:
     """The binary decision threshold: the registry's, else the model's, else 0.5; None for
     tasks without one."""
-    if not (task.kind == "classification" and task.n_outputs == 1):
+    if not (task.target_kind == "class_index" and task.n_outputs == 1):  # binary (+ series)
         return None
     if registry is not None:
         return float(registry)
