@@ -26,7 +26,6 @@ EXPECTED = {
     "tuning: best val AUC",
     "tuning: epochs",
     "series stage",
-    "peak RSS: series training epoch",
     "series data path",
 }
 
