@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Parameters that shrink the whole graph to about a minute on 2 cores (tests, bench --quick).
 TINY: dict[str, Any] = {
     "synth.patients": 24,
+    "synth.series_patients": 2,
     "synth.image_size": 64,
     "preprocess.image_size": 32,
     "tune.n_trials": 2,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench import scaling
 from bench.harness import Ctx, Figure, prepare, run_proc, stages_run, table
+from bench.series_bench import fig_series
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = REPO / "bench" / "work"
@@ -281,6 +282,7 @@ FIGURES: list[tuple[str, Callable[[Ctx], list[Figure]]]] = [
     ("parallel tuning", scaling.fig_parallel_tuning),
     ("tracking server", scaling.fig_tracking_server),
     ("ddp", scaling.fig_ddp),
+    ("series", fig_series),  # last: it rebuilds the project's series folder
 ]
 
 

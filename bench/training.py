@@ -60,7 +60,7 @@ def new_module(
 ) -> TaskModule:
     L.seed_everything(seed, workers=True, verbose=False)
     shape = data.image_shape
-    return TaskModule(data.task, cfg, model or ModelSection(), shape[-1], shape[0])
+    return TaskModule(data.task, cfg, model or ModelSection(), shape[-1], shape[-3])
 
 
 def train_epoch(

@@ -44,6 +44,14 @@ MLFLOW_ARTIFACTS = "artifacts"
 # ---------------------------------------------------------------- synth
 SYNTH_DICOM_DIR = "dicom"
 LABELS_FILE = "labels.csv"
+SYNTH_SERIES_DIR = "series"  # the series cohort: <synth.out_dir>/series/{dicom,labels.csv}
+
+# ---------------------------------------------------------------- series
+SERIES_INGEST_DIR = "ingested"  # the series export, ingested like data.dicom_dir
+SERIES_DATA_DIR = "preprocessed"  # {split}_x.npy (N×D×C×S×S volumes), index, stats
+SERIES_TABLE_FILE = "series.parquet"  # one row per assembled series (order, spacing, split)
+SERIES_SLICES_FILE = "slices.parquet"  # image_id of every slice, in order
+SERIES_QUARANTINE_FILE = "series_quarantine.csv"  # series_uid,reason
 
 # ---------------------------------------------------------------- ingest
 MANIFEST_FILE = "manifest.parquet"
@@ -222,6 +230,22 @@ class Catalog:
         return self.params.preprocess.out_dir
 
     @property
+    def series_dir(self) -> Path:
+        return self.params.series.out_dir
+
+    @property
+    def series_data_dir(self) -> Path:
+        return self.series_dir / SERIES_DATA_DIR
+
+    @property
+    def model_data_dir(self) -> Path:
+        """What tune, train, baseline, evaluate and promote read: the series volumes for
+        ``task.kind: series_classification``, else the preprocessed images."""
+        if self.params.task.kind == "series_classification":
+            return self.series_data_dir
+        return self.preprocess_dir
+
+    @property
     def tune_dir(self) -> Path:
         return self.params.tune.out_dir
 
@@ -316,6 +340,7 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "validate": (("ingest_dir",), ("out_dir",)),
     "split": (("ingest_dir",), ("out_dir",)),
     "preprocess": (("ingest_dir", "split_dir"), ("out_dir",)),
+    "series": (("input_dir", "labels_csv"), ("out_dir",)),
     "tune": (("data_dir",), ("out_dir",)),
     "train": (("data_dir", "best_params"), ("out_dir", "checkpoint_dir")),
     "baseline": (("data_dir",), ("out_dir",)),

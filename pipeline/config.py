@@ -52,6 +52,11 @@ class SynthSection(Section):
     # images (labels kept; truth in planted.csv, never ingested), and a batch from a new site.
     plant_bad_scans: int = Field(0, ge=0)
     new_site: bool = False
+    # The series cohort (``synth.out_dir``/series: multi-slice CT series for
+    # ``task.kind: series_classification``, read by the ``series`` stage; at least 1: the
+    # stage's input folder must exist for DVC).
+    series_patients: int = Field(160, ge=1)
+    series_image_size: int = Field(64, ge=32, le=512)
 
 
 class IngestSection(Section):
@@ -143,7 +148,9 @@ class TaskSection(Section):
     """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
     labels-file column (carried through ingest and preprocess) that holds the target."""
 
-    kind: Literal["classification", "regression", "segmentation", "autoencoder"] = "classification"
+    kind: Literal[
+        "classification", "regression", "segmentation", "autoencoder", "series_classification"
+    ] = "classification"
     target: str = Field("label", min_length=1)
     # segmentation: the SEG segment label(s) learned, one output channel each (case-insensitive)
     segments: list[str] = Field(default_factory=lambda: ["lesion"], min_length=1)
@@ -162,9 +169,38 @@ class ModelSection(Section):
     # segmentation's MONAI U-Net (depth, base_width, kernel_size, batch_norm, dropout and
     # activation above shape it too): residual units per level
     unet_res_units: int = Field(2, ge=0, le=4)
+    # cnn: the 2-D image CNN; cnn_rnn / cnn3d: series models (task.kind series_classification)
+    name: Literal["cnn", "cnn_rnn", "cnn3d"] = "cnn"
+    rnn: Literal["gru", "lstm"] = "gru"  # cnn_rnn: the recurrent layer over slice embeddings
+    rnn_hidden: int = Field(32, ge=1)
+    rnn_layers: int = Field(1, ge=1, le=4)
+    bidirectional: bool = True
+    # cnn_rnn: attention (weights per slice; predict names the top slice), mean, or last state
+    rnn_pooling: Literal["attention", "mean", "last"] = "attention"
+    slice_context: int = Field(1, ge=0, le=4)  # cnn_rnn: neighbour slices each side as channels
 
 
 Loss = Literal["auto", "cross_entropy", "focal", "mse", "mae", "huber", "dice", "dice_ce"]
+
+
+class SeriesSection(Section):
+    """Stage ``series``: CT series assembled from ordered slices, for
+    ``task.kind: series_classification`` (``pipeline/data/series.py``)."""
+
+    out_dir: Path = Path("data/series")
+    # The series export and its labels file (per slice, as ``data.labels_csv``); the default is
+    # the synthetic series cohort. May be the same folder as ``data.dicom_dir``.
+    dicom_dir: Path = Path("data/synthetic/series") / catalog.SYNTH_DICOM_DIR
+    labels_csv: Path = Path("data/synthetic/series") / catalog.LABELS_FILE
+    # Optional labels per series: series_instance_uid,label (wins over the slice rule).
+    series_labels_csv: str = ""
+    label_rule: Literal["any", "majority"] = "any"  # series label from slice labels
+    slices: int = Field(16, ge=0, le=512)  # resample to this many slices (0: by slice_mm)
+    slice_mm: float = Field(0.0, ge=0)  # with slices 0: resample to this thickness
+    max_slices: int = Field(64, ge=1, le=1024)  # slice_mm: longer series are centre-cropped
+    min_slices: int = Field(3, ge=1)  # fewer: quarantined
+    image_size: int = Field(64, ge=8, le=1024)
+    tolerance: float = Field(0.2, gt=0, lt=1)  # relative slice-gap deviation allowed
 
 
 class TrainSection(Section):
@@ -362,6 +398,7 @@ class Params(Section):
     split: SplitSection = SplitSection()
     preprocess: PreprocessSection = PreprocessSection()
     task: TaskSection = TaskSection()
+    series: SeriesSection = SeriesSection()
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     tune: TuneSection = TuneSection()

@@ -32,6 +32,11 @@ _PATH_FIELDS: dict[str, dict[str, str]] = {
     "validate": {"out_dir": "data/validation"},
     "split": {"out_dir": "data/split"},
     "preprocess": {"out_dir": "data/preprocessed"},
+    "series": {
+        "out_dir": "data/series",
+        "dicom_dir": "data/synthetic/series/dicom",
+        "labels_csv": "data/synthetic/series/labels.csv",
+    },
     "train": {"out_dir": "models/cnn", "checkpoint_dir": "models/checkpoints"},
     "tune": {"out_dir": "models/tune"},
     "baseline": {"out_dir": "models/baseline"},

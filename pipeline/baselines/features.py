@@ -40,12 +40,21 @@ class FeatureSpec:
         return cls(int(data["histogram_bins"]), float(data["low"]), float(data["high"]))
 
 
+def planar(x: np.ndarray) -> np.ndarray:
+    """Series volumes N×D×C×S×S → their maximum-intensity projection over the slices
+    (N×C×S×S; NaN padding slices ignored): the baseline of a series task sees one image per
+    series, where a lesion in any slice shows. Images pass unchanged."""
+    if np.ndim(x) != 5:
+        return x
+    return np.nanmax(np.asarray(x, dtype=np.float32), axis=1)
+
+
 def fit_spec(x_train: np.ndarray, histogram_bins: int, max_pixels: int = 2_000_000) -> FeatureSpec:
     """The 0.5–99.5 percentile intensity range of the training images (robust to outliers).
 
     A strided subsample keeps this cheap on large training sets; it is deterministic.
     """
-    flat = np.asarray(x_train, dtype=np.float32).reshape(-1)
+    flat = np.asarray(planar(x_train), dtype=np.float32).reshape(-1)
     step = max(1, flat.size // max_pixels)
     low, high = np.percentile(flat[::step], [0.5, 99.5])
     if not high > low:
@@ -71,7 +80,7 @@ def extract_features(x: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, list
     Undefined values (e.g. skewness of a constant image, shape of an empty mask) are 0 so the
     matrix is always finite.
     """
-    images = np.asarray(x, dtype=np.float32)
+    images = np.asarray(planar(x), dtype=np.float32)
     if images.ndim == 4:
         images = images[:, 0]
     if images.ndim != 3:

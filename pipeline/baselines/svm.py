@@ -50,7 +50,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(data_dir=cat.preprocess_dir, out_dir=cat.baseline_dir)
+        return cls(data_dir=cat.model_data_dir, out_dir=cat.baseline_dir)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def _regression(task: Task | None) -> bool:
 
 
 def _multiclass(task: Task | None) -> bool:
-    return task is not None and task.kind == "classification" and task.n_outputs > 1
+    return task is not None and task.target_kind == "class_index" and task.n_outputs > 1
 
 
 def build_pipeline(
@@ -361,14 +361,14 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     task = task.fit(task.read_targets(paths.data_dir, "train"))
     x_val, y_val, _, _ = task_split(task, paths.data_dir, "val")
     task.check(task.read_targets(paths.data_dir, "val"))
-    if task.kind == "classification":
+    if task.target_kind == "class_index":  # classification, series classification
         for name, labels in (("train", y_train), ("val", y_val)):
             if np.unique(labels).size < 2:
                 raise InputError(f"the {name} split has one class only; a classifier needs both")
     spec = fit_spec(x_train, cfg.histogram_bins)
     feats_train, names = extract_features(x_train, spec)
     groups = idx_train["patient_id"].to_numpy()
-    score = {"classification": "auc_macro" if _multiclass(task) else "auc"}.get(task.kind, "mae")
+    score = ("auc_macro" if _multiclass(task) else "auc") if not _regression(task) else "mae"
 
     model_name = "baseline-svr" if _regression(task) else "baseline-svm"
     with tracked_run(params, "baseline", run_name=model_name, tags=task.tags()) as active:

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from pipeline.data.geometry import GEOMETRY_FIELDS
+
 if TYPE_CHECKING:
     from great_expectations.core.expectation_suite import ExpectationSuite
 
@@ -49,6 +51,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "nonfinite_pixels",
     "pixel_sha256",
     "channels",
+    *GEOMETRY_FIELDS,  # slice geometry for series assembly (pipeline/data/geometry.py)
 )
 SPLITS_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -216,7 +219,11 @@ def build_suites(cfg: ValidateSection, columns: Iterable[str] = ()) -> dict[str,
         ex.ExpectTableRowCountToBeBetween(min_value=1),
         # Every contract column; extra columns are checked by the schema suite (numeric
         # candidate targets only, never a path or an identifier).
-        ex.ExpectTableColumnsToMatchSet(column_set=list(MANIFEST_COLUMNS), exact_match=False),
+        ex.ExpectTableColumnsToMatchSet(
+            # geometry is optional: manifests from before it (and non-series data) lack it
+            column_set=[c for c in MANIFEST_COLUMNS if c not in GEOMETRY_FIELDS],
+            exact_match=False,
+        ),
         *[
             ex.ExpectColumnValuesToNotBeNull(column=c)
             for c in (

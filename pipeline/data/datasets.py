@@ -64,8 +64,8 @@ def load_images(data_dir: Path | str, split: str) -> np.ndarray:
     x = np.load(path, mmap_mode="r")
     if x.ndim == 3:
         x = x[:, None]
-    if x.ndim != 4 or x.shape[2] != x.shape[3]:
-        raise InputError(f"{path} must be N×S×S or N×C×S×S, got shape {x.shape}")
+    if x.ndim not in (4, 5) or x.shape[-2] != x.shape[-1]:  # 5: N×D×C×S×S series volumes
+        raise InputError(f"{path} must be N×S×S, N×C×S×S or N×D×C×S×S, got shape {x.shape}")
     return x
 
 
@@ -281,9 +281,12 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         x = self.images(indices)
         y = self.y[torch.as_tensor(indices, dtype=torch.long)]
         if self.augment is not None:
+            volume = x.shape if x.ndim == 5 else None  # a series: one warp for all its slices
+            x = x.flatten(1, 2) if volume else x
             data = {IMAGE_KEY: x} | ({"mask": y} if self.mask_target else {})
             out = self.augment(data, self._rng())
             x, y = out[IMAGE_KEY], out.get("mask", y)
+            x = x.reshape(volume) if volume else x
         if self.image_target:
             y = x
             if self.corrupt is not None:

@@ -40,6 +40,7 @@ from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 
 from pipeline.data import safe_read
 from pipeline.data.deid import Pseudonymizer
+from pipeline.data.geometry import GEOMETRY_FIELDS, frame_geometry
 from pipeline.data.pixels import ShardWriter
 from pipeline.data.seg_io import PENDING as SEG_PENDING
 from pipeline.data.seg_io import is_segmentation
@@ -85,7 +86,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "modality", "site", "manufacturer", "pixel_spacing_row", "pixel_spacing_col", "rows",
     "columns", "bits_allocated", "bits_stored", "pixel_representation", "photometric",
     "pixel_path", "pixel_offset", "pixel_min", "pixel_max", "pixel_mean", "pixel_std",
-    "nonfinite_pixels", "pixel_sha256", "channels",
+    "nonfinite_pixels", "pixel_sha256", "channels", *GEOMETRY_FIELDS,
 )  # fmt: skip
 
 
@@ -351,6 +352,7 @@ def process_file(
             return Outcome(order, source, [], SEG_PENDING, None)
         h = header(ds)
         photometric, rows, cols, frames = check_image(ds, h, size)
+        geometry = frame_geometry(ds, frames)  # positions for series assembly (never PHI)
         sop = pseudo.uid(_first(h["SOPInstanceUID"]))
         if photometric in GREY:
             arr, values, channels = decode(ds, h, rows, cols, frames), modality_values, 1
@@ -384,9 +386,8 @@ def process_file(
         stored = np.ascontiguousarray(plane, dtype="<f4")  # the bytes the shard holds
         location = shard.add(stored)
         digest = hashlib.sha256(stored.data).hexdigest()
-        out_rows.append(
-            (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest, channels)
-        )
+        row = (image_id, *fixed, f, *meta, *location, *plane_stats(plane, floats), digest)
+        out_rows.append((*row, channels, *geometry[f]))
     return Outcome(order, source, out_rows, None, sop)
 
 

@@ -313,7 +313,10 @@ def _write_outputs(
 
 
 def _dtype(column: str) -> str:
-    if column.startswith(("pixel_spacing", "pixel_m", "pixel_std")):
+    if column.startswith(("pixel_spacing", "pixel_m", "pixel_std", "ipp_", "iop_")) or column in (
+        "instance_number",
+        "slice_thickness",
+    ):
         return "float64"
     if column in _INT_COLUMNS:
         return "int64"

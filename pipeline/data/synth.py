@@ -180,6 +180,10 @@ def run(params: Params, paths: Paths) -> SynthResult:
                 synth_shift.plant_bad_scans(
                     tmp / catalog.SYNTH_DICOM_DIR, cfg.plant_bad_scans, cfg.seed
                 )
+            from pipeline.data import synth_series  # the series cohort, beside the default
+
+            counts = synth_series.write_cohort(cfg, tmp / catalog.SYNTH_SERIES_DIR)
+            log.info("synth: series cohort %s", counts)
     finally:
         dcm_config.settings.writing_validation_mode = previous
     result = SynthResult(

@@ -63,6 +63,7 @@ def reporter(task: Task) -> Callable[[ReportInput], ReportOutput]:
         "classification": classification.report,
         "regression": regression.report,
         "autoencoder": autoencoder.report,
+        "series_classification": classification.report,  # one row per series
     }
     if task.kind not in reporters:
         raise InputError(f"no evaluation for task.kind {task.kind!r}")
@@ -79,7 +80,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         return cls(
-            data_dir=params.preprocess.out_dir,
+            data_dir=catalog.Catalog(params).model_data_dir,
             cnn_dir=params.train.out_dir,
             baseline_dir=params.baseline.out_dir,
             out_dir=params.evaluate.out_dir,
@@ -297,7 +298,7 @@ def prediction_frame(
         elif p.ndim == 2:
             columns |= {f"prob_{name}_{k}": p[:, k] for k in range(p.shape[1])}
             columns[f"pred_{name}"] = p.argmax(axis=1)
-        elif task.kind == "classification":
+        elif task.target_kind == "class_index":  # classification, series classification
             columns[f"prob_{name}"] = p
         else:
             columns[f"pred_{name}"] = p

@@ -61,6 +61,23 @@ def architecture(
         "image_size": int(image_size),
         "in_channels": int(in_channels),
         "out_channels": int(out_channels),
+    } | series_architecture(model_cfg)
+
+
+def series_architecture(model_cfg: Any) -> dict[str, Any]:
+    """The series keys (``name``, ``rnn``...) of a series model; none for the 2-D CNN, whose
+    ``model.json`` stays as it was."""
+    name = str(getattr(model_cfg, "name", "cnn"))
+    if name == "cnn":
+        return {}
+    return {
+        "name": name,
+        "rnn": str(model_cfg.rnn),
+        "rnn_hidden": int(model_cfg.rnn_hidden),
+        "rnn_layers": int(model_cfg.rnn_layers),
+        "bidirectional": bool(model_cfg.bidirectional),
+        "rnn_pooling": str(model_cfg.rnn_pooling),
+        "slice_context": int(model_cfg.slice_context),
     }
 
 
@@ -74,6 +91,12 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     arch = ARCH_DEFAULTS | dict(arch)
     if arch.get("network") == AUTOENCODER:
         return build_autoencoder(arch)
+    if arch.get("name", "cnn") != "cnn":  # a series model (pipeline/models/series_nets.py)
+        try:  # the copy logged with the MLflow model
+            from radops_series_nets import build_series_network  # type: ignore[import-not-found]
+        except ImportError:
+            from pipeline.models.series_nets import build_series_network
+        return build_series_network(arch, build_network)
     n_out = int(arch["out_channels"])
     if arch.get("network") == "unet":  # segmentation: one logit map per segment
         return _unet(arch)

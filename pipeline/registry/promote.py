@@ -81,7 +81,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(registration=cat.registration, data_dir=cat.preprocess_dir)
+        return cls(registration=cat.registration, data_dir=cat.model_data_dir)
 
 
 @dataclass(frozen=True)

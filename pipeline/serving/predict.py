@@ -107,7 +107,7 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
 def operating_threshold(task: Any, registry: float | None, meta: dict[str, Any]) -> float | None:
     """The binary decision threshold: the registry's, else the model's, else 0.5; None for
     tasks without one."""
-    if not (task.kind == "classification" and task.n_outputs == 1):
+    if not (task.target_kind == "class_index" and task.n_outputs == 1):  # binary (+ series)
         return None
     if registry is not None:
         return float(registry)
@@ -160,6 +160,10 @@ def run(params: Params, paths: Paths) -> PredictResult:
         threshold = operating_threshold(task, registry_threshold, meta)
         if registry_threshold is None and threshold is not None:
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
+        if task.kind == "series_classification":  # one row per series
+            from pipeline.serving.series_predict import run_series
+
+            return run_series(params, paths, network, meta, task, threshold, label, work)
         ingested = work / "ingested"
         ingested_result = ingest.run(
             params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)

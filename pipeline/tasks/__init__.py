@@ -23,6 +23,7 @@ from pipeline.tasks.base import (
 from pipeline.tasks.classification import ClassificationTask
 from pipeline.tasks.regression import RegressionTask
 from pipeline.tasks.segmentation import SegmentationTask
+from pipeline.tasks.series import SeriesClassificationTask
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -32,6 +33,7 @@ TASKS: dict[str, type[Task]] = {
     RegressionTask.kind: RegressionTask,
     SegmentationTask.kind: SegmentationTask,
     AutoencoderTask.kind: AutoencoderTask,
+    SeriesClassificationTask.kind: SeriesClassificationTask,
 }
 
 __all__ = [

@@ -211,8 +211,10 @@ class Task(ABC):
         return self
 
     def network(self, model_cfg: Any) -> dict[str, Any]:
-        """Keys added to the saved ``architecture``: ``{}`` is the classifier CNN;
-        ``{"network": "unet", ...}`` builds MONAI's U-Net (``networks.build_network``)."""
+        """Keys added to the saved ``architecture`` (``networks.build_network`` reads them):
+        ``{}`` is the classifier CNN; ``{"network": "unet", ...}`` MONAI's U-Net (segmentation),
+        ``{"network": "autoencoder", ...}`` the autoencoder, ``{"name": "cnn_rnn" | "cnn3d",
+        ...}`` a series model."""
         return {}
 
     def require_fitted(self) -> None:

@@ -55,17 +55,23 @@ class TaskModule(L.LightningModule):
         self.cfg = cfg
         self.monitor, self.monitor_mode = task.monitor_and_mode(cfg.early_stopping_monitor)
         self.arch = architecture(model_cfg, image_size, in_channels, task.n_outputs)
-        self.arch |= task.network(model_cfg)  # e.g. segmentation's U-Net, the autoencoder
+        # the task's network: segmentation's U-Net, the autoencoder, a series model
+        self.arch |= task.network(model_cfg)
         # channels-last runs the convolutions about 25% faster on CPU (oneDNN) and suits
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
         self.init_source = transfer.initialise(net, cfg)  # train.init (None: scratch)
-        self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.planar = self.arch.get("name", "cnn") == "cnn"  # series models: 5-D input
+        if self.arch.get("name", "cnn") in ("cnn", "cnn_rnn"):  # 2-D convolutions
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.net: Any = net
         self.loss_fn = task.make_loss(cfg)
         self.train_metrics = nn.ModuleDict(task.make_metrics())
         self.val_metrics = nn.ModuleDict(task.make_metrics())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.planar:
+            return self.net(x)  # type: ignore[no-any-return]
         return self.net(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
 
     def task_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ class Paths:
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
         return cls(
-            data_dir=cat.preprocess_dir,
+            data_dir=cat.model_data_dir,
             best_params=cat.best_params,
             out_dir=cat.train_dir,
             checkpoint_dir=cat.checkpoint_dir,
@@ -210,11 +210,13 @@ def log_pyfunc_model(
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "radops_cnn_model.py"
         shutil.copyfile(model_module.__file__, code)
+        series_code = Path(tmp) / "radops_series_nets.py"  # series models (name != cnn)
+        shutil.copyfile(Path(model_module.__file__).with_name("series_nets.py"), series_code)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).parents[1] / "models" / "serving.py"),
             artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(code)],
+            code_paths=[str(code), str(series_code)],
             signature=signature,
             input_example=sample,
             pip_requirements=pip_requirements(),
@@ -269,7 +271,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
         else contextlib.nullcontext()
     )
     with tracking as active:
-        module = TaskModule(task, cfg, model_cfg, shape[-1], shape[0])
+        module = TaskModule(task, cfg, model_cfg, shape[-1], shape[-3])
         monitor, mode = module.monitor, module.monitor_mode
         if chief and module.init_source is not None:  # train.init: the source's lineage
             mlflow.set_tags(module.init_source.tags())

@@ -65,7 +65,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(data_dir=cat.preprocess_dir, out_dir=cat.tune_dir)
+        return cls(data_dir=cat.model_data_dir, out_dir=cat.tune_dir)
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def fit_trial(
     data.exclude_file = catalog.Catalog(params).qa_exclusions  # data QA (qa.action)
     shape = data.image_shape
     task = data.task
-    module = TaskModule(task, cfg, model_cfg or params.model, shape[-1], shape[0])
+    module = TaskModule(task, cfg, model_cfg or params.model, shape[-1], shape[-3])
     history = EpochHistory(log_to_mlflow=True)
     pruning = PyTorchLightningPruningCallback(trial, monitor=task.monitor)
     with tempfile.TemporaryDirectory(prefix="radops-trial-") as root:

@@ -26,6 +26,8 @@ EXPECTED = {
     "segmentation training loop",
     "tuning: best val AUC",
     "tuning: epochs",
+    "series stage",
+    "series data path",
 }
 
 
