@@ -181,12 +181,12 @@ def test_a_lesion_is_a_round_blob_of_the_requested_size() -> None:
 
 
 @pytest.mark.slow
-def test_default_cohort_size_prevalence_and_speed(tmp_path: Path) -> None:
+def test_default_cohort_size_and_prevalence(tmp_path: Path) -> None:
+    # Its speed is a `make bench` figure (synth ×4 vs ×1), not a wall-clock assertion here.
     params = build_params(tmp_path)
     result = synth.run(params, synth.Paths(out_dir=tmp_path / "cohort"))
     assert 800 <= result.images <= 1200
     assert 0.38 <= result.positives / result.images <= 0.52
-    assert result.seconds < 30
 
 
 def test_a_lung_lesion_too_large_for_its_lung_is_shrunk_to_fit() -> None:
