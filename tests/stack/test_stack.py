@@ -153,9 +153,8 @@ def test_stack_up_again_is_idempotent(running_stack: RunningStack) -> None:
 
     root = running_stack.root
     state = json.loads((root / catalog.STACK_DIR / catalog.STACK_STATE_FILE).read_text())
-    start = time.monotonic()
     again = stack.up(root, workers=1)
     assert again == running_stack.settings
     after = json.loads((root / catalog.STACK_DIR / catalog.STACK_STATE_FILE).read_text())
+    # the same processes and ports: nothing was restarted
     assert after["pids"] == state["pids"] and after["ports"] == state["ports"]
-    assert time.monotonic() - start < 30
