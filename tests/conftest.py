@@ -47,6 +47,31 @@ _PATH_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_stays_in_its_test() -> Any:
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in ``os.environ``, which
+    radops honours over ``base.tracking_uri``: without this, one test's store would receive
+    the next tests' runs (order-dependent failures)."""
+    import os
+    import sys
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        # back to "not set": the environment (restored below) decides
+        tracking_utils._tracking_uri = None
+        registry_utils._registry_uri = None
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def build_params(root: Path, **sections: dict[str, Any]) -> Params:
     """Default Params with every path under ``root``, then ``sections`` applied on top."""
     root = Path(root)

@@ -51,6 +51,9 @@ def _processes_under(root: Path) -> list[str]:
             continue
         if state == "Z":  # already dead, waiting to be reaped
             continue
+        parent = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
+        if parent == os.getpid() and "from multiprocessing." in cmdline:
+            continue  # this test process's own forkserver / resource tracker, not the stack's
         if str(root) in cmdline or cwd == str(root) or cwd.startswith(f"{root}/"):
             found.append(f"{entry.name}: {cmdline[:160]}")
     return found

@@ -72,7 +72,8 @@ def test_scheduled_deployment_ran_the_pipeline_through_the_work_pool(
     assert run.work_queue_name is not None
 
     # MLflow: the runs went to the server (PostgreSQL), artifacts through its proxy
-    client = mlflow.MlflowClient(settings["MLFLOW_TRACKING_URI"])
+    uri = settings["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("radops")
     assert experiment is not None
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -24,7 +24,8 @@ TIMEOUT_MS = 60_000
 def _runs(running_stack: RunningStack) -> tuple[str, dict[str, Any]]:
     import mlflow
 
-    client = mlflow.MlflowClient(running_stack.settings["MLFLOW_TRACKING_URI"])
+    uri = running_stack.settings["MLFLOW_TRACKING_URI"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("radops")
     assert experiment is not None
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
