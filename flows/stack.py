@@ -78,9 +78,9 @@ def _save_state(root: Path, state: dict[str, Any]) -> None:
 
 
 def _alive(pid: int | None) -> bool:
-    from pipeline.stack_env import _alive as alive
+    from pipeline.io import pid_alive
 
-    return alive(pid)
+    return pid_alive(pid)
 
 
 def _bin(name: str) -> list[str]:

@@ -311,7 +311,11 @@ def remove_output(folder: Path | str) -> None:
 # --------------------------------------------------------------------------- staging
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this id exists (on this host); False for a non-positive or
+    non-integer id."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -343,7 +347,7 @@ def clean_stale_staging(target: Path | str) -> list[Path]:
             continue
         if not isinstance(note, dict) or note.get("target") != target.name:
             continue
-        if note.get("host") == socket.gethostname() and _pid_alive(int(note.get("pid", 0))):
+        if note.get("host") == socket.gethostname() and pid_alive(int(note.get("pid", 0))):
             continue
         previous = entry / _PREVIOUS
         if (previous.exists() or previous.is_symlink()) and not (

@@ -12,10 +12,10 @@ not used.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pipeline import catalog
+from pipeline.io import pid_alive
 
 ENV_FILE = catalog.STACK_ENV_FILE
 STATE_FILE = catalog.STACK_DIR / catalog.STACK_STATE_FILE
@@ -32,18 +32,6 @@ def parse(text: str) -> dict[str, str]:
     return out
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_up(root: Path | None = None) -> bool:
     """The env file exists and the stack's servers recorded in its state are alive."""
     base = root or Path.cwd()
@@ -54,7 +42,7 @@ def is_up(root: Path | None = None) -> bool:
     except (OSError, ValueError):
         return False
     pids = state.get("pids", {})
-    return all(_alive(pids.get(name)) for name in ("mlflow", "prefect"))
+    return all(pid_alive(pids.get(name)) for name in ("mlflow", "prefect"))
 
 
 def settings(root: Path | None = None) -> dict[str, str]:

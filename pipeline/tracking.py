@@ -29,6 +29,7 @@ import yaml
 
 from pipeline import catalog
 from pipeline.credentials import redact_text
+from pipeline.io import pid_alive
 
 if TYPE_CHECKING:
     import mlflow
@@ -170,16 +171,6 @@ def log_split_inputs(params: Params, splits: tuple[str, ...]) -> None:
         mlflow.log_input(dataset, context=split)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_stale_runs(experiment_id: str) -> list[str]:
     """Mark RUNNING runs whose process on this host is gone as FAILED; return their ids."""
     from mlflow.tracking import MlflowClient
@@ -192,7 +183,7 @@ def fail_stale_runs(experiment_id: str) -> list[str]:
         pid = tags.get(PID_TAG)
         if tags.get(HOST_TAG) != host or pid is None or not pid.isdigit():
             continue
-        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if int(pid) != os.getpid() and not pid_alive(int(pid)):
             client.set_terminated(run.info.run_id, status="FAILED")
             client.set_tag(run.info.run_id, "radops.failure", "process died while running")
             stale.append(run.info.run_id)

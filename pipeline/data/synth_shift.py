@@ -66,8 +66,7 @@ def plant_bad_scans(dicom_dir: Path, count: int, seed: int) -> list[tuple[str, s
     files = sorted(  # images only: the cohort's DICOM SEG objects are masks, not scans
         p
         for p in dicom_dir.rglob("*")
-        if p.is_file()
-        and pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID != SEG_SOP_CLASS
+        if p.is_file() and pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID != SEG_SOP_CLASS
     )
     rng = np.random.default_rng([seed, 424242])
     chosen = rng.choice(len(files), size=min(count, len(files)), replace=False)
