@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +249,7 @@ def mlflow_env(root: Path) -> Iterator[Path]:
     import mlflow
 
     previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -260,3 +262,10 @@ def mlflow_env(root: Path) -> Iterator[Path]:
                     mlflow.end_run()
             mlflow.set_tracking_uri(previous[0])
             mlflow.set_registry_uri(previous[1])
+            # set_tracking_uri exports the URI to os.environ (and the monkeypatch cannot undo a
+            # delenv of an absent key): put the environment back as it was
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
