@@ -247,9 +247,12 @@ def run(params: Params, paths: Paths) -> TrainResult:
     set_threads(cfg)
     L.seed_everything(params.base.seed, workers=True, verbose=False)
     data = make_datamodule(
-        paths.data_dir, per_process_batch(cfg), params.base.seed, task=get_task(params, cfg.loss)
+        paths.data_dir,
+        per_process_batch(cfg),
+        params.base.seed,
+        task=get_task(params, cfg.loss),
+        exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
     )
-    data.exclude_file = catalog.Catalog(params).qa_exclusions  # data QA (qa.action)
     task = data.task  # fitted on the training targets
     shape = data.image_shape
     chief = _rank() == 0
