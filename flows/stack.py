@@ -40,6 +40,7 @@ from flows import server
 from flows.stack_postgres import Cluster
 from pipeline import catalog
 from pipeline.errors import ConfigError, RadopsError
+from pipeline.io import pid_alive
 from pipeline.secrets import load_or_create, write_private
 
 HOST = "127.0.0.1"
@@ -75,12 +76,6 @@ def _state(root: Path) -> dict[str, Any]:
 
 def _save_state(root: Path, state: dict[str, Any]) -> None:
     write_private(root / STACK_DIR / catalog.STACK_STATE_FILE, json.dumps(state, indent=2).encode())
-
-
-def _alive(pid: int | None) -> bool:
-    from pipeline.io import pid_alive
-
-    return pid_alive(pid)
 
 
 def _bin(name: str) -> list[str]:
@@ -165,7 +160,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
 
     # MLflow tracking server, proxied artifacts
     mlflow_url = f"http://{HOST}:{port.mlflow}"
-    if not (_alive(pids.get("mlflow")) and _http_ok(f"{mlflow_url}/health")):
+    if not (pid_alive(pids.get("mlflow")) and _http_ok(f"{mlflow_url}/health")):
         artifacts = folder / catalog.STACK_ARTIFACTS_DIR
         artifacts.mkdir(exist_ok=True, mode=0o700)
         command = [
@@ -186,7 +181,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
     # Prefect server (radops' secured settings), work pool, workers
     prefect_env = _prefect_env(root, port)
     auth = prefect_env["PREFECT_API_AUTH_STRING"]
-    if not (_alive(pids.get("prefect")) and server.check_server(port.prefect, auth)):
+    if not (pid_alive(pids.get("prefect")) and server.check_server(port.prefect, auth)):
         Path(prefect_env["PREFECT_HOME"]).mkdir(exist_ok=True, mode=0o700)
         env = _base_env() | {"PREFECT_HOME": prefect_env["PREFECT_HOME"]}
         command = [sys.executable, "-m", "flows.server", "--port", str(port.prefect)]
@@ -195,7 +190,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
         _save_state(root, state)
         _wait("prefect", lambda: server.check_server(port.prefect, auth), proc, root)
     ensure_pool(root, prefect_env)
-    alive = [p for p in pids.get("workers", []) if _alive(p)]
+    alive = [p for p in pids.get("workers", []) if pid_alive(p)]
     for i in range(len(alive), workers):
         command = [
             *_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process",
@@ -277,7 +272,7 @@ def _ours(pid: int) -> bool:
 
 def _stop_group(pid: int | None, wait_s: float = 20.0) -> None:
     """SIGTERM the process group ``pid`` leads, SIGKILL what is left after ``wait_s``."""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return
     assert pid is not None
     if not _ours(pid):
