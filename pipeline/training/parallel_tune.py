@@ -98,6 +98,9 @@ def run_parallel(params: Params, paths: Paths, parent_run_id: str | None) -> Stu
             "tune": params.tune.model_copy(update={"workers": 1}),
         }
     )
+    # Create the storage's schema here, once: workers that each find an empty database race
+    # to create Optuna's tables (PostgreSQL: "duplicate key ... pg_type_typname_nsp_index").
+    backend = open_storage(storage, params.tune.heartbeat_s)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [
@@ -106,8 +109,6 @@ def run_parallel(params: Params, paths: Paths, parent_run_id: str | None) -> Stu
         ]
         results = [f.result() for f in futures]
     first = results[0]
-    study = optuna.load_study(
-        study_name=first.study_name, storage=open_storage(storage, params.tune.heartbeat_s)
-    )
+    study = optuna.load_study(study_name=first.study_name, storage=backend)
     epochs = [e for r in results for e in r.epochs_per_trial]
     return summarize(study, epochs, first.monitor)
