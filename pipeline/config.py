@@ -126,6 +126,9 @@ class AugmentationSection(Section):
     flip: bool = True
     scale: float = Field(0.0, ge=0, lt=1)
     intensity: float = Field(0.0, ge=0)
+    shift: float = Field(0.0, ge=0, le=0.5)  # max translation, fraction of the image size
+    elastic: float = Field(0.0, ge=0, le=1)  # elastic deformation magnitude (0..1)
+    noise: float = Field(0.0, ge=0)  # Gaussian noise SD (normalised units)
 
 
 Activation = Literal["relu", "leakyrelu", "gelu", "tanh", "sigmoid"]
@@ -169,8 +172,11 @@ class ModelSection(Section):
     # segmentation's MONAI U-Net (depth, base_width, kernel_size, batch_norm, dropout and
     # activation above shape it too): residual units per level
     unet_res_units: int = Field(2, ge=0, le=4)
-    # cnn: the 2-D image CNN; cnn_rnn / cnn3d: series models (task.kind series_classification)
-    name: Literal["cnn", "cnn_rnn", "cnn3d"] = "cnn"
+    # cnn: the 2-D image CNN; resnet / densenet: MONAI families for 2-D images
+    # (pipeline/models/families.py); cnn_rnn / cnn3d: series models (series_classification)
+    name: Literal["cnn", "resnet", "densenet", "cnn_rnn", "cnn3d"] = "cnn"
+    # >0: the network resizes its input to this size (bilinear) first; 0: the preprocessed size
+    input_size: int = Field(0, ge=0, le=1024)
     rnn: Literal["gru", "lstm"] = "gru"  # cnn_rnn: the recurrent layer over slice embeddings
     rnn_hidden: int = Field(32, ge=1)
     rnn_layers: int = Field(1, ge=1, le=4)
@@ -241,6 +247,9 @@ class TrainSection(Section):
     freeze_epochs: int = Field(0, ge=0)  # transferred layers frozen for the first N epochs
     finetune_lr_factor: float = Field(1.0, gt=0, le=1)  # learning-rate factor of transferred layers
     label_fraction: float = Field(1.0, gt=0, le=1)  # training patients kept (seeded by base.seed)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification: smoothed targets
+    mixup_alpha: float = Field(0.0, ge=0)  # classification/regression: Beta(α, α) mixup; 0 off
+    warmup_epochs: int = Field(0, ge=0)  # linear learning-rate warm-up before lr_schedule
 
 
 class FloatSpace(Section):

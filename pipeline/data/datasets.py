@@ -108,7 +108,10 @@ class BatchAugment(MapTransform):
     configured ones times ``strength``: rotation uniform in ±deg, zoom uniform in 1±scale,
     each axis flipped with probability ½, intensity ``x·(1+a)+b`` with a, b uniform in
     ±intensity (the data are normalised, so b is in units of the spread). Pixels warped in
-    from outside repeat the border, so no artificial frame appears.
+    from outside repeat the border, so no artificial frame appears. ``shift`` (translation
+    uniform in ±shift of the image size) joins the affine; ``elastic`` (a smooth random
+    displacement field, 0..1) joins its sampling grid; ``noise`` adds Gaussian noise to the
+    images (``pipeline/data/augment_extra.py``).
     """
 
     def __init__(
@@ -119,6 +122,9 @@ class BatchAugment(MapTransform):
         intensity: float,
         keys: Sequence[Hashable] = (IMAGE_KEY,),
         mask_keys: Sequence[Hashable] = (),
+        shift: float = 0.0,
+        elastic: float = 0.0,
+        noise: float = 0.0,
     ) -> None:
         super().__init__([*keys, *mask_keys], allow_missing_keys=True)
         self.image_keys = tuple(keys)
@@ -127,6 +133,7 @@ class BatchAugment(MapTransform):
         self.flip = flip
         self.scale = min(scale, 0.9)
         self.intensity = intensity
+        self.shift, self.elastic, self.noise = min(shift, 0.5), min(elastic, 1.0), noise
 
     @classmethod
     def from_config(
@@ -135,17 +142,25 @@ class BatchAugment(MapTransform):
         """None when augmentation is disabled or every magnitude is zero."""
         s = cfg.strength
         aug = cls(
-            cfg.rotation_deg * s, cfg.flip, cfg.scale * s, cfg.intensity * s, mask_keys=mask_keys
+            cfg.rotation_deg * s,
+            cfg.flip,
+            cfg.scale * s,
+            cfg.intensity * s,
+            mask_keys=mask_keys,
+            shift=cfg.shift * s,
+            elastic=cfg.elastic * s,
+            noise=cfg.noise * s,
         )
         return aug if cfg.enabled and aug.active else None
 
     @property
     def active(self) -> bool:
-        return self.flip or self.rotation > 0 or self.scale > 0 or self.intensity > 0
+        return self.spatial or self.intensity > 0 or self.noise > 0
 
     @property
     def spatial(self) -> bool:
-        return self.flip or self.rotation > 0 or self.scale > 0
+        warps = (self.rotation, self.scale, self.shift, self.elastic)
+        return self.flip or any(m > 0 for m in warps)
 
     def __call__(  # type: ignore[override]
         self, data: Mapping[Any, torch.Tensor], generator: torch.Generator
@@ -161,14 +176,25 @@ class BatchAugment(MapTransform):
 
         if self.spatial:
             theta = self._theta(n, uniform, generator)
+            offset = None
+            if self.elastic > 0:
+                from pipeline.data.augment_extra import elastic_offset
+
+                h, w = out[image_keys[0]].shape[-2:]
+                offset = elastic_offset(n, h, w, self.elastic, generator)
             for key in self.key_iterator(out):
                 mode = "nearest" if key in self.mask_keys else "bilinear"
-                out[key] = _warp(out[key], theta, mode)
+                out[key] = _warp(out[key], theta, mode, offset)
         if self.intensity > 0:
             gain, shift = 1 + uniform(self.intensity), uniform(self.intensity)
             for key in image_keys:
                 x = out[key]
                 out[key] = x * gain.to(x).view(n, 1, 1, 1) + shift.to(x).view(n, 1, 1, 1)
+        if self.noise > 0:
+            from pipeline.data.augment_extra import gaussian_noise
+
+            for key in image_keys:
+                out[key] = gaussian_noise(out[key], self.noise, generator)
         return out
 
     def _theta(self, n: int, uniform: Any, generator: torch.Generator) -> torch.Tensor:
@@ -185,6 +211,8 @@ class BatchAugment(MapTransform):
         theta[:, 0, 1] = -sin * flips[:, 1]
         theta[:, 1, 0] = sin * flips[:, 0]
         theta[:, 1, 1] = cos * flips[:, 1]
+        if self.shift > 0:  # normalised coordinates: the image spans 2
+            theta[:, :, 2] = (torch.rand(n, 2, generator=generator) * 2 - 1) * 2 * self.shift
         return theta
 
     def image(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -192,14 +220,19 @@ class BatchAugment(MapTransform):
         return self({IMAGE_KEY: x}, generator)[IMAGE_KEY]
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor, mode: str) -> torch.Tensor:
-    """``x`` (N×C×H×W, or N×H×W for a mask of class indices) resampled through ``theta``."""
+def _warp(
+    x: torch.Tensor, theta: torch.Tensor, mode: str, offset: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` (N×C×H×W, or N×H×W for a mask of class indices) resampled through ``theta``
+    (plus an N×H×W×2 ``offset`` of the sampling grid: elastic)."""
     squeeze = x.ndim == 3
     src = x[:, None] if squeeze else x
     dtype = src.dtype
     work = src if src.is_floating_point() else src.float()
     t = theta.to(device=work.device, dtype=work.dtype)
     grid = F.affine_grid(t, list(work.shape), align_corners=False)
+    if offset is not None:
+        grid = grid + offset.to(grid)
     out = F.grid_sample(work, grid, mode=mode, padding_mode="border", align_corners=False)
     out = out.to(dtype)
     return out[:, 0] if squeeze else out

@@ -45,31 +45,45 @@ ARCH_KEYS = (
 # Models saved before a key existed load with these values.
 ARCH_DEFAULTS = {"in_channels": 1, "out_channels": 1}
 OUTPUT_DEFAULT = {"transform": "sigmoid"}  # the binary classifier of the original radops
+FAMILY_NAMES = ("resnet", "densenet")  # 2-D MONAI families (pipeline/models/families.py)
 
 
 def architecture(
     model_cfg: Any, image_size: int, in_channels: int = 1, out_channels: int = 1
 ) -> dict[str, Any]:
     """The architecture dict stored in ``model.json`` from a ModelSection-like object."""
-    return {
-        "depth": int(model_cfg.depth),
-        "base_width": int(model_cfg.base_width),
-        "kernel_size": int(model_cfg.kernel_size),
-        "batch_norm": bool(model_cfg.batch_norm),
-        "dropout": float(model_cfg.dropout),
-        "activation": str(model_cfg.activation),
-        "image_size": int(image_size),
-        "in_channels": int(in_channels),
-        "out_channels": int(out_channels),
-    } | series_architecture(model_cfg)
+    return (
+        {
+            "depth": int(model_cfg.depth),
+            "base_width": int(model_cfg.base_width),
+            "kernel_size": int(model_cfg.kernel_size),
+            "batch_norm": bool(model_cfg.batch_norm),
+            "dropout": float(model_cfg.dropout),
+            "activation": str(model_cfg.activation),
+            "image_size": int(image_size),
+            "in_channels": int(in_channels),
+            "out_channels": int(out_channels),
+        }
+        | series_architecture(model_cfg)
+        | input_size_key(model_cfg)
+    )
+
+
+def input_size_key(model_cfg: Any) -> dict[str, Any]:
+    """``input_size`` when the network resizes its input (``model.input_size`` > 0); none
+    otherwise, so ``model.json`` of a default model stays as it was."""
+    size = int(getattr(model_cfg, "input_size", 0) or 0)
+    return {"input_size": size} if size > 0 else {}
 
 
 def series_architecture(model_cfg: Any) -> dict[str, Any]:
     """The series keys (``name``, ``rnn``...) of a series model; none for the 2-D CNN, whose
-    ``model.json`` stays as it was."""
+    ``model.json`` stays as it was; only the name for a 2-D family (``resnet``...)."""
     name = str(getattr(model_cfg, "name", "cnn"))
     if name == "cnn":
         return {}
+    if name in FAMILY_NAMES:
+        return {"name": name}
     return {
         "name": name,
         "rnn": str(model_cfg.rnn),
@@ -91,6 +105,12 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     arch = ARCH_DEFAULTS | dict(arch)
     if arch.get("network") == AUTOENCODER:
         return build_autoencoder(arch)
+    if arch.get("name", "cnn") in FAMILY_NAMES:  # a MONAI ResNet / DenseNet
+        try:  # the copy logged with the MLflow model
+            from radops_families import build_family  # type: ignore[import-not-found]
+        except ImportError:
+            from pipeline.models.families import build_family
+        return build_family(arch)
     if arch.get("name", "cnn") != "cnn":  # a series model (pipeline/models/series_nets.py)
         try:  # the copy logged with the MLflow model
             from radops_series_nets import build_series_network  # type: ignore[import-not-found]
@@ -125,8 +145,13 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
             self.features = nn.Sequential(*layers)
             self.dropout = nn.Dropout(float(arch["dropout"]))
             self.head = nn.Linear(2 * channels, n_out)
+            self.input_size = int(arch.get("input_size", 0))  # >0: resize the input first
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.input_size > 0 and tuple(x.shape[-2:]) != (self.input_size,) * 2:
+                x = nn.functional.interpolate(
+                    x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False
+                )
             h = self.features(x)
             pooled = torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
             out = self.head(self.dropout(pooled))

@@ -126,7 +126,10 @@ class ClassificationTask(Task):
 
         weights = self.class_weights(cfg)
         focal = self.loss_name == "focal"
-        return BinaryLoss(weights[0], focal) if self.binary else MulticlassLoss(weights, focal)
+        eps = float(getattr(cfg, "label_smoothing", 0.0))  # train.label_smoothing
+        if self.binary:
+            return BinaryLoss(weights[0], focal, eps)
+        return MulticlassLoss(weights, focal, eps)
 
     def metric_inputs(
         self, outputs: torch.Tensor, targets: torch.Tensor

@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from pipeline.models.networks import architecture, build_network
-from pipeline.training import transfer
+from pipeline.training import transfer, tricks
 from pipeline.training.callbacks import EpochHistory, monitor_mode
 
 if TYPE_CHECKING:
@@ -57,15 +57,21 @@ class TaskModule(L.LightningModule):
         self.arch = architecture(model_cfg, image_size, in_channels, task.n_outputs)
         # the task's network: segmentation's U-Net, the autoencoder, a series model
         self.arch |= task.network(model_cfg)
+        tricks.check_network(self.arch, cfg)  # model.name resnet/densenet, model.input_size
         # channels-last runs the convolutions about 25% faster on CPU (oneDNN) and suits
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
         self.init_source = transfer.initialise(net, cfg)  # train.init (None: scratch)
-        self.planar = self.arch.get("name", "cnn") == "cnn"  # series models: 5-D input
-        if self.arch.get("name", "cnn") in ("cnn", "cnn_rnn"):  # 2-D convolutions
+        planar_names = ("cnn", "resnet", "densenet")  # 2-D families (families.py)
+        self.planar = self.arch.get("name", "cnn") in planar_names  # series models: 5-D input
+        if self.arch.get("name", "cnn") in (*planar_names, "cnn_rnn"):  # 2-D convolutions
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.net: Any = net
-        self.loss_fn = task.make_loss(cfg)
+        # train.label_smoothing shapes the training loss; val_loss stays the plain task loss
+        self.loss_fn = task.make_loss(cfg.model_copy(update={"label_smoothing": 0.0}))
+        self.train_loss_fn = task.make_loss(cfg)
+        tricks.note_ignored_smoothing(cfg, task)
+        self.mixup_alpha = tricks.mixup_alpha(cfg, task, self.planar)
         self.train_metrics = nn.ModuleDict(task.make_metrics())
         self.val_metrics = nn.ModuleDict(task.make_metrics())
 
@@ -83,8 +89,14 @@ class TaskModule(L.LightningModule):
         weights = [p.abs().sum() for p in self.net.parameters() if p.ndim > 1]
         return torch.stack(weights).sum()
 
-    def training_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.task_loss(outputs, y)
+    def training_loss(
+        self, outputs: torch.Tensor, y: torch.Tensor, mix: tricks.Mix | None = None
+    ) -> torch.Tensor:
+        """The task's training loss (label smoothing included), mixed with the mixed-in
+        images' targets under mixup, plus the L1 penalty."""
+        loss = self.train_loss_fn(outputs, y)
+        if mix is not None:
+            loss = mix.lam * loss + (1 - mix.lam) * self.train_loss_fn(outputs, mix.y_other)
         if self.cfg.l1_lambda > 0:
             loss = loss + self.cfg.l1_lambda * self.l1_penalty()
         return loss
@@ -100,8 +112,9 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> Any:
         x, y = batch
-        outputs = self(x)
-        loss = self.training_loss(outputs, y)
+        mix = tricks.mix_batch(x, y, self.mixup_alpha) if self.mixup_alpha > 0 else None
+        outputs = self(x if mix is None else mix.x)
+        loss = self.training_loss(outputs, y, mix)
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True
         )
@@ -156,7 +169,14 @@ def make_scheduler(
     cosine: anneal to 0 over ``max_epochs``; step: ×``lr_step_factor`` every ``lr_step_size``
     epochs (0: a third of the run); plateau: ×``lr_plateau_factor`` when the monitored metric
     (direction ``mode``) has not improved for half the early-stopping patience.
+    ``warmup_epochs`` W > 0: a linear warm-up first (``tricks.warm_up``), the schedule then
+    running over ``max_epochs - W`` epochs.
     """
+    warmup = min(int(getattr(cfg, "warmup_epochs", 0)), max(0, max_epochs - 1))
+    if warmup > 0:  # linear warm-up, then the schedule over the remaining epochs
+        plain = cfg.model_copy(update={"warmup_epochs": 0})
+        after = make_scheduler(optimizer, plain, max(1, max_epochs - warmup), mode)
+        return tricks.warm_up(optimizer, after, warmup)
     sched = torch.optim.lr_scheduler
     if cfg.lr_schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=max(1, max_epochs))

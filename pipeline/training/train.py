@@ -212,11 +212,13 @@ def log_pyfunc_model(
         shutil.copyfile(model_module.__file__, code)
         series_code = Path(tmp) / "radops_series_nets.py"  # series models (name != cnn)
         shutil.copyfile(Path(model_module.__file__).with_name("series_nets.py"), series_code)
+        family_code = Path(tmp) / "radops_families.py"  # model.name resnet / densenet
+        shutil.copyfile(Path(model_module.__file__).with_name("families.py"), family_code)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).parents[1] / "models" / "serving.py"),
             artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(code), str(series_code)],
+            code_paths=[str(code), str(series_code), str(family_code)],
             signature=signature,
             input_example=sample,
             pip_requirements=pip_requirements(),
