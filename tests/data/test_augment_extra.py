@@ -4,6 +4,8 @@ bounded, and draws are seeded."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -19,6 +21,11 @@ def blobs(n: int = 6, size: int = 32) -> torch.Tensor:
         cy, cx = 8 + 3 * i % 16, 20 - 2 * i
         out[i, 0] = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 4.0**2))
     return out
+
+
+def extra(kind: str, value: float) -> dict[str, Any]:
+    """Keyword arguments setting one of shift / elastic / noise."""
+    return {kind: value}
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -39,7 +46,7 @@ def test_zero_magnitudes_are_the_identity() -> None:
 @pytest.mark.parametrize("kind", ["shift", "elastic", "noise"])
 def test_each_changes_the_image_and_is_seeded(kind: str) -> None:
     x = blobs()
-    aug = BatchAugment(0, False, 0, 0, **{kind: 0.3})
+    aug = BatchAugment(0, False, 0, 0, **extra(kind, 0.3))
     a, b = aug.image(x, gen(1)), aug.image(x, gen(1))
     assert torch.equal(a, b)  # the same seed, the same draw
     assert (a - x).abs().amax() > 0.05
@@ -50,7 +57,7 @@ def test_each_changes_the_image_and_is_seeded(kind: str) -> None:
 def test_a_mask_moves_with_its_image(kind: str) -> None:
     x = blobs()
     mask = (x[:, 0] > 0.5).long()  # N×S×S class indices, as segmentation targets are
-    aug = BatchAugment(0, True, 0, 0, mask_keys=("mask",), **{kind: 0.3})
+    aug = BatchAugment(0, True, 0, 0, mask_keys=("mask",), **extra(kind, 0.3))
     out = aug({"image": x, "mask": mask}, gen(3))
     moved = out["mask"]
     assert moved.dtype == mask.dtype and set(moved.unique().tolist()) <= {0, 1}
