@@ -20,6 +20,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cnn": {},
     "resnet": {"model.name": "resnet"},
     "densenet": {"model.name": "densenet"},
+    "resnet_small": {"model.name": "resnet", "model.depth": 2, "model.base_width": 8},
+    "resnet_small_aug": {
+        "model.name": "resnet",
+        "model.depth": 2,
+        "model.base_width": 8,
+        "train.augmentation.shift": 0.05,
+        "train.augmentation.noise": 0.05,
+    },
     "cnn_mild_aug": {
         "train.augmentation.shift": 0.05,
         "train.augmentation.rotation_deg": 10.0,

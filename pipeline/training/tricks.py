@@ -69,6 +69,8 @@ def check_network(arch: dict[str, Any], cfg: TrainSection) -> dict[str, Any]:
             f"model.name {arch.get('name', 'cnn')!r} / model.input_size apply to 2-D "
             f"classification and regression, not to the {arch['network']} network"
         )
+    if arch.get("name") in ("cnn_rnn", "cnn3d") and arch.get("input_size"):
+        raise ConfigError("model.input_size applies to 2-D images, not to series models")
     if family and cfg.init == "autoencoder":
         raise ConfigError(
             f"train.init autoencoder initialises the cnn's encoder; model.name "
