@@ -195,7 +195,7 @@ def test_small_data_fixes_a_dimension_and_the_fingerprint_says_so(
     assert tune.study_fingerprint(params, tiny_data, task, ["dropout"]) != fp
     with_cv = params.model_copy(update={"tune": params.tune.model_copy(update={"cv_folds": 3})})
     assert tune.study_fingerprint(with_cv, tiny_data, task) != fp
-    longer = params.tune.model_copy(update={"budget_minutes": 30.0, "pruner": "median"})
+    longer = params.tune.model_copy(update={"budget_minutes": 90.0, "pruner": "median"})
     assert tune.study_fingerprint(params.model_copy(update={"tune": longer}), tiny_data, task) == fp
     # min_train_images itself (0 or not) is not part of the space's hash: only its effect is
     zero = space["dropout"] | {"min_train_images": 0}
