@@ -179,7 +179,6 @@ def fit_folds(
     """Train the trial on each fold (pruning on fold 0); a ``FoldHistory`` of the folds run.
     ``stop`` (a ``budget.DeadlineCallback``): once it fired, later folds are skipped."""
     import mlflow
-    import optuna
 
     from pipeline.data.datasets import BatchAugment
     from pipeline.tasks import get_task
@@ -201,13 +200,10 @@ def fit_folds(
             in_memory_limit_bytes=cfg.in_memory_limit_mb * 1024**2,
             task=get_task(params, cfg.loss),
         )
-        try:
-            history = fit_trial(
-                params, data_dir, trial, cfg, model_cfg, data=data, prune=i == 0, log_curves=i == 0
-            )
-        except optuna.TrialPruned as exc:
-            exc.history = getattr(exc, "history", None)  # type: ignore[attr-defined]
-            raise
+        # optuna.TrialPruned (fold 0 only) propagates with fold 0's history attached
+        history = fit_trial(
+            params, data_dir, trial, cfg, model_cfg, data=data, prune=i == 0, log_curves=i == 0
+        )
         _, value = history.best(data.task.monitor, data.task.mode)
         out.fold_values.append(float(value))
         out.epochs_run += history.epochs_run

@@ -204,13 +204,14 @@ def fit_trial(
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(params.base.seed, workers=True, verbose=False)
-    data = data or make_datamodule(
-        data_dir,
-        cfg,
-        params.base.seed,
-        task=get_task(params, cfg.loss),
-        exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
-    )
+    if data is None:
+        data = make_datamodule(
+            data_dir,
+            cfg,
+            params.base.seed,
+            task=get_task(params, cfg.loss),
+            exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
+        )
     shape = data.image_shape
     task = data.task
     module = TaskModule(task, cfg, model_cfg or params.model, shape[-1], shape[-3])
