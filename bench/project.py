@@ -22,6 +22,7 @@ TINY: dict[str, Any] = {
     "synth.image_size": 64,
     "preprocess.image_size": 32,
     "tune.n_trials": 2,
+    "tune.budget_minutes": 30.0,  # the trial count decides on a tiny cohort, not the clock
     "tune.max_epochs": 2,
     "train.max_epochs": 3,
     "train.batch_size": 16,

@@ -245,6 +245,7 @@ def fig_tuning(ctx: Ctx) -> list[Figure]:
     r = training.pruning(ctx.params(), ctx.preprocessed, ctx.tmp)
     pruned, full = r["pruned"], r["unpruned"]
     detail = {"pruner": r["pruner"], "n_trials": r["n_trials"], "pruned": pruned, "unpruned": full}
+    detail["median"] = r["median"]
     return [
         Figure.check(
             "tuning: best val AUC, unpruned − pruned",

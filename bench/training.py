@@ -224,15 +224,27 @@ def loop_overhead(
 
 
 # --------------------------------------------------------------------------- 4. tuning
+PRUNING_TRIALS = 10  # a fixed count and no time budget: pruners compared by epochs alone
+
+
 def pruning(params: Params, data_dir: Path, work: Path) -> dict[str, Any]:
-    """The configured study with its pruner and with none: same seed, trials, in memory."""
+    """The configured study with its pruner (Hyperband by default), with the median pruner
+    and with none: same seed, ``PRUNING_TRIALS`` trials, no deadline, in memory."""
     from pipeline.training.tune import Paths, run_study
 
     paths = Paths(data_dir=data_dir, out_dir=work / "tune")
-    out: dict[str, Any] = {"pruner": params.tune.pruner, "n_trials": params.tune.n_trials}
-    for name, pruner in (("pruned", None), ("unpruned", "none")):
+    out: dict[str, Any] = {"pruner": params.tune.pruner, "n_trials": PRUNING_TRIALS}
+    for name, pruner in (("pruned", None), ("median", "median"), ("unpruned", "none")):
         start = time.perf_counter()
-        stats = run_study(params, paths, pruner=pruner, storage=":memory:", study_name=name)
+        stats = run_study(
+            params,
+            paths,
+            pruner=pruner,
+            n_trials=PRUNING_TRIALS,
+            storage=":memory:",
+            study_name=name,
+            deadline=float("inf"),
+        )
         out[name] = {
             "best_value": stats.best_value,
             "total_epochs": stats.total_epochs,

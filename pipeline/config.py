@@ -252,7 +252,13 @@ class TrainSection(Section):
     warmup_epochs: int = Field(0, ge=0)  # linear learning-rate warm-up before lr_schedule
 
 
-class FloatSpace(Section):
+class _Dimension(Section):
+    # Searched only when the training split has at least this many images (with a target);
+    # below it the dimension stays at its params.yaml value (tune.py: search.active_space).
+    min_train_images: int = Field(0, ge=0)
+
+
+class FloatSpace(_Dimension):
     type: Literal["float"]
     low: float
     high: float
@@ -265,7 +271,7 @@ class FloatSpace(Section):
         return self
 
 
-class IntSpace(Section):
+class IntSpace(_Dimension):
     type: Literal["int"]
     low: int
     high: int
@@ -278,7 +284,7 @@ class IntSpace(Section):
         return self
 
 
-class CategoricalSpace(Section):
+class CategoricalSpace(_Dimension):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
 
@@ -302,13 +308,18 @@ class TuneSection(Section):
     # A password-free URL only; credentials come from RADOPS_OPTUNA_STORAGE (credentials.py).
     storage: str = f"sqlite:///{catalog.OPTUNA_DB}"
     study_name: str = Field("radops-cnn", min_length=1)
-    n_trials: int = Field(10, ge=1)
-    timeout_s: float = Field(900, gt=0)
+    n_trials: int = Field(40, ge=1)  # an upper bound: budget_minutes usually decides
+    # Wall time of one `tune` call (all workers together): no trial starts after it, and a
+    # running one stops at the end of its epoch (pipeline/training/budget.py).
+    budget_minutes: float = Field(1.0, gt=0)
+    timeout_s: float | None = Field(None, gt=0)  # deprecated: a hard cap on budget_minutes
     max_epochs: int = Field(10, ge=1)
-    pruner: Literal["median", "successive_halving", "none"] = "median"
+    pruner: Literal["hyperband", "median", "successive_halving", "none"] = "hyperband"
+    # >= 2: each trial is scored by patient-grouped k-fold CV on train+val (training/cv.py).
+    cv_folds: int = Field(1, ge=1)
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_epochs: int = Field(2, ge=0)
-    reduction_factor: int = Field(3, ge=2)  # successive_halving: rungs at 1, r, r², ... epochs
+    reduction_factor: int = Field(3, ge=2)  # hyperband/successive_halving: rungs at 1, r, r²...
     # Worker processes on one study (PostgreSQL, or a journal file beside a SQLite storage).
     workers: int = Field(1, ge=1)
     heartbeat_s: int = Field(60, ge=1)  # a killed worker's trial is failed and retried after 3×

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,17 +70,22 @@ def trial_tracking(params: Params, name: str, tags: dict[str, str]) -> Any:
     return contextlib.nullcontext()
 
 
-def _worker(params: Params, paths: Paths, storage: str, parent: str | None) -> StudyStats:
-    """One worker process: the shared study, its share of the threads."""
+def _worker(
+    params: Params, paths: Paths, storage: str, parent: str | None, deadline: float | None = None
+) -> StudyStats:
+    """One worker process: the shared study, its share of the threads, the call's deadline."""
     from pipeline.training.tune import run_study
 
     if parent:
         os.environ[PARENT_ENV] = parent
-    return run_study(params, paths, storage=storage, count_running=True)
+    return run_study(params, paths, storage=storage, count_running=True, deadline=deadline)
 
 
-def run_parallel(params: Params, paths: Paths, parent_run_id: str | None) -> StudyStats:
-    """Run ``tune.workers`` worker processes on the study; summarise it once they finish."""
+def run_parallel(
+    params: Params, paths: Paths, parent_run_id: str | None, deadline: float | None = None
+) -> StudyStats:
+    """Run ``tune.workers`` worker processes on the study; summarise it once they finish.
+    ``deadline`` (``time.time()``): the budget of the call, shared by every worker."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -104,11 +110,13 @@ def run_parallel(params: Params, paths: Paths, parent_run_id: str | None) -> Stu
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [
-            pool.submit(_worker, worker_params, paths, storage, parent_run_id)
+            pool.submit(_worker, worker_params, paths, storage, parent_run_id, deadline)
             for _ in range(workers)
         ]
         results = [f.result() for f in futures]
     first = results[0]
     study = optuna.load_study(study_name=first.study_name, storage=backend)
     epochs = [e for r in results for e in r.epochs_per_trial]
-    return summarize(study, epochs, first.monitor)
+    stats = summarize(study, epochs, first.monitor)
+    reached = any(r.budget_reached for r in results)
+    return replace(stats, budget_reached=reached, fixed_dims=first.fixed_dims)

@@ -22,10 +22,13 @@ def make_pruner(
     n_startup_trials: int | None = None,
     n_warmup_epochs: int | None = None,
     reduction_factor: int | None = None,
+    max_epochs: int | None = None,
 ) -> optuna.pruners.BasePruner:
-    """``median`` (after ``n_startup_trials`` trials and ``n_warmup_epochs`` epochs),
-    ``successive_halving`` (rungs at 1, r, r² ... epochs for ``reduction_factor`` r) or
-    ``none``. Unset arguments take ``params.yaml``'s defaults (``TuneSection``)."""
+    """``hyperband`` (brackets of successive halving from 1 to ``max_epochs`` epochs, so
+    cheap short trials explore and a few run long), ``median`` (after ``n_startup_trials``
+    trials and ``n_warmup_epochs`` epochs), ``successive_halving`` (rungs at 1, r, r² ...
+    epochs for ``reduction_factor`` r) or ``none``. Unset arguments take ``params.yaml``'s
+    defaults (``TuneSection``)."""
     import optuna
 
     from pipeline.config import TuneSection
@@ -37,6 +40,12 @@ def make_pruner(
         n_warmup_epochs = defaults.n_warmup_epochs
     if reduction_factor is None:
         reduction_factor = defaults.reduction_factor
+    if max_epochs is None:
+        max_epochs = defaults.max_epochs
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max_epochs, reduction_factor=reduction_factor
+        )
     if kind == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_epochs
@@ -80,6 +89,16 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
                 max_retry=1
             ),
         )
+
+
+def active_space(
+    space: Mapping[str, SearchDimension], n_train: int
+) -> tuple[dict[str, SearchDimension], list[str]]:
+    """The dimensions searched with ``n_train`` training images, and the names of those left
+    at their params.yaml value (``min_train_images`` above ``n_train``): small data gets a
+    small space, so a few trials are not spread over knobs it cannot tell apart."""
+    active = {k: v for k, v in space.items() if n_train >= v.min_train_images}
+    return active, sorted(set(space) - set(active))
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, SearchDimension]) -> dict[str, Any]:

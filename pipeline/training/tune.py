@@ -13,6 +13,11 @@
   classifier, ``radops-cnn-<kind>-<target>`` otherwise), so a regression study never
   resumes a classification one. If the data, base training config or search space changed since, its trials
   are stale, and the study ``<name>-<fingerprint>`` is used (and resumed) instead.
+* Budget (``tune.budget_minutes``, ``budget.py``): no trial starts after it, a running one
+  stops at its epoch end (its best so far counts); ``n_trials`` is an upper bound.
+* ``tune.cv_folds`` >= 2 (``cv.py``): a trial's value is the mean over patient-grouped folds
+  of train+val; pruning watches fold 0. Dimensions with ``min_train_images`` above the
+  training split's size are fixed at their params.yaml value (``search.active_space``).
 * A trial that raises is recorded as FAIL and the study goes on (failed trials do not count
   towards ``n_trials``). RUNNING trials left by a killed process are failed by Optuna's
   heartbeat once they go stale.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,7 @@ from pipeline.credentials import redact_url
 from pipeline.errors import RadopsError
 from pipeline.training.parallel_tune import run_parallel, trial_tracking
 from pipeline.training.search import (
+    active_space,
     check_space,
     make_pruner,
     open_storage,
@@ -85,6 +91,8 @@ class StudyStats:
     n_pruned: int
     n_failed: int
     epochs_per_trial: list[int] = field(default_factory=list)  # this call's trials, in order
+    budget_reached: bool = False  # this call stopped starting trials at tune.budget_minutes
+    fixed_dims: list[str] = field(default_factory=list)  # below their min_train_images
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,8 @@ class TuneResult:
             [
                 f"tune: study {s.study_name!r}: {s.n_trials} trials "
                 f"({s.n_complete} complete, {s.n_pruned} pruned, {s.n_failed} failed); "
-                f"{s.n_run} run now, {s.total_epochs} epochs",
+                f"{s.n_run} run now, {s.total_epochs} epochs"
+                + (" (time budget reached)" if s.budget_reached else ""),
                 f"  best {s.monitor} {s.best_value:.4f} ({s.direction}) with {s.best_params}",
                 f"  written: {self.best_params_path}  MLflow run {self.run_id}",
             ]
@@ -122,16 +131,22 @@ def study_name_for(base: str, task: Task) -> str:
     return f"{base}-{task.kind}-{task.target}"
 
 
-def study_fingerprint(params: Params, data_dir: Path, task: Task) -> str:
+def study_fingerprint(
+    params: Params, data_dir: Path, task: Task, fixed: list[str] | None = None
+) -> str:
     """What the trials' values depend on: data, task, base training config, seed, search
-    space and epoch cap (not ``n_trials``, the pruner or the timeout, which may change on a
-    resume)."""
+    space (and which of its dimensions are ``fixed``), epoch cap and ``cv_folds`` (not
+    ``n_trials``, the pruner or the budget, which may change on a resume). The new keys
+    enter only when set, so studies from before them still resume."""
     import hashlib
     import json
 
     from pipeline.training.train import fingerprint
 
-    space = {k: v.model_dump(mode="json") for k, v in params.tune.search_space.items()}
+    space = {
+        k: v.model_dump(mode="json", exclude={"min_train_images"})
+        for k, v in params.tune.search_space.items()
+    }
     parts = {
         "train": fingerprint(
             params.train,
@@ -144,6 +159,10 @@ def study_fingerprint(params: Params, data_dir: Path, task: Task) -> str:
         "space": space,
         "max_epochs": params.tune.max_epochs,
     }
+    if fixed:
+        parts["fixed"] = sorted(fixed)
+    if params.tune.cv_folds > 1:
+        parts["cv_folds"] = params.tune.cv_folds
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -163,9 +182,14 @@ def fit_trial(
     trial: optuna.Trial,
     cfg: TrainSection,
     model_cfg: ModelSection | None = None,
+    data: Any = None,
+    prune: bool = True,
+    log_curves: bool = True,
 ) -> Any:
     """Train one trial (pruning callback on the task's monitored metric); return its
-    ``EpochHistory``.
+    ``EpochHistory``. ``data``: another DataModule (a CV fold); ``prune``/``log_curves``:
+    whether the pruner and MLflow see its epochs. The budget's deadline callback, when
+    ``objective`` set one, stops it at an epoch end.
 
     ``optuna.TrialPruned`` propagates; the history is attached to it as ``history``.
     """
@@ -175,27 +199,34 @@ def fit_trial(
 
     from pipeline.data.datasets import make_datamodule
     from pipeline.tasks import get_task
+    from pipeline.training.budget import current_deadline
     from pipeline.training.callbacks import EpochHistory
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(params.base.seed, workers=True, verbose=False)
-    data = make_datamodule(
-        data_dir,
-        cfg,
-        params.base.seed,
-        task=get_task(params, cfg.loss),
-        exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
-    )
+    if data is None:
+        data = make_datamodule(
+            data_dir,
+            cfg,
+            params.base.seed,
+            task=get_task(params, cfg.loss),
+            exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
+        )
     shape = data.image_shape
     task = data.task
     module = TaskModule(task, cfg, model_cfg or params.model, shape[-1], shape[-3])
-    history = EpochHistory(log_to_mlflow=True)
-    pruning = PyTorchLightningPruningCallback(trial, monitor=task.monitor)
+    history = EpochHistory(log_to_mlflow=log_curves)
+    callbacks: list[Any] = [history]
+    if prune:
+        callbacks.append(PyTorchLightningPruningCallback(trial, monitor=task.monitor))
+    deadline = current_deadline.get()
+    if deadline is not None:
+        callbacks.append(deadline)
     with tempfile.TemporaryDirectory(prefix="radops-trial-") as root:
         trainer = make_trainer(
             cfg,
             max_epochs=cfg.max_epochs,
-            callbacks=[history, pruning],
+            callbacks=callbacks,
             checkpointing=False,
             root_dir=root,
         )
@@ -216,14 +247,26 @@ def run_study(
     study_name: str | None = None,
     timeout_s: float | None = None,
     count_running: bool = False,
+    deadline: float | None = None,
+    clock: Any = None,
 ) -> StudyStats:
-    """Create or resume the study and run ``n_trials`` minus its finished trials.
+    """Create or resume the study and run ``n_trials`` minus its finished trials, within
+    the time budget.
 
     Usable in-process (benchmarks compare pruners by ``total_epochs``); MLflow logging goes
     to nested runs when a run is active. Arguments default to ``params.tune``; ``storage``
     may be ``":memory:"`` for a throw-away study. ``count_running`` (``tune.workers`` > 1):
     trials other workers are running count towards the budget, so it is not overshot.
+    ``deadline`` (absolute ``clock()`` time; default now + ``tune.budget_minutes``, capped at
+    ``timeout_s`` seconds): shared by the workers of one call. ``clock``: for tests.
     """
+    import time
+
+    from pipeline.training import budget
+
+    clock = clock or time.time
+    if deadline is None:
+        deadline = budget.deadline_for(params.tune, timeout_s, clock)
     import mlflow
     import optuna
 
@@ -241,11 +284,19 @@ def run_study(
     if pruner is None or isinstance(pruner, str):
         kind = pruner or tune.pruner
         pruner = make_pruner(
-            kind, tune.n_startup_trials, tune.n_warmup_epochs, tune.reduction_factor
+            kind,
+            tune.n_startup_trials,
+            tune.n_warmup_epochs,
+            tune.reduction_factor,
+            tune.max_epochs,
         )
     check_space(params.train, params.model, tune.search_space, task)
     # fail here, not in every trial: unreadable data, no target values, an unseen class
-    fitted = task.fit(load_split(paths.data_dir, "train", task)[1])
+    train_targets = load_split(paths.data_dir, "train", task)[1]
+    space, fixed = active_space(tune.search_space, len(train_targets.rows))
+    if fixed:
+        log.info("fixed at their params.yaml values (too few training images): %s", fixed)
+    fitted = task.fit(train_targets)
     fitted.check(load_split(paths.data_dir, "val", task)[1])
     monitor, direction = fitted.monitor, fitted.direction
     set_threads(params.train)
@@ -270,7 +321,7 @@ def run_study(
     from pipeline.credentials import optuna_storage
 
     backend = open_storage(optuna_storage(params) if storage is None else storage, tune.heartbeat_s)
-    fp = study_fingerprint(params, paths.data_dir, task)
+    fp = study_fingerprint(params, paths.data_dir, task, fixed)
     study = open_study(study_name)
     if study.user_attrs.get(FINGERPRINT_ATTR, fp) != fp:
         log.info(
@@ -287,13 +338,29 @@ def run_study(
     if already:
         log.info("study %r resumed: %d trials done, %d to run", study_name, already, remaining)
     epochs_run: list[int] = []
+    pool = folds = None
+    if tune.cv_folds > 1:
+        from pipeline.training import cv
+
+        pool = cv.load_pool(
+            paths.data_dir,
+            task,
+            params.base.seed,
+            catalog.Catalog(params).qa_exclusions,
+            params.train.label_fraction,
+        )
+        folds = cv.make_folds(pool, tune.cv_folds, params.base.seed)
 
     def objective(trial: optuna.Trial) -> float:
-        values = suggest(trial, tune.search_space)
+        values = suggest(trial, space)
         cfg, model_cfg = trial_config(params, values)
         name = f"trial-{trial.number}"
         tags = {"optuna.study": study_name, "optuna.trial_number": str(trial.number)}
         tags |= task.tags()
+        if fixed:
+            tags["radops.fixed_dims"] = ",".join(fixed)
+        stop = budget.DeadlineCallback(deadline, clock)
+        token = budget.current_deadline.set(stop)
         pruned: optuna.TrialPruned | None = None
         history: Any = None
         tracking: Any = trial_tracking(params, name, tags)
@@ -301,7 +368,14 @@ def run_study(
             if mlflow.active_run() is not None:
                 log_params_flat("", values)
             try:
-                history = fit_trial(params, paths.data_dir, trial, cfg, model_cfg)
+                if pool is not None and folds is not None:
+                    from pipeline.training.cv import fit_folds
+
+                    history = fit_folds(
+                        params, paths.data_dir, trial, cfg, model_cfg, pool, folds, stop
+                    )
+                else:
+                    history = fit_trial(params, paths.data_dir, trial, cfg, model_cfg)
             except optuna.TrialPruned as exc:
                 pruned, history = exc, getattr(exc, "history", None)
                 _tag(STATE_TAG, "pruned")
@@ -309,6 +383,7 @@ def run_study(
                 _tag(STATE_TAG, "failed")
                 raise
             finally:
+                budget.current_deadline.reset(token)
                 epochs = history.epochs_run if history is not None else 0
                 trial.set_user_attr(EPOCHS_ATTR, epochs)
                 epochs_run.append(epochs)
@@ -318,6 +393,9 @@ def run_study(
                     _tag(STATE_TAG, "failed")
                     raise RadopsError(f"{monitor} is undefined (one class in val?)")
                 _tag(STATE_TAG, "complete")
+                if stop.fired:  # cut at the budget's deadline: its best so far counts
+                    trial.set_user_attr(budget.CUT_ATTR, True)
+                    _tag(budget.CUT_ATTR, "true")
                 if mlflow.active_run() is not None:
                     mlflow.log_metric("value", value)
         log.info(
@@ -331,19 +409,23 @@ def run_study(
             raise pruned
         return value
 
-    if remaining:
+    at_deadline = budget.StopAtDeadline(deadline, clock)
+    has_result = bool(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if remaining and at_deadline.passed() and has_result:
+        at_deadline.reached = True  # the budget was spent before the first trial
+    elif remaining:
         # Stop once `n_trials` trials are COMPLETE or PRUNED (failed ones are replaced, as on
-        # a rerun), but give up after as many failures as trials were wanted.
+        # a rerun), but give up after as many failures as trials were wanted, or once the
+        # deadline has passed (the first trial of a study without a result always runs).
         counted = (*done_states, optuna.trial.TrialState.RUNNING) if count_running else done_states
         enough = optuna.study.MaxTrialsCallback(n_trials, states=counted)
         study.optimize(
-            objective,
-            n_trials=2 * remaining,
-            timeout=tune.timeout_s if timeout_s is None else timeout_s,
-            catch=(Exception,),
-            callbacks=[enough],
+            objective, n_trials=2 * remaining, catch=(Exception,), callbacks=[enough, at_deadline]
         )
-    return summarize(study, epochs_run, monitor)
+    if at_deadline.reached:
+        log.info("time budget reached after %d trials in this call", len(epochs_run))
+    stats = summarize(study, epochs_run, monitor)
+    return replace(stats, budget_reached=at_deadline.reached, fixed_dims=fixed)
 
 
 def summarize(study: optuna.Study, epochs_run: list[int], monitor: str = "value") -> StudyStats:
@@ -382,19 +464,24 @@ def run(params: Params, paths: Paths) -> TuneResult:
     from pipeline.io import write_json
     from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
+    from pipeline.training.budget import deadline_for
 
     tune = params.tune
+    deadline = deadline_for(tune)  # the budget starts with the stage, for all workers
     with tracked_run(params, "tune", run_name="tune", tags=get_task(params).tags()) as parent:
         settings = tune.model_dump(mode="json", exclude={"out_dir", "search_space", "storage"})
         from pipeline.credentials import optuna_storage
 
         log_params_flat("", settings | {"storage": redact_url(optuna_storage(params))})
         stats = (
-            run_parallel(params, paths, parent.info.run_id)
+            run_parallel(params, paths, parent.info.run_id, deadline)
             if tune.workers > 1
-            else run_study(params, paths)
+            else run_study(params, paths, deadline=deadline)
         )
         log_params_flat("best", stats.best_params)
+        mlflow.set_tag("radops.budget_reached", str(stats.budget_reached).lower())
+        if stats.fixed_dims:
+            mlflow.log_param("fixed_dims", ",".join(stats.fixed_dims))
         counts = {k: getattr(stats, k) for k in ("n_trials", "n_complete", "n_pruned", "n_failed")}
         mlflow.log_metrics(
             counts
@@ -407,6 +494,7 @@ def run(params: Params, paths: Paths) -> TuneResult:
         best = {"params": stats.best_params, "value": stats.best_value, **counts}
         best |= {"study_name": stats.study_name, "total_epochs": stats.study_epochs}
         best |= {"monitor": stats.monitor, "direction": stats.direction}
+        best |= {"budget_reached": stats.budget_reached, "fixed_dims": stats.fixed_dims}
         write_json(paths.best_params, best | {"epochs_this_run": stats.total_epochs})
         mlflow.log_artifact(str(paths.best_params))
         run_id = parent.info.run_id

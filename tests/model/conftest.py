@@ -189,6 +189,7 @@ def tiny_params(
         "out_dir": str(tmp_path / "models/tune"),
         "storage": f"sqlite:///{tmp_path / 'optuna/radops.db'}",
         "n_trials": 2,
+        "budget_minutes": 30.0,  # n_trials decides in tests, not a loaded machine's clock
         "max_epochs": 2,
         "search_space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
     }
