@@ -241,6 +241,10 @@ class TrainSection(Section):
     freeze_epochs: int = Field(0, ge=0)  # transferred layers frozen for the first N epochs
     finetune_lr_factor: float = Field(1.0, gt=0, le=1)  # learning-rate factor of transferred layers
     label_fraction: float = Field(1.0, gt=0, le=1)  # training patients kept (seeded by base.seed)
+    # Finishing (pipeline/models/ensemble.py, pipeline/training/calibration.py): k members with
+    # seeds base.seed + i averaged as one model; calibration fitted on val after training.
+    ensemble_size: int = Field(1, ge=1, le=16)
+    calibration: Literal["none", "temperature", "isotonic"] = "none"
 
 
 class FloatSpace(Section):
@@ -337,6 +341,11 @@ class EvaluateSection(Section):
     underfit_auc: float = Field(0.7, gt=0, le=1)
     # Manifest columns whose groups get their own row in subgroups.csv.
     subgroup_columns: list[str] = ["site", "manufacturer"]
+    # Test-time augmentation of the CNN's predictions (also `radops predict`): averaged
+    # probabilities over flips (4 views) or flips and ±2 px shifts (8 views).
+    tta: Literal["none", "flips", "flips_shifts"] = "none"
+    # PPV/NPV are also reported at this prevalence (Bayes, from test sensitivity/specificity).
+    deployment_prevalence: float = Field(0.1, gt=0, lt=1)
 
 
 class RegisterSection(Section):
