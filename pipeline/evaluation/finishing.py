@@ -29,11 +29,14 @@ if TYPE_CHECKING:
 BEFORE_AFTER_PLOT = catalog.CALIBRATION_BEFORE_AFTER_PLOT
 
 
-def check_tta(task: Task, tta: str) -> None:
+def supports_tta(task: Task) -> bool:
     """TTA applies to 2-D image models with a sigmoid/softmax/identity output only."""
-    if tta == "none":
-        return
-    if task.target_kind in ("mask", "image") or task.kind == "series_classification":
+    return not (task.target_kind in ("mask", "image") or task.kind == "series_classification")
+
+
+def check_tta(task: Task, tta: str) -> None:
+    """Refuse ``evaluate.tta`` for a task it does not apply to."""
+    if tta != "none" and not supports_tta(task):
         raise ConfigError(
             f"evaluate.tta {tta!r} is not supported for {task.kind} (only 2-D classification "
             "and regression); set evaluate.tta: none"
@@ -182,7 +185,9 @@ def plot_before_after(
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
     for label, p in (("before", uncalibrated), ("after", calibrated)):
         mean_pred, frac_pos = stats.calibration(y, p, bins)
-        ax.plot(mean_pred, frac_pos, marker="o", lw=2, label=f"CNN {label} (ECE {ece(y, p, bins):.3f})")
+        ax.plot(
+            mean_pred, frac_pos, marker="o", lw=2, label=f"CNN {label} (ECE {ece(y, p, bins):.3f})"
+        )
     ax.set(xlabel="Mean predicted probability", ylabel="Fraction positive")
     ax.set_title("Calibration of the CNN, test split")
     ax.set_xlim(0, 1)
@@ -192,7 +197,10 @@ def plot_before_after(
 
 
 def markdown(
-    metrics: dict[str, dict[str, Any]], meta: dict[str, Any], cfg: EvaluateSection, figure: Path | None
+    metrics: dict[str, dict[str, Any]],
+    meta: dict[str, Any],
+    cfg: EvaluateSection,
+    figure: Path | None,
 ) -> str:
     """The report's section on ensemble, TTA, calibration and deployment prevalence."""
     from pipeline.evaluation.report import fmt
@@ -209,7 +217,11 @@ def markdown(
     )
     lines.append(f"- Test-time augmentation: `evaluate.tta: {cfg.tta}`")
     method = calib.get("method", "none")
-    extra = f", T = {fmt(meta['output']['temperature'])}" if "temperature" in meta.get("output", {}) else ""
+    extra = (
+        f", T = {fmt(meta['output']['temperature'])}"
+        if "temperature" in meta.get("output", {})
+        else ""
+    )
     lines.append(f"- Calibration: `train.calibration: {method}` (fitted on validation{extra})")
     if "test_ece" in cnn:
         lines += ["", "| CNN | ECE | Brier | NLL |", "| --- | --- | --- | --- |"]
@@ -270,7 +282,8 @@ def card_lines(metrics: dict[str, Any], meta: dict[str, Any], params: Any) -> li
             f"- Calibration `{method}` fitted on validation; test ECE "
             f"{fmt(metrics['test_ece'])}{before}."
         )
-    lines.append(f"- Test-time augmentation in evaluation: `{params.evaluate.tta}`.")
+    if params.evaluate.tta != "none":
+        lines.append(f"- Test-time augmentation in evaluation: `{params.evaluate.tta}`.")
     if "test_ppv_at_prevalence" in metrics:
         lines.append(
             f"- At a deployment prevalence of {float(metrics['deployment_prevalence']):g}: "

@@ -70,7 +70,9 @@ def ensemble_architecture(arch: dict[str, Any], size: int, combine: str) -> dict
     return member_architecture(arch) | {"ensemble_size": int(size), "ensemble_combine": combine}
 
 
-def build_ensemble(arch: dict[str, Any], build_member: Callable[[dict[str, Any]], nn.Module]) -> nn.Module:
+def build_ensemble(
+    arch: dict[str, Any], build_member: Callable[[dict[str, Any]], nn.Module]
+) -> nn.Module:
     """An untrained ``Ensemble`` of ``arch["ensemble_size"]`` members (for loading weights)."""
     member = member_architecture(arch)
     size = int(arch["ensemble_size"])

@@ -248,7 +248,7 @@ def apply_output(raw: np.ndarray, output: dict[str, Any] | None = None) -> np.nd
     temperature = float(spec.get("temperature", 1.0))
     if transform == "sigmoid":
         p = 1.0 / (1.0 + np.exp(-raw.astype(np.float64) / temperature))
-        iso = spec.get("isotonic")
+        iso: Any = spec.get("isotonic")
         if iso:
             p = np.interp(p, np.asarray(iso["x"], np.float64), np.asarray(iso["y"], np.float64))
         return p.astype(np.float32)

@@ -122,7 +122,9 @@ def train_member(
     return network, best_epoch, best_value
 
 
-def validation_value(network: nn.Module, task: Task, cfg: TrainSection, monitor: str, x: Any, y: Any) -> float:
+def validation_value(
+    network: nn.Module, task: Task, cfg: TrainSection, monitor: str, x: Any, y: Any
+) -> float:
     """The monitored metric of ``network`` on the validation images (as in training)."""
     import torch
 
@@ -169,15 +171,24 @@ def finish(
     notes: list[str] = []
     k = cfg.ensemble_size
     if k > 1:
-        members, summary = [network], [
-            {"seed": params.base.seed, "best_epoch": meta["best_epoch"], "best_value": meta["best_value"]}
-        ]
+        members, summary = (
+            [network],
+            [
+                {
+                    "seed": params.base.seed,
+                    "best_epoch": meta["best_epoch"],
+                    "best_value": meta["best_value"],
+                }
+            ],
+        )
         for i in range(1, k):
             net_i, epoch_i, value_i = train_member(
                 i, params, cfg, model_cfg, data_dir, checkpoint_dir, task
             )
             members.append(net_i)
-            summary.append({"seed": params.base.seed + i, "best_epoch": epoch_i, "best_value": value_i})
+            summary.append(
+                {"seed": params.base.seed + i, "best_epoch": epoch_i, "best_value": value_i}
+            )
         combine = str(task.output_spec().get("transform"))
         network = Ensemble(members, combine).eval()
         value = validation_value(network, task, cfg, monitor, x_val, y_val)

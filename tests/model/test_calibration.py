@@ -101,4 +101,6 @@ def test_calibrated_model_serves_calibrated_probabilities(tmp_path: Path) -> Non
     loaded, meta = load_model(tmp_path)
     x = np.random.default_rng(0).normal(size=(5, 1, 24, 24)).astype(np.float32)
     plain = predict(net, {"output": SIGMOID}, x)
-    np.testing.assert_allclose(predict(loaded, meta, x), np.interp(plain, iso["x"], iso["y"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        predict(loaded, meta, x), np.interp(plain, iso["x"], iso["y"]), rtol=1e-5
+    )

@@ -41,7 +41,7 @@ def _members(n: int, arch: dict[str, Any]) -> list[torch.nn.Module]:
         torch.manual_seed(seed)
         net = build_network(arch)
         with torch.no_grad():  # different, non-trivial outputs per member
-            net.head.bias.fill_(0.5 * seed - 0.5)  # type: ignore[union-attr]
+            net.head.bias.fill_(0.5 * seed - 0.5)  # type: ignore[operator,union-attr]
         members.append(net.eval())
     return members
 

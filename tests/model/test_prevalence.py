@@ -86,7 +86,9 @@ def test_evaluate_with_tta_and_calibration(tmp_path: Path) -> None:
     assert m["test_ece_uncalibrated"] == pytest.approx(finishing.ece(y_test, raw))
     assert m["test_ece"] != pytest.approx(m["test_ece_uncalibrated"])
     sens, spec = m["test_sensitivity"], m["test_specificity"]
-    assert m["test_ppv_at_prevalence"] == pytest.approx(0.2 * sens / (0.2 * sens + 0.8 * (1 - spec)))
+    assert m["test_ppv_at_prevalence"] == pytest.approx(
+        0.2 * sens / (0.2 * sens + 0.8 * (1 - spec))
+    )
     assert "test_npv_at_prevalence" in result.metrics["baseline"]
     report = (tmp_path / "reports" / "evaluation.md").read_text()
     assert "evaluate.tta: flips" in report and "before calibration" in report
