@@ -53,8 +53,9 @@ def test_ensemble_calibration_tta_end_to_end(tmp_path: Path, prefect_harness: No
         mlflow.set_registry_uri(uri)
         served = mlflow.pyfunc.load_model("models:/radops-classifier@champion")
         # the ensemble's calibrated probabilities, by hand from its two members
+        member_nets: Any = net.members
         with torch.inference_mode():
-            members = [m(torch.from_numpy(x)).double().numpy() for m in net.members]
+            members = [m(torch.from_numpy(x)).double().numpy() for m in member_nets]
         mean_p = np.mean([1 / (1 + np.exp(-z)) for z in members], axis=0)
         want = 1 / (1 + np.exp(-np.log(mean_p / (1 - mean_p)) / temperature))
         np.testing.assert_allclose(served.predict(x), want, rtol=1e-4, atol=1e-6)
