@@ -97,6 +97,7 @@ PLOTS_DIR = "plots"
 FIGURES_DIR = "figures"
 ROC_PLOT = "roc.png"  # classification (K > 2: macro one-vs-rest)
 CALIBRATION_PLOT = "calibration.png"  # binary
+CALIBRATION_BEFORE_AFTER_PLOT = "calibration_before_after.png"  # binary, train.calibration set
 SCATTER_PLOT = "scatter.png"  # regression: predicted against true
 # Stems of the DVC plot files in PLOTS_DIR (``plot_data``): ``<stem>.csv`` for all models,
 # ``<stem>_<model>.csv`` for one (DVC colours lines by file).

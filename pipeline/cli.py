@@ -170,9 +170,23 @@ def predict(
     out: Annotated[Path, typer.Option(help="Predictions CSV.")],
     params: ParamsOpt = catalog.PARAMS_FILE,
     set_: SetOpt = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(
+            help="Test-time augmentation: none, flips, flips_shifts (default: evaluate.tta)."
+        ),
+    ] = None,
 ) -> None:
     """Score new DICOMs with a registered model (same ingest and preprocessing as training)."""
-    run_stage("predict", params, set_, model_uri=model, input_dir=input, out_csv=out)
+    run_stage(
+        "predict",
+        params,
+        set_,
+        {"evaluate.tta": tta},
+        model_uri=model,
+        input_dir=input,
+        out_csv=out,
+    )
 
 
 @app.command()

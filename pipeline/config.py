@@ -250,6 +250,10 @@ class TrainSection(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification: smoothed targets
     mixup_alpha: float = Field(0.0, ge=0)  # classification/regression: Beta(α, α) mixup; 0 off
     warmup_epochs: int = Field(0, ge=0)  # linear learning-rate warm-up before lr_schedule
+    # Finishing (pipeline/models/ensemble.py, pipeline/training/calibration.py): k members with
+    # seeds base.seed + i averaged as one model; calibration fitted on val after training.
+    ensemble_size: int = Field(1, ge=1, le=16)
+    calibration: Literal["none", "temperature", "isotonic"] = "none"
 
 
 class _Dimension(Section):
@@ -357,6 +361,11 @@ class EvaluateSection(Section):
     underfit_auc: float = Field(0.7, gt=0, le=1)
     # Manifest columns whose groups get their own row in subgroups.csv.
     subgroup_columns: list[str] = ["site", "manufacturer"]
+    # Test-time augmentation of the CNN's predictions (also `radops predict`): averaged
+    # probabilities over flips (4 views) or flips and ±2 px shifts (8 views).
+    tta: Literal["none", "flips", "flips_shifts"] = "none"
+    # PPV/NPV are also reported at this prevalence (Bayes, from test sensitivity/specificity).
+    deployment_prevalence: float = Field(0.1, gt=0, lt=1)
 
 
 class RegisterSection(Section):

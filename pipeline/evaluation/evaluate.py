@@ -14,6 +14,7 @@ can be compared side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -26,7 +27,9 @@ import numpy as np
 
 from pipeline import catalog
 from pipeline.errors import InputError
+from pipeline.evaluation import finishing
 from pipeline.evaluation.flags import FLAG_METRICS, fit_flags
+from pipeline.models.networks import uncalibrated as uncalibrated_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,9 +183,9 @@ def load_cnn(model_dir: Path, data_dir: Path | None = None) -> tuple[Any, dict[s
     return net, meta
 
 
-def cnn_predictions(net: Any, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """``networks.predict`` (N probabilities, N×K probabilities or N values) as float64;
-    refuses images of another size than in training."""
+def cnn_predictions(net: Any, meta: dict[str, Any], x: np.ndarray, tta: str = "none") -> np.ndarray:
+    """``networks.predict`` (N probabilities, N×K probabilities or N values) as float64,
+    optionally with test-time augmentation; refuses images of another size than in training."""
     from pipeline.models.networks import predict
 
     size = int(meta["architecture"]["image_size"])
@@ -191,7 +194,7 @@ def cnn_predictions(net: Any, meta: dict[str, Any], x: np.ndarray) -> np.ndarray
             f"the CNN expects {size}×{size} images but the preprocessed data are "
             f"{x.shape[-2]}×{x.shape[-1]}; rerun train after changing preprocess.image_size"
         )
-    return np.asarray(predict(net, meta, x), dtype=np.float64)
+    return np.asarray(predict(net, meta, x, tta=tta), dtype=np.float64)
 
 
 def predict_cnn(model_dir: Path, x: np.ndarray, data_dir: Path | None = None) -> np.ndarray:
@@ -316,6 +319,9 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     net, meta = load_cnn(paths.cnn_dir, paths.data_dir)
     task = task_from_meta(meta)
     check_task(task, params, "CNN")
+    finishing.check_tta(task, cfg.tta)
+    calibrated = finishing.is_calibrated(meta)  # also report the CNN before calibration
+    uncalibrated: dict[str, np.ndarray] = {}
     if task.target_kind == "mask":  # segmentation: its own metrics, figures and baseline
         from pipeline.evaluation import segmentation
 
@@ -327,9 +333,12 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     for split in ("val", "test"):
         targets[split], x, index = load_targets(task, paths.data_dir, split)
         preds[split] = {
-            "cnn": cnn_predictions(net, meta, x),
+            "cnn": cnn_predictions(net, meta, x, cfg.tta),
             "baseline": baseline.predict(pipe, base_meta, x),
         }
+        if calibrated:
+            raw_meta = meta | {"output": uncalibrated_spec(meta.get("output"))}
+            uncalibrated[split] = cnn_predictions(net, raw_meta, x, cfg.tta)
         write_parquet(
             catalog.predictions_file(paths.out_dir, split),
             prediction_frame(task, index, targets[split].values, preds[split]),
@@ -352,6 +361,16 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         )
         for name in MODELS
     }
+    finishing.add_metrics(
+        task,
+        metrics,
+        preds,
+        uncalibrated or None,
+        {"val": y_val, "test": y_test},
+        groups,
+        cfg,
+        seed,
+    )
     if targets["test"].n_missing:
         for m in metrics.values():
             m["n_test_missing"] = targets["test"].n_missing
@@ -385,6 +404,20 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
             extra={"x": x_test, "cnn": net},
         )
     )
+    figure = None
+    if uncalibrated and np.asarray(preds["test"]["cnn"]).ndim == 1:
+        figure = finishing.plot_before_after(
+            y_test,
+            preds["test"]["cnn"],
+            uncalibrated["test"],
+            cfg.calibration_bins,
+            out / catalog.FIGURES_DIR / catalog.CALIBRATION_BEFORE_AFTER_PLOT,
+        )
+        made.shared.append(figure)
+    if task.target_kind == "class_index":
+        shown = figure.relative_to(out) if figure is not None else None
+        section = finishing.markdown(metrics, meta, cfg, shown)
+        made = dataclasses.replace(made, markdown=made.markdown + section)
     write_csv(out / catalog.SUBGROUPS_FILE, made.subgroups)
     write_text(out / catalog.EVALUATION_REPORT, made.markdown)
     run_ids = {

@@ -103,6 +103,8 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
     from torch import nn
 
     arch = ARCH_DEFAULTS | dict(arch)
+    if int(arch.get("ensemble_size", 1)) > 1:  # k seeds averaged (pipeline/models/ensemble.py)
+        return _ensemble_module().build_ensemble(arch, build_network)  # type: ignore[no-any-return]
     if arch.get("network") == AUTOENCODER:
         return build_autoencoder(arch)
     if arch.get("name", "cnn") in FAMILY_NAMES:  # a MONAI ResNet / DenseNet
@@ -158,6 +160,15 @@ def build_network(arch: dict[str, Any]) -> nn.Module:
             return out.squeeze(1) if n_out == 1 else out
 
     return Net()
+
+
+def _ensemble_module() -> Any:
+    """``pipeline.models.ensemble``, or its copy logged with the MLflow model."""
+    try:
+        import radops_ensemble  # type: ignore[import-not-found]
+    except ImportError:
+        from pipeline.models import ensemble as radops_ensemble
+    return radops_ensemble
 
 
 def _unet(arch: dict[str, Any]) -> nn.Module:
@@ -219,9 +230,16 @@ def load_model(model_dir: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     return network, meta
 
 
-def raw_outputs(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def raw_outputs(
+    network: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    tta: str = "none",
+    transform: str = "sigmoid",
+) -> np.ndarray:
     """The network's raw outputs (N or N×K float32) for an N×C×H×W array (e.g. a read-only
-    memmap).
+    memmap); with ``tta`` (``flips``, ``flips_shifts``) averaged over transformed copies as
+    probabilities of the output ``transform`` (``ensemble.tta_forward``).
 
     Each batch is copied into a writable float32 array: torch refuses to share memory with a
     read-only memmap without a warning, and the copy is negligible next to the forward pass.
@@ -229,25 +247,39 @@ def raw_outputs(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.
     import torch
 
     network.eval()
+    views = _ensemble_module().tta_views(tta) if tta != "none" else None
     out: list[np.ndarray] = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             batch = torch.from_numpy(np.array(x[start : start + batch_size], dtype=np.float32))
-            out.append(network(batch).float().numpy())
+            if views is None:
+                out.append(network(batch).float().numpy())
+            else:
+                tta_out = _ensemble_module().tta_forward(network, batch, views, transform)
+                out.append(tta_out.float().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def apply_output(raw: np.ndarray, output: dict[str, Any] | None = None) -> np.ndarray:
     """Raw outputs → predictions by a model's ``output`` spec: ``sigmoid`` (N probabilities
     of class 1), ``softmax`` (N×K class probabilities) or ``identity`` (``raw · scale +
-    shift``: N values in the target's units)."""
+    shift``: N values in the target's units). Calibration fitted on validation
+    (``pipeline.training.calibration``) is part of the spec: ``temperature`` divides the
+    logits (sigmoid, softmax); ``isotonic`` (``{"x": [...], "y": [...]}``) maps the sigmoid's
+    probabilities piecewise linearly."""
     spec = output or OUTPUT_DEFAULT
     raw = np.asarray(raw, dtype=np.float32)
     transform = spec.get("transform")
+    temperature = float(spec.get("temperature", 1.0))
     if transform == "sigmoid":
-        return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
+        p = 1.0 / (1.0 + np.exp(-raw.astype(np.float64) / temperature))
+        iso: Any = spec.get("isotonic")
+        if iso:
+            p = np.interp(p, np.asarray(iso["x"], np.float64), np.asarray(iso["y"], np.float64))
+        return p.astype(np.float32)
     if transform == "softmax":
-        shifted = raw - raw.max(axis=1, keepdims=True)
+        shifted = raw.astype(np.float64) / temperature
+        shifted = shifted - shifted.max(axis=1, keepdims=True)
         e = np.exp(shifted.astype(np.float64))
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
     if transform == "identity":
@@ -256,13 +288,32 @@ def apply_output(raw: np.ndarray, output: dict[str, Any] | None = None) -> np.nd
     raise ValueError(f"unknown output transform {transform!r}")
 
 
+CALIBRATION_KEYS = ("temperature", "isotonic")
+
+
+def uncalibrated(output: dict[str, Any] | None) -> dict[str, Any]:
+    """An ``output`` spec without its calibration (for before/after comparisons)."""
+    return {k: v for k, v in (output or OUTPUT_DEFAULT).items() if k not in CALIBRATION_KEYS}
+
+
 def predict(
-    network: nn.Module, meta: dict[str, Any], x: np.ndarray, batch_size: int = 256
+    network: nn.Module,
+    meta: dict[str, Any],
+    x: np.ndarray,
+    batch_size: int = 256,
+    tta: str = "none",
 ) -> np.ndarray:
-    """Predictions of a loaded model (``load_model``'s pair) for N×C×H×W inputs."""
-    if (meta.get("output") or {}).get("transform") == RECONSTRUCTION_ERROR:
+    """Predictions of a loaded model (``load_model``'s pair) for N×C×H×W inputs, optionally
+    averaged over test-time augmentations (``tta``: none, flips, flips_shifts)."""
+    transform = (meta.get("output") or OUTPUT_DEFAULT).get("transform")
+    if transform == RECONSTRUCTION_ERROR:
+        if tta != "none":
+            raise ValueError("test-time augmentation does not apply to an autoencoder")
         return reconstruction_quality(network, x, batch_size)
-    return apply_output(raw_outputs(network, x, batch_size), meta.get("output"))
+    if tta != "none" and (meta.get("task") or {}).get("target_kind") == "mask":
+        raise ValueError("test-time augmentation is not supported for segmentation")
+    raw = raw_outputs(network, x, batch_size, tta=tta, transform=str(transform))
+    return apply_output(raw, meta.get("output"))
 
 
 def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -11,6 +11,7 @@ code and ``load_model``, never ``pickle``.
 when this file is imported directly) it falls back to ``pipeline.models.networks``.
 
 Input: float32 array N×C×S×S, preprocessed as in ``model.json``'s ``preprocessing``.
+Inference param ``tta`` (``params={"tta": "flips"}``): test-time augmentation, default none.
 Output: the task's predictions by ``model.json``'s ``output`` spec (``networks.predict``):
 N probabilities of class 1 (binary), N×K class probabilities, or N values in the target's
 units (regression).
@@ -40,7 +41,8 @@ class RadopsCNN(PythonModel):
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
-        return predict(self.network, self.meta, x)
+        tta = str((params or {}).get("tta", "none"))  # inference param: none/flips/flips_shifts
+        return predict(self.network, self.meta, x, tta=tta)
 
 
 mlflow.models.set_model(RadopsCNN())

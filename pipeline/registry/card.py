@@ -152,6 +152,7 @@ def build_card(
     """The card's Markdown (pure: files in, text out)."""
     import pandas as pd
 
+    from pipeline.evaluation.finishing import card_lines as finish_card_lines
     from pipeline.io import read_json
     from pipeline.tasks import task_from_meta
 
@@ -240,6 +241,7 @@ def build_card(
             f"split by {how}, applied unchanged to the test split.",
             "",
         ]
+    lines += finish_card_lines(metrics, meta, params)  # ensemble, calibration, TTA, prevalence
     if "test_brier" in metrics:
         lines += [
             f"Calibration: Brier score {_fmt(float(metrics['test_brier']))}; reliability "

@@ -213,6 +213,7 @@ def decide_promotion(
     """
     from mlflow.tracking import MlflowClient
 
+    from pipeline.evaluation.finishing import supports_tta
     from pipeline.io import read_json
     from pipeline.models.networks import predict
     from pipeline.tasks import task_from_meta
@@ -270,10 +271,11 @@ def decide_promotion(
     why_not = _incomparable(champ_meta, new_meta, size)
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))
+    tta = params.evaluate.tta if supports_tta(task) else "none"  # as evaluate scored it
     result = task.paired_test(
         y,
-        predict(new_net, new_meta, test_x),
-        predict(champ_net, champ_meta, test_x),
+        predict(new_net, new_meta, test_x, tta=tta),
+        predict(champ_net, champ_meta, test_x, tta=tta),
         groups,
         cfg,
         rng=np.random.default_rng(params.base.seed),

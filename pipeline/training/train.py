@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
 from pipeline.errors import ConfigError
+from pipeline.training import finishing
 from pipeline.training.checkpoints import (
     LAST_CKPT,
     fingerprint,
@@ -49,6 +50,8 @@ log = logging.getLogger("radops.train")
 # Search-space / best_params names that are not field names of ``train`` or ``model``.
 ALIASES = {"aug_strength": "train.augmentation.strength"}
 NOT_HYPERPARAMETERS = {"out_dir", "checkpoint_dir", "use_tuned_params"}
+# The finish (pipeline/training/finishing.py): not tuned, not part of member 0's fingerprint.
+NOT_HYPERPARAMETERS |= {"ensemble_size", "calibration"}
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,9 @@ def log_pyfunc_model(
     from pipeline.models import networks as model_module
     from pipeline.models.networks import predict
 
-    signature = infer_signature(sample, predict(network, meta or {}, sample))
+    signature = infer_signature(
+        sample, predict(network, meta or {}, sample), params={"tta": "none"}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "radops_cnn_model.py"
         shutil.copyfile(model_module.__file__, code)
@@ -214,11 +219,13 @@ def log_pyfunc_model(
         shutil.copyfile(Path(model_module.__file__).with_name("series_nets.py"), series_code)
         family_code = Path(tmp) / "radops_families.py"  # model.name resnet / densenet
         shutil.copyfile(Path(model_module.__file__).with_name("families.py"), family_code)
+        ensemble_code = Path(tmp) / "radops_ensemble.py"  # ensembles and TTA
+        shutil.copyfile(Path(model_module.__file__).with_name("ensemble.py"), ensemble_code)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(Path(__file__).parents[1] / "models" / "serving.py"),
             artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(code), str(series_code), str(family_code)],
+            code_paths=[str(code), str(series_code), str(family_code), str(ensemble_code)],
             signature=signature,
             input_example=sample,
             pip_requirements=pip_requirements(),
@@ -256,6 +263,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
         exclude_file=catalog.Catalog(params).qa_exclusions,  # data QA (qa.action)
     )
     task = data.task  # fitted on the training targets
+    finishing.check_supported(cfg, model_cfg, task)  # ensemble / calibration, before training
     shape = data.image_shape
     chief = _rank() == 0
     fp = fingerprint(cfg, model_cfg, params.base.seed, paths.data_dir, task, data.exclude_file)
@@ -335,6 +343,10 @@ def run(params: Params, paths: Paths) -> TrainResult:
         mlflow.log_metrics({k: float(v) for k, v in outcome.items() if not k.startswith("final_")})
         # back to the standard layout: what is saved is exactly what predicts after a reload
         network = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
+        network, meta, finish_metrics, finish_notes = finishing.finish(
+            params, cfg, model_cfg, data, task, network, meta, paths.data_dir, paths.checkpoint_dir
+        )
+        outcome |= finish_metrics  # train_metrics.json: ensemble / calibration on val
         run_id = active.info.run_id
         with atomic_path(paths.out_dir, stage="train") as staged:
             save_model(network, meta, staged)
@@ -363,7 +375,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
         model_uri=model_uri,
         out_dir=paths.out_dir,
         task=task.describe(),
-        data_notes=tuple(data.notes),
+        data_notes=(*data.notes, *finish_notes),
     )
 
 
