@@ -255,6 +255,10 @@ def run_variant(variant: str, configs: list[str], work: Path, quick: bool) -> di
         if unknown:
             plan.append((name, {}, [], f"skipped: unknown param {', '.join(unknown)}"))
             continue
+        refused = [f"{k}={v!r}" for k, v in extra.items() if not _accepts(raw, k, v)]
+        if refused:
+            plan.append((name, {}, [], f"skipped: value refused: {', '.join(refused)}"))
+            continue
         overrides, notes = config_overrides(name, raw)
         plan.append((name, overrides | base, notes, None))
     runnable = [p for p in plan if p[3] is None]

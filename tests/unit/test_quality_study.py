@@ -25,6 +25,9 @@ def test_unknown_keys_names_only_what_params_lack() -> None:
         "nosection.x": 1,
     }
     assert quality.unknown_keys(keys) == ["train.no_such_knob", "nosection.x"]
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert quality._accepts(raw, "train.lr", 0.01)
+    assert not quality._accepts(raw, "train.lr", -1.0)  # a config with it: "skipped: value refused"
 
 
 def test_old_config_is_valid_and_frozen(tmp_path: Path) -> None:
