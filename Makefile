@@ -22,7 +22,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench \
-	stack stack-down stack-deps browser-deps tune-ui transfer-study
+	stack stack-down stack-deps browser-deps tune-ui transfer-study quality
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25
 	nice -n 10 python -m bench.transfer_study --freeze-epochs 0 --work bench/work/transfer-freeze0 \
 	  --autoencoder bench/work/transfer/autoencoder/model \
 	  --reuse-scratch bench/work/transfer/transfer_study_runs.json
+
+quality: setup ## Model quality study (not in `make test`): test AUC/ECE/Brier/CPU per cohort variant x config -> bench/work/quality/quality.md.
+	nice -n 10 python -m bench.quality $(QUALITY_ARGS)
 
 test: setup stack-deps browser-deps ## Run the test suite (installs PostgreSQL and Chromium if absent).
 	pytest

@@ -57,6 +57,12 @@ class SynthSection(Section):
     # stage's input folder must exist for DVC).
     series_patients: int = Field(160, ge=1)
     series_image_size: int = Field(64, ge=32, le=512)
+    # Harder variants for the quality study (pipeline/data/synth_variants.py); the defaults
+    # leave the cohort byte-identical: lesion contrast and noise sigma multipliers, and one
+    # held-out scanner as the whole test split (labels file's split column).
+    lesion_contrast: float = Field(1.0, gt=0, le=2)
+    noise_scale: float = Field(1.0, gt=0, le=5)
+    test_scanner_shift: bool = False
 
 
 class IngestSection(Section):

@@ -143,11 +143,12 @@ def run(params: Params, paths: Paths) -> SynthResult:
     import numpy as np
     from pydicom import config as dcm_config
 
-    from pipeline.data import synth_shift
+    from pipeline.data import synth_shift, synth_variants
     from pipeline.data.synth_seg import SegWriter
     from pipeline.io import atomic_path, check_outputs
 
     cfg = params.synth
+    synth_variants.check(cfg)
     start = time.perf_counter()
     size = cfg.image_size
     grid = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -163,11 +164,13 @@ def run(params: Params, paths: Paths) -> SynthResult:
                 writer = csv.writer(fh, lineterminator="\n")
                 writer.writerow(LABELS_HEADER)
                 sites = (synth_shift.new_site(),) if cfg.new_site else SITES  # monitor hook
+                sites = synth_variants.adjust_sites(sites, cfg.noise_scale)  # quality study
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
                     written = _write_patient(
-                        rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR, segs, sites
-                    )
+                        rng, p, size, grid, tmp / catalog.SYNTH_DICOM_DIR, segs, sites,
+                        cfg.lesion_contrast,
+                    )  # fmt: skip
                     studies += len({w.study for w in written})
                     for w in written:
                         writer.writerow(
@@ -180,6 +183,8 @@ def run(params: Params, paths: Paths) -> SynthResult:
                 synth_shift.plant_bad_scans(
                     tmp / catalog.SYNTH_DICOM_DIR, cfg.plant_bad_scans, cfg.seed
                 )
+            if cfg.test_scanner_shift:  # quality study: one scanner is the test split
+                synth_variants.write_scanner_split(tmp, cfg.seed)
             from pipeline.data import synth_series  # the series cohort, beside the default
 
             counts = synth_series.write_cohort(cfg, tmp / catalog.SYNTH_SERIES_DIR)
@@ -232,6 +237,7 @@ def _write_patient(
     dicom_dir: Path,
     segs: Any = None,
     sites: tuple[Site, ...] = SITES,
+    lesion_contrast: float = 1.0,
 ) -> list[Written]:
     """Write one patient's studies; return study, SOP UID, PatientID, label, lesion diameter
     (mm) per image."""
@@ -254,6 +260,10 @@ def _write_patient(
         radius_px=_radius(rng),
         value=float(rng.uniform(-30, 60) if in_lung else rng.uniform(80, 140)),
     )
+    if lesion_contrast != 1.0:  # quality study's subtler lesions (synth_variants)
+        from pipeline.data.synth_variants import adjust_lesion
+
+        lesion = adjust_lesion(lesion, lesion_contrast)
     out: list[Written] = []
     study_day = date(2019, 1, 1) + timedelta(days=int(rng.integers(0, 1500)))
     n_studies = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
