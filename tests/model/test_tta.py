@@ -58,3 +58,21 @@ def test_tta_refusals(net: torch.nn.Module) -> None:
     meta = {"output": {"transform": "sigmoid"}, "task": {"target_kind": "mask"}}
     with pytest.raises(ValueError, match="segmentation"):
         predict(net, meta, _x(), tta="flips")
+
+
+def test_predict_cli_overrides_evaluate_tta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline import cli
+
+    seen: dict[str, object] = {}
+
+    def fake_run_stage(
+        stage: str, params: object, sets: object, overrides: dict, **paths: object
+    ) -> None:
+        seen.update(stage=stage, overrides=overrides)
+
+    monkeypatch.setattr(cli, "run_stage", fake_run_stage)
+    args = ["predict", "--model", "m", "--input", "in", "--out", "o.csv", "--tta", "flips"]
+    assert CliRunner().invoke(cli.app, args).exit_code == 0
+    assert seen == {"stage": "predict", "overrides": {"evaluate.tta": "flips"}}
