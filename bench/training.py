@@ -224,23 +224,24 @@ def loop_overhead(
 
 
 # --------------------------------------------------------------------------- 4. tuning
-PRUNING_TRIALS = 10  # a fixed count and no time budget: pruners compared by epochs alone
+PRUNING_TRIALS = 10  # at most (tune.n_trials if fewer), no time budget: compared by epochs
 
 
 def pruning(params: Params, data_dir: Path, work: Path) -> dict[str, Any]:
     """The configured study with its pruner (Hyperband by default), with the median pruner
-    and with none: same seed, ``PRUNING_TRIALS`` trials, no deadline, in memory."""
+    and with none: same seed, at most ``PRUNING_TRIALS`` trials, no deadline, in memory."""
     from pipeline.training.tune import Paths, run_study
 
     paths = Paths(data_dir=data_dir, out_dir=work / "tune")
-    out: dict[str, Any] = {"pruner": params.tune.pruner, "n_trials": PRUNING_TRIALS}
+    n_trials = min(PRUNING_TRIALS, params.tune.n_trials)
+    out: dict[str, Any] = {"pruner": params.tune.pruner, "n_trials": n_trials}
     for name, pruner in (("pruned", None), ("median", "median"), ("unpruned", "none")):
         start = time.perf_counter()
         stats = run_study(
             params,
             paths,
             pruner=pruner,
-            n_trials=PRUNING_TRIALS,
+            n_trials=n_trials,
             storage=":memory:",
             study_name=name,
             deadline=float("inf"),
