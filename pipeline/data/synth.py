@@ -164,7 +164,7 @@ def run(params: Params, paths: Paths) -> SynthResult:
                 writer = csv.writer(fh, lineterminator="\n")
                 writer.writerow(LABELS_HEADER)
                 sites = (synth_shift.new_site(),) if cfg.new_site else SITES  # monitor hook
-                sites = synth_variants.adjust_sites(sites, cfg.noise_scale)  # quality study
+                sites = synth_variants.adjust_sites(sites, cfg)  # quality study
                 for p in range(cfg.patients):
                     rng = np.random.default_rng([cfg.seed, p])
                     written = _write_patient(

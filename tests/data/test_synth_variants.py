@@ -14,7 +14,8 @@ import pytest
 from scipy.ndimage import binary_dilation
 
 from pipeline.data import synth
-from pipeline.data.synth_variants import HELD_OUT_STATION, WINDOW_FLOOR_HU
+from pipeline.data.synth_shift import new_site
+from pipeline.data.synth_variants import HELD_OUT_SITE, WINDOW_FLOOR_HU
 from pipeline.errors import ConfigError
 from tests.conftest import build_params
 
@@ -100,22 +101,34 @@ def test_noise_scale_raises_background_noise(tmp_path: Path) -> None:
     assert background_sd(noisy) > 1.4 * background_sd(plain)
 
 
-def test_scanner_shift_puts_one_scanner_alone_in_test(tmp_path: Path) -> None:
+def test_scanner_shift_puts_a_new_scanner_alone_in_test(tmp_path: Path) -> None:
     args = {"patients": 24, "image_size": 32, "seed": 3, "series_patients": 1}
-    plain = _cohort(tmp_path, "plain", **args)
-    shifted = _cohort(tmp_path, "shifted", **args, test_scanner_shift=True)
-    assert _digest(plain / "dicom") == _digest(shifted / "dicom")  # the same images
-    station = {str(ds.SOPInstanceUID): str(ds.StationName) for ds in _images(shifted).values()}
-    with (shifted / "labels.csv").open(newline="") as fh:
+    plain = _images(_cohort(tmp_path, "plain", **args))
+    root = _cohort(tmp_path, "shifted", **args, test_scanner_shift=True)
+    shifted = _images(root)
+    held_out, moved = new_site().station, synth.SITES[HELD_OUT_SITE].station
+    plain_site = {rel.split("/")[1]: str(ds.StationName) for rel, ds in plain.items()}
+    for rel, ds in shifted.items():  # only the held-out site's patients are rescanned
+        if str(ds.StationName) == held_out:
+            assert plain_site[rel.split("/")[1]] == moved
+        else:
+            assert ds.PixelData == plain[rel].PixelData and ds.PatientID == plain[rel].PatientID
+    kept = {rel for rel, ds in plain.items() if str(ds.StationName) != moved}
+    assert kept <= shifted.keys() and len(kept) < len(plain)
+    station = {str(ds.SOPInstanceUID): str(ds.StationName) for ds in shifted.values()}
+    with (root / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and set(station) == {r["sop_instance_uid"] for r in rows}
     splits: dict[str, set[str]] = {}
     for row in rows:
-        held = station[row["sop_instance_uid"]] == HELD_OUT_STATION
+        held = station[row["sop_instance_uid"]] == held_out
         assert (row["split"] == "test") is held, row
         splits.setdefault(row["split"], set()).add(row["patient_id"])
     assert set(splits) == {"train", "val", "test"}
     assert not (splits["train"] & splits["val"])  # patients kept whole
+    assert {str(ds.StationName) for ds in shifted.values()} - {held_out} == {
+        s.station for i, s in enumerate(synth.SITES) if i != HELD_OUT_SITE
+    }
 
 
 def test_scanner_shift_with_a_new_site_is_refused(tmp_path: Path) -> None:
