@@ -44,6 +44,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cnn_focal": {"train.loss": "focal"},
     "cnn_input48": {"model.input_size": 48},
     "cnn_seed1": {"base.seed": 1},
+    "cnn_seed2": {"base.seed": 2},
+    "resnet_small_seed1": {
+        "model.name": "resnet",
+        "model.depth": 2,
+        "model.base_width": 8,
+        "base.seed": 1,
+    },
 }
 
 
