@@ -45,6 +45,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cnn_input48": {"model.input_size": 48},
     "cnn_seed1": {"base.seed": 1},
     "cnn_seed2": {"base.seed": 2},
+    "resnet_seed1": {"model.name": "resnet", "base.seed": 1},
+    "densenet_seed1": {"model.name": "densenet", "base.seed": 1},
     "resnet_small_seed1": {
         "model.name": "resnet",
         "model.depth": 2,
