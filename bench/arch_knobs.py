@@ -48,6 +48,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "resnet_seed1": {"model.name": "resnet", "base.seed": 1},
     "cnn_noise_seed1": {"train.augmentation.noise": 0.05, "base.seed": 1},
     "cnn_smooth_seed1": {"train.label_smoothing": 0.1, "base.seed": 1},
+    "cnn_mixup_seed1": {"train.mixup_alpha": 0.2, "base.seed": 1},
+    "cnn_warmup_seed1": {"train.warmup_epochs": 2, "base.seed": 1},
+    "cnn_focal_seed1": {"train.loss": "focal", "base.seed": 1},
     "cnn_mild_aug_seed1": {
         "train.augmentation.shift": 0.05,
         "train.augmentation.rotation_deg": 10.0,
