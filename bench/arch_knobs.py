@@ -44,6 +44,27 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cnn_focal": {"train.loss": "focal"},
     "cnn_input48": {"model.input_size": 48},
     "cnn_seed1": {"base.seed": 1},
+    "cnn_seed2": {"base.seed": 2},
+    "resnet_seed1": {"model.name": "resnet", "base.seed": 1},
+    "cnn_noise_seed1": {"train.augmentation.noise": 0.05, "base.seed": 1},
+    "cnn_smooth_seed1": {"train.label_smoothing": 0.1, "base.seed": 1},
+    "cnn_mixup_seed1": {"train.mixup_alpha": 0.2, "base.seed": 1},
+    "cnn_warmup_seed1": {"train.warmup_epochs": 2, "base.seed": 1},
+    "cnn_focal_seed1": {"train.loss": "focal", "base.seed": 1},
+    "cnn_mild_aug_seed1": {
+        "train.augmentation.shift": 0.05,
+        "train.augmentation.rotation_deg": 10.0,
+        "train.augmentation.elastic": 0.1,
+        "train.augmentation.noise": 0.05,
+        "base.seed": 1,
+    },
+    "densenet_seed1": {"model.name": "densenet", "base.seed": 1},
+    "resnet_small_seed1": {
+        "model.name": "resnet",
+        "model.depth": 2,
+        "model.base_width": 8,
+        "base.seed": 1,
+    },
 }
 
 

@@ -62,9 +62,12 @@ class TaskModule(L.LightningModule):
         # tensor cores on GPU; saved weights are made contiguous again by ``save_model``.
         net = build_network(self.arch)
         self.init_source = transfer.initialise(net, cfg)  # train.init (None: scratch)
-        planar_names = ("cnn", "resnet", "densenet")  # 2-D families (families.py)
-        self.planar = self.arch.get("name", "cnn") in planar_names  # series models: 5-D input
-        if self.arch.get("name", "cnn") in (*planar_names, "cnn_rnn"):  # 2-D convolutions
+        name = self.arch.get("name", "cnn")
+        self.planar = name in ("cnn", "resnet", "densenet")  # series models: 5-D input
+        # not the MONAI families: a strided 1×1 convolution (ResNet's shortcut) of 8 channels at
+        # 64×64 crashed torch 2.13's CPU backward in channels-last (segfault, reproducible)
+        self.channels_last = name in ("cnn", "cnn_rnn")  # 2-D convolutions
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.net: Any = net
         # train.label_smoothing shapes the training loss; val_loss stays the plain task loss
@@ -76,7 +79,7 @@ class TaskModule(L.LightningModule):
         self.val_metrics = nn.ModuleDict(task.make_metrics())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.planar:
+        if not (self.planar and self.channels_last):
             return self.net(x)  # type: ignore[no-any-return]
         return self.net(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
 

@@ -36,7 +36,8 @@ TASKS: dict[str, tuple[Task, Any]] = {
 
 
 def small(name: str, **model: Any) -> ModelSection:
-    return ModelSection(name=name, depth=1, base_width=4, **model)  # type: ignore[arg-type]
+    sizes = {"depth": 1, "base_width": 4} | model
+    return ModelSection(name=name, **sizes)  # type: ignore[arg-type]
 
 
 def targets(kind: str) -> torch.Tensor:
@@ -135,3 +136,15 @@ def test_a_resnet_served_by_mlflow_predicts_as_in_process(
     assert "radops_families" in sys.modules
     logged = Path(mlflow.artifacts.download_artifacts(result.model_uri))
     assert (logged / "code" / "radops_families.py").is_file()
+
+
+def test_a_narrow_resnet_trains_on_64_pixel_images() -> None:
+    """Width 8 at 64×64 segfaulted torch's CPU backward in channels-last (a strided 1×1
+    shortcut convolution); the families therefore train in the standard layout."""
+    torch.manual_seed(3)
+    binary = TASKS["binary"][0]
+    module = TaskModule(binary, SMALL_TRAIN, small("resnet", depth=2, base_width=8), 64)
+    assert not module.channels_last
+    x, y = torch.randn(32, 1, 64, 64), torch.arange(32) % 2
+    module.training_loss(module(x), y).backward()
+    assert all(p.grad is not None for p in module.net.parameters())
