@@ -91,7 +91,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "train.calibration": ("none",),
     "evaluate.tta": ("none",),
     "tune.cv_folds": (0, 1),
-    "tune.budget_minutes": (None, 0),
+    "tune.budget_minutes": (15.0,),  # today's tune.timeout_s 900 s
 }
 CONFIGS: dict[str, dict[str, Any] | None] = {  # None: no overrides at all (params.yaml)
     "old": {},

@@ -173,7 +173,7 @@ def predict(
     tta: Annotated[
         str | None,
         typer.Option(
-            help="Test-time augmentation: none, flips, flips_shifts (default: evaluate.tta)."
+            help="Test-time augmentation: auto, none, flips, flips_shifts (default: evaluate.tta)."
         ),
     ] = None,
 ) -> None:

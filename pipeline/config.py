@@ -259,13 +259,17 @@ class TrainSection(Section):
     # Finishing (pipeline/models/ensemble.py, pipeline/training/calibration.py): k members with
     # seeds base.seed + i averaged as one model; calibration fitted on val after training.
     ensemble_size: int = Field(1, ge=1, le=16)
-    calibration: Literal["none", "temperature", "isotonic"] = "none"
+    # auto: temperature for classifiers (sigmoid/softmax outputs), none for other tasks.
+    calibration: Literal["auto", "none", "temperature", "isotonic"] = "auto"
 
 
 class _Dimension(Section):
     # Searched only when the training split has at least this many images (with a target);
     # below it the dimension stays at its params.yaml value (tune.py: search.active_space).
     min_train_images: int = Field(0, ge=0)
+    # Searched only for these task kinds (empty: every task): a loss, label smoothing or a 2-D
+    # family means nothing to a segmentation or series model, so their trials would fail.
+    tasks: list[str] = Field(default_factory=list)
 
 
 class FloatSpace(_Dimension):
@@ -301,15 +305,44 @@ class CategoricalSpace(_Dimension):
 
 SearchDimension = Annotated[FloatSpace | IntSpace | CategoricalSpace, Field(discriminator="type")]
 
-# The shipped search space (params.yaml holds the same, with comments).
+# The shipped search space (params.yaml holds the same, with comments). It grows with the data
+# (``min_train_images``) and names its task kinds (``tasks``) where a knob is not universal.
+_IMAGE_TASKS = ["classification", "regression", "segmentation", "autoencoder"]
+_PLANAR = ["classification", "regression"]  # 2-D image networks with one output per image
+
+
+def _f(low: float, high: float, log: bool = False, n: int = 0, tasks: Any = ()) -> FloatSpace:
+    return FloatSpace(
+        type="float", low=low, high=high, log=log, min_train_images=n, tasks=list(tasks)
+    )
+
+
+def _c(choices: list[Any], n: int = 0, tasks: Any = ()) -> CategoricalSpace:
+    return CategoricalSpace(
+        type="categorical", choices=choices, min_train_images=n, tasks=list(tasks)
+    )
+
+
 SEARCH_SPACE: dict[str, SearchDimension] = {
-    "lr": FloatSpace(type="float", low=0.0003, high=0.01, log=True),
-    "batch_size": CategoricalSpace(type="categorical", choices=[32, 64]),
-    "optimizer": CategoricalSpace(type="categorical", choices=["adam", "adamw", "sgd"]),
-    "dropout": FloatSpace(type="float", low=0.0, high=0.4),
-    "base_width": CategoricalSpace(type="categorical", choices=[8, 16]),
+    "lr": _f(0.0003, 0.01, log=True),
+    "batch_size": _c([32, 64]),
+    "optimizer": _c(["adamw", "adam", "sgd"]),
+    "weight_decay": _f(0.000001, 0.01, log=True),
+    "warmup_epochs": IntSpace(type="int", low=0, high=2),
+    "dropout": _f(0.0, 0.4),
+    "base_width": _c([8, 16]),
     "depth": IntSpace(type="int", low=2, high=3),
-    "weight_decay": FloatSpace(type="float", low=0.000001, high=0.001, log=True),
+    "label_smoothing": _f(0.0, 0.1, tasks=["classification"]),
+    "mixup_alpha": _c([0.0, 0.2], tasks=_PLANAR),
+    "train.augmentation.rotation_deg": _f(0.0, 10.0, tasks=_IMAGE_TASKS),
+    "train.augmentation.shift": _f(0.0, 0.06, tasks=_IMAGE_TASKS),
+    "train.augmentation.scale": _f(0.0, 0.1, n=1000, tasks=_IMAGE_TASKS),
+    "train.augmentation.intensity": _f(0.0, 0.1, n=1000, tasks=_IMAGE_TASKS),
+    "train.augmentation.elastic": _f(0.0, 0.2, n=1000, tasks=_IMAGE_TASKS),
+    "train.augmentation.noise": _f(0.0, 0.1, n=1000, tasks=_IMAGE_TASKS),
+    "name": _c(["cnn", "resnet", "densenet"], n=2000, tasks=_PLANAR),
+    "input_size": _c([0, 48], n=2000, tasks=_PLANAR),
+    "loss": _c(["cross_entropy", "focal"], n=2000, tasks=["classification"]),
 }
 
 
@@ -318,10 +351,10 @@ class TuneSection(Section):
     # A password-free URL only; credentials come from RADOPS_OPTUNA_STORAGE (credentials.py).
     storage: str = f"sqlite:///{catalog.OPTUNA_DB}"
     study_name: str = Field("radops-cnn", min_length=1)
-    n_trials: int = Field(40, ge=1)  # an upper bound: budget_minutes usually decides
+    n_trials: int = Field(20, ge=1)  # on the default cohort these run well within the budget
     # Wall time of one `tune` call (all workers together): no trial starts after it, and a
     # running one stops at the end of its epoch (pipeline/training/budget.py).
-    budget_minutes: float = Field(1.0, gt=0)
+    budget_minutes: float = Field(10.0, gt=0)
     timeout_s: float | None = Field(None, gt=0)  # deprecated: a hard cap on budget_minutes
     max_epochs: int = Field(10, ge=1)
     pruner: Literal["hyperband", "median", "successive_halving", "none"] = "hyperband"
@@ -369,7 +402,8 @@ class EvaluateSection(Section):
     subgroup_columns: list[str] = ["site", "manufacturer"]
     # Test-time augmentation of the CNN's predictions (also `radops predict`): averaged
     # probabilities over flips (4 views) or flips and ±2 px shifts (8 views).
-    tta: Literal["none", "flips", "flips_shifts"] = "none"
+    # auto: flips for 2-D classification and regression, none for other tasks.
+    tta: Literal["auto", "none", "flips", "flips_shifts"] = "auto"
     # PPV/NPV are also reported at this prevalence (Bayes, from test sensitivity/specificity).
     deployment_prevalence: float = Field(0.1, gt=0, lt=1)
 

@@ -34,9 +34,16 @@ def supports_tta(task: Task) -> bool:
     return not (task.target_kind in ("mask", "image") or task.kind == "series_classification")
 
 
+def resolve_tta(task: Task, tta: str) -> str:
+    """``auto``: flips for the tasks TTA applies to, none for the others."""
+    if tta != "auto":
+        return tta
+    return "flips" if supports_tta(task) else "none"
+
+
 def check_tta(task: Task, tta: str) -> None:
     """Refuse ``evaluate.tta`` for a task it does not apply to."""
-    if tta != "none" and not supports_tta(task):
+    if resolve_tta(task, tta) != "none" and not supports_tta(task):
         raise ConfigError(
             f"evaluate.tta {tta!r} is not supported for {task.kind} (only 2-D classification "
             "and regression); set evaluate.tta: none"
@@ -282,8 +289,9 @@ def card_lines(metrics: dict[str, Any], meta: dict[str, Any], params: Any) -> li
             f"- Calibration `{method}` fitted on validation; test ECE "
             f"{fmt(metrics['test_ece'])}{before}."
         )
-    if params.evaluate.tta != "none":
-        lines.append(f"- Test-time augmentation in evaluation: `{params.evaluate.tta}`.")
+    tta = (meta.get("inference") or {}).get("tta", params.evaluate.tta)  # as train resolved it
+    if tta != "none":
+        lines.append(f"- Test-time augmentation in evaluation and serving: `{tta}`.")
     if "test_ppv_at_prevalence" in metrics:
         lines.append(
             f"- At a deployment prevalence of {float(metrics['deployment_prevalence']):g}: "

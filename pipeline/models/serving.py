@@ -41,7 +41,9 @@ class RadopsCNN(PythonModel):
         self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
     ) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
-        tta = str((params or {}).get("tta", "none"))  # inference param: none/flips/flips_shifts
+        # inference param none/flips/flips_shifts; default: as evaluated (model.json inference)
+        default = (self.meta.get("inference") or {}).get("tta", "none")
+        tta = str((params or {}).get("tta", default))
         return predict(self.network, self.meta, x, tta=tta)
 
 

@@ -213,7 +213,7 @@ def decide_promotion(
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.evaluation.finishing import supports_tta
+    from pipeline.evaluation.finishing import resolve_tta, supports_tta
     from pipeline.io import read_json
     from pipeline.models.networks import predict
     from pipeline.tasks import task_from_meta
@@ -271,7 +271,9 @@ def decide_promotion(
     why_not = _incomparable(champ_meta, new_meta, size)
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))
-    tta = params.evaluate.tta if supports_tta(task) else "none"  # as evaluate scored it
+    tta = (
+        resolve_tta(task, params.evaluate.tta) if supports_tta(task) else "none"
+    )  # as evaluate scored it
     result = task.paired_test(
         y,
         predict(new_net, new_meta, test_x, tta=tta),

@@ -142,7 +142,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data import ingest
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
-    from pipeline.evaluation.finishing import check_tta
+    from pipeline.evaluation.finishing import check_tta, resolve_tta
     from pipeline.io import check_outputs, check_replaceable, write_csv
     from pipeline.models.networks import load_model, predict
     from pipeline.tasks import task_from_meta
@@ -159,6 +159,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         network, meta = load_model(model_dir)
         task = task_from_meta(meta)
         check_tta(task, params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
+        tta = resolve_tta(task, params.evaluate.tta)
         threshold = operating_threshold(task, registry_threshold, meta)
         if registry_threshold is None and threshold is not None:
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
@@ -190,7 +191,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
                         for row in manifest.itertuples()
                     ]
                 ).astype(np.float32)
-            predictions = predict(network, meta, batch, tta=params.evaluate.tta)
+            predictions = predict(network, meta, batch, tta=tta)
         else:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)

@@ -36,8 +36,17 @@ def nll(y: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, None))))
 
 
+def resolve_method(method: str, transform: str) -> str:
+    """``auto``: temperature scaling for a classifier's sigmoid/softmax output, none for any
+    other output (regression values, masks, reconstructions); other methods as given."""
+    if method != "auto":
+        return method
+    return "temperature" if transform in ("sigmoid", "softmax") else "none"
+
+
 def check_method(method: str, transform: str) -> None:
     """Refuse a calibration that does not apply to the output transform."""
+    method = resolve_method(method, transform)
     if method == "none":
         return
     if transform not in ("sigmoid", "softmax"):

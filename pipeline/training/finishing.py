@@ -161,7 +161,7 @@ def finish(
 
     from pipeline.models.ensemble import Ensemble, ensemble_architecture
     from pipeline.models.networks import raw_outputs
-    from pipeline.training.calibration import calibrate
+    from pipeline.training.calibration import calibrate, resolve_method
 
     monitor = str(meta["monitor"])
     val_set = data.val_set
@@ -201,13 +201,14 @@ def finish(
         metrics[f"ensemble_{monitor}"] = value
         member_values = ", ".join(f"{m['best_value']:.4f}" for m in summary)
         notes.append(f"ensemble of {k} seeds: {monitor} {value:.4f} (members {member_values})")
-    if cfg.calibration != "none":
+    method = resolve_method(cfg.calibration, str(meta["output"].get("transform")))
+    if method != "none":
         raw = raw_outputs(network, x_val)
-        output, report = calibrate(meta["output"], cfg.calibration, raw, y_val)
-        meta = meta | {"output": output, "calibration": {"method": cfg.calibration} | report}
+        output, report = calibrate(meta["output"], method, raw, y_val)
+        meta = meta | {"output": output, "calibration": {"method": method} | report}
         metrics |= report
         notes.append(
-            f"calibration {cfg.calibration} on val: NLL {report['val_nll_uncalibrated']:.4f} → "
+            f"calibration {method} on val: NLL {report['val_nll_uncalibrated']:.4f} → "
             f"{report['val_nll']:.4f}"
             + (f" (T = {output['temperature']:.3f})" if "temperature" in output else "")
         )

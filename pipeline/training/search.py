@@ -91,6 +91,11 @@ def open_storage(url: str, heartbeat_s: int = 60) -> Any:
         )
 
 
+def task_space(space: Mapping[str, SearchDimension], kind: str) -> dict[str, SearchDimension]:
+    """The dimensions that apply to a task kind (a dimension's ``tasks``; empty: all)."""
+    return {k: v for k, v in space.items() if not v.tasks or kind in v.tasks}
+
+
 def active_space(
     space: Mapping[str, SearchDimension], n_train: int
 ) -> tuple[dict[str, SearchDimension], list[str]]:

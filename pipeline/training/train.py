@@ -209,8 +209,9 @@ def log_pyfunc_model(
     from pipeline.models import networks as model_module
     from pipeline.models.networks import predict
 
+    tta = str(((meta or {}).get("inference") or {}).get("tta", "none"))  # the served default
     signature = infer_signature(
-        sample, predict(network, meta or {}, sample), params={"tta": "none"}
+        sample, predict(network, meta or {}, sample, tta=tta), params={"tta": tta}
     )
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "radops_cnn_model.py"
@@ -243,6 +244,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
     import torch
 
     from pipeline.data.datasets import load_stats, make_datamodule
+    from pipeline.evaluation.finishing import resolve_tta
     from pipeline.io import atomic_path, remove_output, write_json
     from pipeline.models.networks import save_model
     from pipeline.tasks import get_task
@@ -328,6 +330,8 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "best_epoch": best_epoch,
             "stopped_epoch": outcome["stopped_epoch"],
             "data": list(data.notes),
+            # what the served model does by default: evaluate.tta as evaluate resolves it
+            "inference": {"tta": resolve_tta(task, params.evaluate.tta)},
         }
         if module.init_source is not None:
             meta["init"] = module.init_source.tags()

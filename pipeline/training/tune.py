@@ -45,6 +45,7 @@ from pipeline.training.search import (
     make_pruner,
     open_storage,
     suggest,
+    task_space,
 )
 
 if TYPE_CHECKING:
@@ -290,10 +291,11 @@ def run_study(
             tune.reduction_factor,
             tune.max_epochs,
         )
-    check_space(params.train, params.model, tune.search_space, task)
+    for_task = task_space(tune.search_space, task.kind)  # dimensions for other tasks: unused
+    check_space(params.train, params.model, for_task, task)
     # fail here, not in every trial: unreadable data, no target values, an unseen class
     train_targets = load_split(paths.data_dir, "train", task)[1]
-    space, fixed = active_space(tune.search_space, len(train_targets.rows))
+    space, fixed = active_space(for_task, len(train_targets.rows))
     if fixed:
         log.info("fixed at their params.yaml values (too few training images): %s", fixed)
     fitted = task.fit(train_targets)
