@@ -73,6 +73,13 @@ def _mlflow_uri_stays_in_its_test() -> Any:
             os.environ[key] = value
 
 
+# The only settings (besides paths) in which build_params departs from the shipped defaults.
+# synth also writes the series cohort beside the images (default 160 patients: most of synth's
+# time, and no test built on these params reads it): one series patient unless a test sets
+# series_patients. The image cohort's bytes do not depend on it.
+TEST_SETTINGS: dict[str, dict[str, Any]] = {"synth": {"series_patients": 1}}
+
+
 def build_params(root: Path, **sections: dict[str, Any]) -> Params:
     """Default Params with every path under ``root``, then ``sections`` applied on top."""
     root = Path(root)
@@ -85,10 +92,8 @@ def build_params(root: Path, **sections: dict[str, Any]) -> Params:
         "tracking_uri": f"sqlite:///{root / 'mlruns/mlflow.db'}",
     }
     updates["tune"]["storage"] = f"sqlite:///{root / catalog.OPTUNA_DB}"
-    # synth also writes the series cohort beside the images (default 160 patients: most of
-    # synth's time, and no test built on these params reads it): one series patient unless a
-    # test sets series_patients. The image cohort's bytes do not depend on it.
-    updates["synth"]["series_patients"] = 1
+    for name, values in TEST_SETTINGS.items():
+        updates[name].update(values)
     for name, values in sections.items():
         updates.setdefault(name.rstrip("_"), {}).update(values)
     return with_updates(Params(), **updates)
