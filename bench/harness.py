@@ -14,7 +14,13 @@ from typing import Any
 from bench.project import TINY
 
 # What --quick changes in params.yaml (the default cohort and budgets otherwise).
-QUICK: dict[str, Any] = TINY | {"synth.patients": 16, "train.max_epochs": 2}
+# (--quick figures say nothing about the targets: every training budget at its least.)
+QUICK: dict[str, Any] = TINY | {
+    "synth.patients": 16,
+    "train.max_epochs": 1,
+    "tune.max_epochs": 1,
+    "evaluate.bootstrap_iterations": 10,
+}
 # Variables that would send the bench's runs to the user's own MLflow or Prefect server.
 ISOLATE = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_API_KEY")
 
@@ -116,6 +122,9 @@ def prepare(work: Path, quick: bool) -> Ctx:
     env = {k: v for k, v in os.environ.items() if k not in ISOLATE}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PREFECT_HOME"] = str(work / "prefect")
+    # The flow's temporary Prefect server gets 20 s to start by default: not enough on a busy
+    # machine (the run then fails before its first stage).
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ["PATH"] = env["PATH"]  # make_project calls dvc
     for key in ISOLATE:
         os.environ.pop(key, None)

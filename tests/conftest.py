@@ -2,8 +2,9 @@
 
 ``make_params(root, **sections)``
     The shipped defaults (``Params()`` equals ``params.yaml``) with every output folder,
-    pseudonym key, MLflow store and Optuna storage under ``root``; keyword arguments update
-    sections, e.g.
+    pseudonym key, MLflow store and Optuna storage under ``root``, and one synthetic series
+    patient (``synth.series_patients``; set it to test the series cohort); keyword arguments
+    update sections, e.g.
     ``make_params(tmp_path, synth={"patients": 4}, ingest={"workers": 2})``.
     (tests/model overrides this fixture name with its own factory.)
 
@@ -72,6 +73,13 @@ def _mlflow_uri_stays_in_its_test() -> Any:
             os.environ[key] = value
 
 
+# The only settings (besides paths) in which build_params departs from the shipped defaults.
+# synth also writes the series cohort beside the images (default 160 patients: most of synth's
+# time, and no test built on these params reads it): one series patient unless a test sets
+# series_patients. The image cohort's bytes do not depend on it.
+TEST_SETTINGS: dict[str, dict[str, Any]] = {"synth": {"series_patients": 1}}
+
+
 def build_params(root: Path, **sections: dict[str, Any]) -> Params:
     """Default Params with every path under ``root``, then ``sections`` applied on top."""
     root = Path(root)
@@ -84,6 +92,8 @@ def build_params(root: Path, **sections: dict[str, Any]) -> Params:
         "tracking_uri": f"sqlite:///{root / 'mlruns/mlflow.db'}",
     }
     updates["tune"]["storage"] = f"sqlite:///{root / catalog.OPTUNA_DB}"
+    for name, values in TEST_SETTINGS.items():
+        updates[name].update(values)
     for name, values in sections.items():
         updates.setdefault(name.rstrip("_"), {}).update(values)
     return with_updates(Params(), **updates)

@@ -21,6 +21,14 @@ from bench import project as bench_project
 REPO = bench_project.REPO
 
 TINY: dict[str, Any] = bench_project.TINY | {"tune.storage": "sqlite:///.radops/optuna.db"}
+# The least training the graph runs with: for tests that check which stages a flow runs, not
+# what the models or their metrics are (the flow is seeded: other budgets, other numbers).
+SMALLEST_TRAINING: dict[str, Any] = {
+    "tune.n_trials": 1,
+    "tune.max_epochs": 1,
+    "train.max_epochs": 1,
+    "evaluate.bootstrap_iterations": 10,
+}
 
 
 def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import write_overrides
-from tests.flows.conftest import make_project
+from tests.flows.conftest import SMALLEST_TRAINING, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,11 @@ def test_failed_contract_stops_flow_then_rerun_continues(
     from flows.pipeline_flow import pipeline_flow
 
     # An impossible class-balance contract: validate must fail, permanently (no retries).
+    # The rerun goes on to evaluate: the smallest training budget is enough to show that.
     root = make_project(
         tmp_path / "p",
-        {"validate.min_positive_fraction": 0.99, "validate.max_positive_fraction": 1.0},
+        {"validate.min_positive_fraction": 0.99, "validate.max_positive_fraction": 1.0}
+        | SMALLEST_TRAINING,
     )
     with pytest.raises(StageFailed, match=r"stage 'validate' failed \(not retried"):
         pipeline_flow("params.yaml", None, False, str(root))

@@ -24,6 +24,10 @@ STACK_PARAMS: dict[str, Any] = bench_project.TINY | {
     "tune.workers": 2,
     "tune.n_trials": 2,
     "tune.heartbeat_s": 2,
+    # the least training: these tests check where runs, studies and models go, not their quality
+    "tune.max_epochs": 1,
+    "train.max_epochs": 1,
+    "evaluate.bootstrap_iterations": 10,
     "schedule.deployment_name": "nightly-retrain",
     "schedule.cron": "30 1 * * *",
 }

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import catalog
 from pipeline.config import Params, TuneSection, load_params, with_updates
-from tests.conftest import _PATH_FIELDS, build_params
+from tests.conftest import _PATH_FIELDS, TEST_SETTINGS, build_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +30,11 @@ def test_test_params_use_the_shipped_defaults(tmp_path: Path) -> None:
         path_fields = set(_PATH_FIELDS.get(section, {}))
         path_fields |= {"storage"} if section == "tune" else set()
         path_fields |= {"secret_key_path", "tracking_uri"} if section == "base" else set()
+        departs = TEST_SETTINGS.get(section, {})
         for key, value in fields.items():
-            if key not in path_fields:
+            if key in departs:  # the documented test-only settings, nothing else
+                assert built[section][key] == departs[key] != value, f"{section}.{key}"
+            elif key not in path_fields:
                 assert built[section][key] == value, f"{section}.{key}"
     assert built["train"]["max_epochs"] == 40 and built["tune"]["n_warmup_epochs"] == 2
 
