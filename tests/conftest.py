@@ -56,16 +56,20 @@ def _mlflow_uri_stays_in_its_test() -> Any:
     import os
     import sys
 
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
     saved = {k: os.environ.get(k) for k in keys}
     yield
     if "mlflow" in sys.modules:
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
+        from mlflow.tracking import fluent
+
         # back to "not set": the environment (restored below) decides
         tracking_utils._tracking_uri = None
         registry_utils._registry_uri = None
+        # an experiment id set in one test's store means nothing in the next test's store
+        fluent._active_experiment_id = None
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

@@ -183,7 +183,9 @@ def load_cnn(model_dir: Path, data_dir: Path | None = None) -> tuple[Any, dict[s
     return net, meta
 
 
-def cnn_predictions(net: Any, meta: dict[str, Any], x: np.ndarray, tta: str = "none") -> np.ndarray:
+def cnn_predictions(
+    net: Any, meta: dict[str, Any], x: np.ndarray, tta: str | None = None
+) -> np.ndarray:
     """``networks.predict`` (N probabilities, N×K probabilities or N values) as float64,
     optionally with test-time augmentation; refuses images of another size than in training."""
     from pipeline.models.networks import predict

@@ -301,10 +301,13 @@ def predict(
     meta: dict[str, Any],
     x: np.ndarray,
     batch_size: int = 256,
-    tta: str = "none",
+    tta: str | None = None,
 ) -> np.ndarray:
     """Predictions of a loaded model (``load_model``'s pair) for N×C×H×W inputs, optionally
-    averaged over test-time augmentations (``tta``: none, flips, flips_shifts)."""
+    averaged over test-time augmentations (``tta``: none, flips, flips_shifts; None: the
+    model's own default, ``model.json``'s ``inference.tta``, as evaluated and served)."""
+    if tta is None:
+        tta = str((meta.get("inference") or {}).get("tta", "none"))
     transform = (meta.get("output") or OUTPUT_DEFAULT).get("transform")
     if transform == RECONSTRUCTION_ERROR:
         if tta != "none":

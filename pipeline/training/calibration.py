@@ -36,20 +36,21 @@ def nll(y: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, None))))
 
 
-def resolve_method(method: str, transform: str) -> str:
-    """``auto``: temperature scaling for a classifier's sigmoid/softmax output, none for any
-    other output (regression values, masks, reconstructions); other methods as given."""
+def resolve_method(method: str, transform: str, target_kind: str = "class_index") -> str:
+    """``auto``: temperature scaling for a classifier's sigmoid/softmax output per image (or
+    series), none for any other output (regression values, masks, reconstructions)."""
     if method != "auto":
         return method
-    return "temperature" if transform in ("sigmoid", "softmax") else "none"
+    classifier = transform in ("sigmoid", "softmax") and target_kind == "class_index"
+    return "temperature" if classifier else "none"
 
 
-def check_method(method: str, transform: str) -> None:
+def check_method(method: str, transform: str, target_kind: str = "class_index") -> None:
     """Refuse a calibration that does not apply to the output transform."""
-    method = resolve_method(method, transform)
+    method = resolve_method(method, transform, target_kind)
     if method == "none":
         return
-    if transform not in ("sigmoid", "softmax"):
+    if transform not in ("sigmoid", "softmax") or target_kind != "class_index":
         raise ConfigError(
             f"train.calibration {method!r} applies to classification only "
             f"(this model's output is {transform!r}); set train.calibration: none"

@@ -52,7 +52,7 @@ def check_supported(cfg: TrainSection, model_cfg: ModelSection, task: Task) -> N
         if cfg.strategy.startswith("ddp"):
             raise ConfigError("train.ensemble_size > 1 is not supported with a DDP strategy")
     transform = str(task.output_spec().get("transform"))
-    check_method(cfg.calibration, transform)
+    check_method(cfg.calibration, transform, task.target_kind)
 
 
 def member_dir(checkpoint_dir: Path, i: int) -> Path:
@@ -201,7 +201,7 @@ def finish(
         metrics[f"ensemble_{monitor}"] = value
         member_values = ", ".join(f"{m['best_value']:.4f}" for m in summary)
         notes.append(f"ensemble of {k} seeds: {monitor} {value:.4f} (members {member_values})")
-    method = resolve_method(cfg.calibration, str(meta["output"].get("transform")))
+    method = resolve_method(cfg.calibration, str(meta["output"].get("transform")), task.target_kind)
     if method != "none":
         raw = raw_outputs(network, x_val)
         output, report = calibrate(meta["output"], method, raw, y_val)

@@ -58,9 +58,11 @@ def test_ensemble_calibration_tta_end_to_end(tmp_path: Path, prefect_harness: No
             members = [m(torch.from_numpy(x)).double().numpy() for m in member_nets]
         mean_p = np.mean([1 / (1 + np.exp(-z)) for z in members], axis=0)
         want = 1 / (1 + np.exp(-np.log(mean_p / (1 - mean_p)) / temperature))
-        np.testing.assert_allclose(served.predict(x), want, rtol=1e-4, atol=1e-6)
-        flips = served.predict(x, params={"tta": "flips"})
-        np.testing.assert_allclose(flips, predict(net, meta, x, tta="flips"), rtol=1e-5)
+        plain = served.predict(x, params={"tta": "none"})
+        np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-6)
+        # served by default as evaluated (evaluate.tta flips, model.json "inference")
+        assert meta["inference"]["tta"] == "flips"
+        np.testing.assert_allclose(served.predict(x), predict(net, meta, x, tta="flips"), rtol=1e-5)
 
         cohort = tmp_path / "new"
         run_stage(

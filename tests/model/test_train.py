@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import binary_auroc
 from pipeline.config import Params
 from pipeline.errors import ConfigError
 from pipeline.models import networks as model_module
-from pipeline.models.networks import load_model, predict_proba
+from pipeline.models.networks import load_model, predict, predict_proba
 from pipeline.training import train
 
 MODEL_FILES = {"model.safetensors", "model.json", "history.json", "train_metrics.json", "run.json"}
@@ -71,7 +71,8 @@ def test_train_outputs_model_and_run(
     assert meta["hyperparameters"]["lr"] == 0.02
     assert meta["hyperparameters"]["augmentation"]["strength"] == 0.5
     assert meta["architecture"]["image_size"] == 32
-    assert meta["architecture"]["out_channels"] == 1 and meta["output"] == {"transform": "sigmoid"}
+    assert meta["architecture"]["out_channels"] == 1 and meta["output"]["transform"] == "sigmoid"
+    assert meta["output"]["temperature"] > 0  # train.calibration auto: temperature on val
     assert meta["task"]["kind"] == "classification" and meta["task"]["target"] == "label"
     assert meta["task"]["state"]["n_classes"] == 2
     assert (meta["monitor"], meta["mode"]) == ("val_auc", "max")
@@ -137,7 +138,12 @@ def test_train_outputs_model_and_run(
     local = Path(mlflow.artifacts.download_artifacts(run_json["model_uri"]))
     assert not list(local.rglob("*.pkl"))
     pyfunc = mlflow.pyfunc.load_model(run_json["model_uri"])
-    np.testing.assert_allclose(pyfunc.predict(val_x), probs, rtol=1e-6)
+    # ... as the model predicts by default: calibrated (train.calibration auto), with the TTA
+    # evaluate will use (evaluate.tta auto: flips)
+    assert meta["inference"] == {"tta": "flips"}
+    served = predict(network, meta, val_x)
+    np.testing.assert_allclose(pyfunc.predict(val_x), served, rtol=1e-6)
+    assert not np.allclose(served, probs)  # not the raw sigmoid
     assert pyfunc.metadata.signature is not None
 
 
