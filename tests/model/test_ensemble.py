@@ -98,7 +98,8 @@ def test_ensemble_survives_save_load_and_mlflow_pyfunc(tmp_path: Path) -> None:
     np.testing.assert_allclose(predict(loaded, loaded_meta, x), want, rtol=1e-5)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run(), warnings.catch_warnings():
+    experiment = mlflow.set_experiment("ensemble")  # this store's, not one a fixture left set
+    with mlflow.start_run(experiment_id=experiment.experiment_id), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         uri = log_pyfunc_model(tmp_path / "model", loaded, x[:2], loaded_meta)
     served = mlflow.pyfunc.load_model(uri)
