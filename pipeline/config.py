@@ -361,7 +361,7 @@ class TuneSection(Section):
     # >= 2: each trial is scored by patient-grouped k-fold CV on train+val (training/cv.py).
     cv_folds: int = Field(1, ge=1)
     n_startup_trials: int = Field(2, ge=0)
-    n_warmup_epochs: int = Field(2, ge=0)
+    n_warmup_epochs: int = Field(3, ge=0)
     reduction_factor: int = Field(3, ge=2)  # hyperband/successive_halving: rungs at 1, r, r²...
     # Worker processes on one study (PostgreSQL, or a journal file beside a SQLite storage).
     workers: int = Field(1, ge=1)

@@ -36,7 +36,7 @@ def test_test_params_use_the_shipped_defaults(tmp_path: Path) -> None:
                 assert built[section][key] == departs[key] != value, f"{section}.{key}"
             elif key not in path_fields:
                 assert built[section][key] == value, f"{section}.{key}"
-    assert built["train"]["max_epochs"] == 40 and built["tune"]["n_warmup_epochs"] == 2
+    assert built["train"]["max_epochs"] == 40 and built["tune"]["n_warmup_epochs"] == 3
 
 
 def test_make_pruner_defaults_are_the_params_defaults() -> None:
