@@ -60,10 +60,9 @@ def _mlflow_uri_stays_in_its_test() -> Any:
     saved = {k: os.environ.get(k) for k in keys}
     yield
     if "mlflow" in sys.modules:
+        from mlflow.tracking import fluent
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
-
-        from mlflow.tracking import fluent
 
         # back to "not set": the environment (restored below) decides
         tracking_utils._tracking_uri = None
