@@ -201,9 +201,13 @@ def finish(
         metrics[f"ensemble_{monitor}"] = value
         member_values = ", ".join(f"{m['best_value']:.4f}" for m in summary)
         notes.append(f"ensemble of {k} seeds: {monitor} {value:.4f} (members {member_values})")
-    method = resolve_method(cfg.calibration, str(meta["output"].get("transform")), task.target_kind)
+    transform = str(meta["output"].get("transform"))
+    method = resolve_method(cfg.calibration, transform, task.target_kind)
     if method != "none":
-        raw = raw_outputs(network, x_val)
+        # fitted on the predictions the model will make: with the TTA it is evaluated and
+        # served with (model.json "inference"), which averaging makes less confident
+        tta = str((meta.get("inference") or {}).get("tta", "none"))
+        raw = raw_outputs(network, x_val, tta=tta, transform=transform)
         output, report = calibrate(meta["output"], method, raw, y_val)
         meta = meta | {"output": output, "calibration": {"method": method} | report}
         metrics |= report
