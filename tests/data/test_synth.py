@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +14,7 @@ from pydicom import config
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from pipeline.data import synth
-from tests.conftest import SmallCohort, build_params
+from tests.conftest import SmallCohort, build_params, tree_digest
 
 LAYOUT = re.compile(r"^PA\d{6}/ST\d{6}/SE\d{6}/IM\d{6}(\.dcm)?$")
 
@@ -31,13 +30,6 @@ def _is_seg(path: Path) -> bool:
     return path.parent.name.startswith(SEG_FOLDER)
 
 
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
 def _run(tmp_path: Path, name: str, **synth_args: int) -> Path:
     out = tmp_path / name
     params = build_params(tmp_path, synth={"patients": 5, "image_size": 32} | synth_args)
@@ -49,8 +41,8 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     first = _run(tmp_path, "a", seed=3)
     second = _run(tmp_path, "b", seed=3)
     other = _run(tmp_path, "c", seed=4)
-    assert _digest(first) == _digest(second)
-    assert _digest(first) != _digest(other)
+    assert tree_digest(first) == tree_digest(second)
+    assert tree_digest(first) != tree_digest(other)
 
 
 def test_files_are_strictly_valid_ct_dicom(small_cohort: SmallCohort) -> None:

@@ -4,7 +4,6 @@ and their defaults leave the cohort byte for byte as before."""
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,13 @@ from pipeline.data import synth
 from pipeline.data.synth_shift import new_site
 from pipeline.data.synth_variants import HELD_OUT_SITE, WINDOW_FLOOR_HU
 from pipeline.errors import ConfigError
-from tests.conftest import build_params
+from tests.conftest import build_params, tree_digest
 
 # sha256 over every file (relative path + bytes) of the cohort below, computed with the code
 # before these params existed (main at 3aa9cb6).
 GOLDEN = "676ee5075d5611f3d2b968b9dda5dc3eacb475db78c195c3b473b484b74284f7"
 GOLDEN_SYNTH = {"patients": 6, "image_size": 32, "seed": 11, "series_patients": 1,
                 "series_image_size": 32}  # fmt: skip
-
-
-def _digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def _cohort(tmp_path: Path, name: str, **synth_args: Any) -> Path:
@@ -61,7 +53,7 @@ def test_defaults_keep_the_cohort_byte_identical(tmp_path: Path) -> None:
         tmp_path, "explicit", **GOLDEN_SYNTH, lesion_contrast=1.0, noise_scale=1.0,
         test_scanner_shift=False,
     )  # fmt: skip
-    assert _digest(implicit) == _digest(explicit) == GOLDEN
+    assert tree_digest(implicit) == tree_digest(explicit) == GOLDEN
     assert "split" not in (implicit / "labels.csv").read_text().splitlines()[0]
 
 
