@@ -199,17 +199,10 @@ def write_params(project: Path, pristine: str, overrides: dict[str, Any]) -> Non
 
 def expected_calibration_error(y: Any, prob: Any, bins: int = ECE_BINS) -> float:
     """Mean |observed positive rate - mean predicted probability| over equal-width bins,
-    weighted by each bin's share of the images."""
-    import numpy as np
+    weighted by each bin's share of the images: the evaluate stage's own ECE."""
+    from pipeline.evaluation.finishing import ece
 
-    y, prob = np.asarray(y, dtype=float), np.asarray(prob, dtype=float)
-    which = np.minimum((prob * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        hit = which == b
-        if hit.any():
-            total += hit.mean() * abs(y[hit].mean() - prob[hit].mean())
-    return float(total)
+    return ece(y, prob, bins)
 
 
 def row_metrics(project: Path) -> dict[str, Any]:
