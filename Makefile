@@ -22,7 +22,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench \
-	stack stack-down stack-deps browser-deps tune-ui transfer-study quality
+	stack stack-down stack-deps browser-deps tune-ui transfer-study quality docs
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -98,10 +98,14 @@ test: setup stack-deps browser-deps ## Run the test suite (installs PostgreSQL a
 test-fast: setup ## Run the tests not marked slow.
 	pytest -m "not slow"
 
-lint: setup ## ruff and mypy.
+lint: setup ## ruff, mypy and the documentation site (mkdocs --strict: broken links fail).
 	ruff check pipeline flows tests
 	ruff format --check pipeline flows tests
 	mypy
+	mkdocs build --strict --quiet --site-dir site
+
+docs: setup ## Build the documentation site from docs/ into site/ (mkdocs --strict).
+	mkdocs build --strict --site-dir site
 
 format: setup ## Apply ruff's formatting and safe fixes.
 	ruff check --fix pipeline flows tests
