@@ -55,6 +55,7 @@ def notify_warning(root: str, doc: dict[str, Any]) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     from pipeline.config import load_params
+    from pipeline.escape import md_text
     from pipeline.tracking import configure
 
     logger = get_run_logger()
@@ -62,7 +63,7 @@ def notify_warning(root: str, doc: dict[str, Any]) -> None:
     logger.warning("drift monitor: warn, not retraining: %s", "; ".join(reasons))
     create_markdown_artifact(
         key=ARTIFACT_KEY,
-        markdown="# radops drift warning\n\n" + "\n".join(f"- {r}" for r in reasons),
+        markdown="# radops drift warning\n\n" + "\n".join(f"- {md_text(r)}" for r in reasons),
         description="radops monitor said warn: not retrained; a person should look",
     )
     with contextlib.chdir(Path(root)):

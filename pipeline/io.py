@@ -444,7 +444,27 @@ def write_parquet(target: Path | str, frame: Any, *, stage: str | None = None) -
     return Path(target)
 
 
+def read_csv(path: Path | str, **kwargs: Any) -> Any:
+    """A CSV radops wrote (:func:`write_csv`, the quarantine list) as a DataFrame, its text
+    cells as they were before formula neutralisation."""
+    import pandas as pd
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    from pipeline.escape import csv_unescape
+
+    frame = pd.read_csv(path, **kwargs)
+    for column in frame.columns:
+        if is_object_dtype(frame[column]) or is_string_dtype(frame[column]):
+            frame[column] = frame[column].map(csv_unescape)
+    frame.columns = [csv_unescape(c) for c in frame.columns]
+    return frame
+
+
 def write_csv(target: Path | str, frame: Any, *, stage: str | None = None) -> Path:
+    """Write a DataFrame as CSV atomically, its text cells neutralised against spreadsheet
+    formulas (``pipeline/escape.py``: the one CSV writer of every table people open)."""
+    from pipeline.escape import csv_frame
+
     with atomic_path(target, stage=stage) as tmp:
-        frame.to_csv(tmp, index=False)
+        csv_frame(frame).to_csv(tmp, index=False)
     return Path(target)

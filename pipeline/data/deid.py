@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pipeline import catalog
 from pipeline.errors import SecretError
+from pipeline.escape import csv_row, csv_unescape
 
 KEY_BYTES = 32
 MIN_DISTINCT_BYTES = 8  # a random 32-byte key has ~26; fewer means a made-up or constant key
@@ -126,7 +127,7 @@ def read_linkage(path: Path | str) -> dict[str, str]:
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or tuple(rows[0]) != LINKAGE_COLUMNS:
         raise SecretError(f"linkage table {path} does not start with {','.join(LINKAGE_COLUMNS)}")
-    return {r[0]: r[1] for r in rows[1:] if len(r) == 2}
+    return {csv_unescape(r[0]): csv_unescape(r[1]) for r in rows[1:] if len(r) == 2}
 
 
 def update_linkage(path: Path | str, mapping: dict[str, str]) -> Path:
@@ -148,7 +149,7 @@ def update_linkage(path: Path | str, mapping: dict[str, str]) -> Path:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(LINKAGE_COLUMNS)
-        writer.writerows(sorted(table.items()))
+        writer.writerows(csv_row(r) for r in sorted(table.items()))  # no formulas
         write_private(path, out.getvalue().encode("utf-8"))
     finally:
         os.close(lock)

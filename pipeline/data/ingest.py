@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline import catalog
 from pipeline.data.workers import MIN_CHUNK, chunks, process_all, process_chunk
 from pipeline.errors import InputError
+from pipeline.escape import csv_row
 
 __all__ = ["MIN_CHUNK", "chunks", "process_chunk"]  # used by the tests and the benchmark
 
@@ -293,7 +294,7 @@ def _write_outputs(
     with (staged / catalog.QUARANTINE_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["source_id", "reason"])
-        writer.writerows(quarantine)
+        writer.writerows(csv_row(q) for q in quarantine)  # read back with io.read_csv
     summary = {
         "files_seen": len(outcomes),
         "files_ingested": sum(1 for o in outcomes if o.reason is None),

@@ -210,6 +210,7 @@ def markdown(
     figure: Path | None,
 ) -> str:
     """The report's section on ensemble, TTA, calibration and deployment prevalence."""
+    from pipeline.escape import md_table
     from pipeline.evaluation.report import fmt
 
     cnn = metrics["cnn"]
@@ -231,21 +232,20 @@ def markdown(
     )
     lines.append(f"- Calibration: `train.calibration: {method}` (fitted on validation{extra})")
     if "test_ece" in cnn:
-        lines += ["", "| CNN | ECE | Brier | NLL |", "| --- | --- | --- | --- |"]
+        rows = []
         for split in ("val", "test"):
             if f"{split}_ece_uncalibrated" in cnn:
-                lines.append(
-                    f"| {split}, before calibration | {fmt(cnn[f'{split}_ece_uncalibrated'])} | "
-                    f"{fmt(cnn[f'{split}_brier_uncalibrated'])} | "
-                    f"{fmt(cnn[f'{split}_nll_uncalibrated'])} |"
-                )
+                rows.append(
+                    [f"{split}, before calibration", fmt(cnn[f"{split}_ece_uncalibrated"]),
+                     fmt(cnn[f"{split}_brier_uncalibrated"]),
+                     fmt(cnn[f"{split}_nll_uncalibrated"])]
+                )  # fmt: skip
             brier_key = "test_brier" if split == "test" else "val_brier"
-            lines.append(
-                f"| {split}{', after calibration' if method != 'none' else ''} | "
-                f"{fmt(cnn[f'{split}_ece'])} | {fmt(cnn.get(brier_key))} | "
-                f"{fmt(cnn[f'{split}_nll'])} |"
-            )
-        lines.append("")
+            rows.append(
+                [f"{split}{', after calibration' if method != 'none' else ''}",
+                 fmt(cnn[f"{split}_ece"]), fmt(cnn.get(brier_key)), fmt(cnn[f"{split}_nll"])]
+            )  # fmt: skip
+        lines += ["", *md_table(["CNN", "ECE", "Brier", "NLL"], rows), ""]
         lines.append(
             f"ECE: expected calibration error over {cfg.calibration_bins} equal-width bins."
         )
@@ -254,14 +254,16 @@ def markdown(
     if "test_ppv_at_prevalence" in cnn:
         pi = cnn["deployment_prevalence"]
         lines += ["", f"### At deployment prevalence {pi:g} (`evaluate.deployment_prevalence`)", ""]
-        lines += ["| model | PPV | NPV |", "| --- | --- | --- |"]
-        for name, m in metrics.items():
-            cells = [
+        prevalence_rows = [
+            [name]
+            + [
                 f"{fmt(m[f'test_{k}_at_prevalence'])} ({fmt(m[f'test_{k}_at_prevalence_ci_low'])}"
                 f"–{fmt(m[f'test_{k}_at_prevalence_ci_high'])})"
                 for k in ("ppv", "npv")
             ]
-            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+            for name, m in metrics.items()
+        ]
+        lines += md_table(["model", "PPV", "NPV"], prevalence_rows)
         lines += [
             "",
             "From test sensitivity and specificity at the validation threshold by Bayes' rule; "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.escape import md_table, md_text
 from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
@@ -169,9 +170,7 @@ def threshold_text(method: str, target: float, thresholds: Mapping[str, float]) 
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+    return md_table(header, rows)  # every cell escaped (a group is a header value)
 
 
 def render_markdown(
@@ -216,7 +215,7 @@ def render_markdown(
         )
     lines += _table(["metric", *[LABELS.get(n, n) for n in models]], rows)
     lines += ["", "## Overfitting / underfitting (CNN training history)", ""]
-    lines += [f"- {line}" for line in flags.get("statements", [])] or [
+    lines += [f"- {md_text(line)}" for line in flags.get("statements", [])] or [
         "- no training history found"
     ]
     lines += ["", "## Subgroups (test split)", ""]
@@ -405,7 +404,7 @@ def markdown_report(
     for heading, body in sections:
         lines += ["", f"## {heading}", "", *body]
     lines += ["", "## Overfitting / underfitting (CNN training history)", ""]
-    lines += [f"- {line}" for line in flags.get("statements", [])] or [
+    lines += [f"- {md_text(line)}" for line in flags.get("statements", [])] or [
         "- no training history found"
     ]
     lines += ["", "## Subgroups (test split)", ""]

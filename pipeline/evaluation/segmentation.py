@@ -310,6 +310,8 @@ def _subgroups(table: pd.DataFrame, index: pd.DataFrame, cfg: EvaluateSection) -
 
 
 def markdown(metrics: dict[str, dict[str, float]], task: Any, cfg: Any, targets: Any) -> str:
+    from pipeline.escape import md_table
+
     names = ("dice", "iou", "hd95_mm", "assd_mm")
     lines = [
         f"# Evaluation: {task.describe()}",
@@ -318,18 +320,19 @@ def markdown(metrics: dict[str, dict[str, float]], task: Any, cfg: Any, targets:
         f"({int(metrics['cnn']['n_test_empty'])} with an empty mask); "
         f"{cfg.ci_level:.0%} patient-level bootstrap CIs.",
         "",
-        "| model | " + " | ".join(names) + " | area error mm² | lesion sens. | FP/image |",
-        "|---" * (len(names) + 4) + "|",
     ]
+    rows = []
     for model, m in metrics.items():
         cells = [
             f"{m[f'test_{n}']:.3f} ({m[f'test_{n}_ci_low']:.3f}–{m[f'test_{n}_ci_high']:.3f})"
             for n in names
         ]
-        lines.append(
-            f"| {model} | " + " | ".join(cells) + f" | {m['test_area_error_mm2']:.1f} | "
-            f"{m['test_lesion_sensitivity']:.3f} | {m['test_fp_per_image']:.3f} |"
-        )
+        rows.append(
+            [model, *cells, f"{m['test_area_error_mm2']:.1f}",
+             f"{m['test_lesion_sensitivity']:.3f}", f"{m['test_fp_per_image']:.3f}"]
+        )  # fmt: skip
+    header = ["model", *names, "area error mm²", "lesion sens.", "FP/image"]
+    lines += md_table(header, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.escape import md_text
 from pipeline.monitoring.report import _pyplot, _table
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def markdown(doc: dict[str, Any], table: pd.DataFrame | None) -> str:
         "",
         f"**Verdict: {doc['verdict']}** ({doc['images']} new images)",
         "",
-        *([f"- {r}" for r in doc["reasons"]] or ["- no signal of drift"]),
+        *([f"- {md_text(r)}" for r in doc["reasons"]] or ["- no signal of drift"]),
         "",
     ]
     if table is None:
@@ -124,7 +125,7 @@ def markdown(doc: dict[str, Any], table: pd.DataFrame | None) -> str:
     lines += [
         "## Metadata",
         "",
-        *([f"- {c}" for c in doc["metadata"]] or ["- nothing new (manufacturer, modality, "
+        *([f"- {md_text(c)}" for c in doc["metadata"]] or ["- nothing new (manufacturer, modality, "
                                                   "photometric, size, pixel spacing)"]),
         "",
         "ManufacturerModelName and kVp are not recorded by ingest, so they are not compared.",

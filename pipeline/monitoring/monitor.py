@@ -92,10 +92,11 @@ def _batch_images(
 
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
+    from pipeline.io import read_csv
     from pipeline.serving.predict import without_spacing
 
     manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
-    quarantine = pd.read_csv(ingested / catalog.QUARANTINE_FILE)
+    quarantine = read_csv(ingested / catalog.QUARANTINE_FILE)
     manifest, quarantine = without_spacing(manifest, quarantine, stats)
     manifest = manifest.reset_index(drop=True)
     if not len(manifest):

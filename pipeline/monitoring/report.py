@@ -65,12 +65,15 @@ def thumbnails(x: np.ndarray, shown: pd.DataFrame, path: Path) -> None:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.tolist()]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """``frame`` as a Markdown table; its column names may hold a site or manufacturer
+    (``manufacturer=<value>``), so every cell goes through the one table writer."""
+    from pipeline.escape import md_table
+
+    rows = [
+        [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        for _, row in frame.iterrows()
+    ]
+    return "\n".join(md_table([str(c) for c in frame.columns], rows))
 
 
 def qa_markdown(
@@ -78,6 +81,7 @@ def qa_markdown(
 ) -> str:
     """The QA report: variance explained, clusters and their warnings, flagged images."""
     from pipeline import catalog
+    from pipeline.escape import md_table, md_text
 
     explained = meta["explained_variance_ratio"]
     cum = np.cumsum(explained)
@@ -95,12 +99,13 @@ def qa_markdown(
         "",
         "## PCA",
         "",
-        "| component | explained variance | cumulative |",
-        "|---|---|---|",
-        *[
-            f"| PC{i + 1} | {v:.3f} | {c:.3f} |"
-            for i, (v, c) in enumerate(zip(explained, cum, strict=False))
-        ],
+        *md_table(
+            ["component", "explained variance", "cumulative"],
+            [
+                [f"PC{i + 1}", f"{v:.3f}", f"{c:.3f}"]
+                for i, (v, c) in enumerate(zip(explained, cum, strict=False))
+            ],
+        ),
         "",
         f"![PCA map]({catalog.FIGURES_DIR}/{catalog.PCA_MAP_PLOT})",
         "",
@@ -110,10 +115,10 @@ def qa_markdown(
         "",
     ]
     if meta["warnings"]:
-        lines += ["**Warnings**", "", *[f"- {w}" for w in meta["warnings"]], ""]
+        lines += ["**Warnings**", "", *[f"- {md_text(w)}" for w in meta["warnings"]], ""]
     else:
         lines += ["No cluster is a single site or manufacturer.", ""]
-    by_split = ", ".join(f"{s}: {n}" for s, n in meta["flagged"].items())
+    by_split = md_text(", ".join(f"{s}: {n}" for s, n in meta["flagged"].items()))
     lines += [
         f"## Outliers (isolation forest, contamination {meta['contamination']})",
         "",

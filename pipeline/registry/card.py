@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
+from pipeline.escape import md_code, md_table, md_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,10 +44,8 @@ def _fmt(value: Any) -> str:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    rows += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in frame.itertuples(index=False)]
-    return "\n".join(rows)
+    rows = [[_fmt(v) for v in r] for r in frame.itertuples(index=False)]
+    return "\n".join(md_table([str(c) for c in frame.columns], rows))
 
 
 def data_counts(data_dir: Path, target: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -83,11 +82,11 @@ def champion_line(client: MlflowClient, name: str, version: str, key: str) -> st
     except Exception:
         return "No champion at register time: `radops promote` will make this version champion."
     if str(champ.version) == str(version):
-        return f"This version is already the champion of `{name}`."
-    value = champ.tags.get(f"radops.{key}", "n/a")
+        return f"This version is already the champion of {md_code(name)}."
+    value = md_text(champ.tags.get(f"radops.{key}", "n/a"))  # a tag: anyone may have set it
     return (
-        f"Champion at register time: `{name}` version {champ.version} with "
-        f"{key} {value}. The promotion decision (a paired test on the same test images) is "
+        f"Champion at register time: {md_code(name)} version {md_text(champ.version)} with "
+        f"{md_text(key)} {value}. The promotion decision (a paired test on the same test images) is "
         "made by `radops promote` and recorded on this version as `radops.promotion.*` tags."
     )
 
@@ -99,7 +98,7 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
     items = [
         ("Title/abstract identify the study as AI in medical imaging", HUMAN, ""),
         ("Clinical question, intended use, study design", HUMAN, ""),
-        ("Data sources", AUTO, f"DICOM export `{params.data.dicom_dir}`, labels file"),
+        ("Data sources", AUTO, f"DICOM export {md_code(params.data.dicom_dir)}, labels file"),
         ("Eligibility criteria", HUMAN, ""),
         ("De-identification", AUTO, "pseudonymous ids (keyed HMAC), PHI tags removed at ingest"),
         ("Missing data / unusable files", AUTO, "quarantined at ingest with a reason"),
@@ -112,7 +111,8 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
         ("Data partitions", AUTO,
          f"patient-grouped {params.split.train}/{params.split.val}/{params.split.test}"
          + (" (or the labels file's split column)" if params.split.use_labels_split else "")),
-        ("Model description", AUTO, ", ".join(f"{k} {v}" for k, v in sorted(arch.items()))),
+        ("Model description", AUTO,
+         md_text(", ".join(f"{k} {v}" for k, v in sorted(arch.items())))),
         ("Software and versions", AUTO, "see the MLflow run (git commit, packages)"),
         ("Initialisation / transferred weights", AUTO, _transfer(meta)),
         ("Training details (optimiser, schedule, epochs, augmentation)", AUTO,
@@ -124,7 +124,7 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
         ("Performance metrics and uncertainty", AUTO,
          f"patient-level bootstrap CIs ({params.evaluate.bootstrap_iterations} resamples)"),
         ("Subgroup / robustness analysis", AUTO,
-         f"by {', '.join(params.evaluate.subgroup_columns)}"),
+         md_text(f"by {', '.join(params.evaluate.subgroup_columns)}")),
         ("External validation", HUMAN, "the test split comes from the training sites"),
         ("Explainability / failure analysis", HUMAN, ""),
         ("Limitations, clinical implications", HUMAN, ""),
@@ -137,7 +137,7 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
 def _transfer(meta: dict[str, Any]) -> str:
     for key in TRANSFER_KEYS:
         if meta.get(key):
-            return f"{key}: {meta[key]}"
+            return md_text(f"{key}: {meta[key]}")
     return "none: trained from random initialisation"
 
 
@@ -150,10 +150,9 @@ def build_card(
     champion: str,
 ) -> str:
     """The card's Markdown (pure: files in, text out)."""
-    import pandas as pd
 
     from pipeline.evaluation.finishing import card_lines as finish_card_lines
-    from pipeline.io import read_json
+    from pipeline.io import read_csv, read_json
     from pipeline.tasks import task_from_meta
 
     task = task_from_meta(meta)
@@ -163,11 +162,11 @@ def build_card(
     qa_meta = cat.qa_dir / catalog.QA_META_FILE
     qa = read_json(qa_meta) if qa_meta.is_file() else None
     lines = [
-        f"# Model card: {name} version {version}",
+        f"# Model card: {md_text(name)} version {md_text(version)}",
         "",
-        f"{task.describe()}; training run `{registration['run_id']}`; data version "
-        f"`{registration.get('data_version', 'n/a')}`; commit "
-        f"`{str(registration.get('git_commit', 'n/a'))[:12]}`.",
+        f"{md_text(task.describe())}; training run {md_code(registration['run_id'])}; data "
+        f"version {md_code(registration.get('data_version', 'n/a'))}; commit "
+        f"{md_code(str(registration.get('git_commit', 'n/a'))[:12])}.",
         "",
         "## Intended use and limits",
         "",
@@ -192,7 +191,7 @@ def build_card(
             f"Data QA (`qa.action: {qa['action']}`): isolation-forest outliers flagged "
             f"{flagged}; **{qa['excluded']} training images excluded**; "
             f"{len(qa['warnings'])} cluster warning(s)"
-            + (": " + "; ".join(qa["warnings"]) if qa["warnings"] else "")
+            + (": " + "; ".join(md_text(w) for w in qa["warnings"]) if qa["warnings"] else "")
             + ".",
             "",
         ]
@@ -204,30 +203,31 @@ def build_card(
     lines += [
         "## Training",
         "",
-        f"- Task: {task.describe()} (`task.kind` {task.kind}, target `{task.target}`)",
+        f"- Task: {md_text(task.describe())} (`task.kind` {md_text(task.kind)}, target "
+        f"{md_code(task.target)})",
         "- Architecture: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(meta.get("architecture", {}).items())),
-        "- Hyperparameters: " + ", ".join(f"{k} {hyper[k]}" for k in keep if k in hyper),
-        f"- Source of hyperparameters: {meta.get('hyperparameter_source', catalog.PARAMS_FILE)}",
+        + md_text(", ".join(f"{k} {v}" for k, v in sorted(meta.get("architecture", {}).items()))),
+        "- Hyperparameters: " + md_text(", ".join(f"{k} {hyper[k]}" for k in keep if k in hyper)),
+        "- Source of hyperparameters: "
+        + md_text(meta.get("hyperparameter_source", catalog.PARAMS_FILE)),
         f"- Best epoch {meta.get('best_epoch', 'n/a')} (stopped at "
         f"{meta.get('stopped_epoch', 'n/a')}; monitored {meta.get('monitor', 'n/a')})",
         f"- Transferred weights: {_transfer(meta)}",
         "",
         "## Evaluation (test split, evaluated once)",
         "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
     ]
+    metric_rows = []
     for key in sorted(metrics):
         if key.endswith(("_ci_low", "_ci_high")):
             continue
         low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
         ci = f"{_fmt(low)}–{_fmt(high)}" if low is not None and high is not None else ""
-        lines.append(f"| {key} | {_fmt(metrics[key])} | {ci} |")
-    lines.append("")
+        metric_rows.append([key, _fmt(metrics[key]), ci])
+    lines += [*md_table(["metric", "value", "95% CI"], metric_rows), ""]
     subgroups = reports_dir / catalog.SUBGROUPS_FILE
     if subgroups.is_file():
-        table = pd.read_csv(subgroups)
+        table = read_csv(subgroups)
         table = table[table["model"] == "cnn"] if "model" in table else table
         lines += ["Subgroups:", "", _md_table(table), ""]
     if "threshold" in metrics:

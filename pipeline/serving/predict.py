@@ -143,7 +143,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
     from pipeline.evaluation.finishing import check_tta, resolve_tta
-    from pipeline.io import check_outputs, check_replaceable, write_csv
+    from pipeline.io import check_outputs, check_replaceable, read_csv, write_csv
     from pipeline.models.networks import load_model, predict
     from pipeline.tasks import task_from_meta
 
@@ -173,7 +173,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         )
         path_of = ingested_result.sources  # source_id -> path: this local file may show it
         manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
-        quarantine = pd.read_csv(ingested / catalog.QUARANTINE_FILE)
+        quarantine = read_csv(ingested / catalog.QUARANTINE_FILE)
         stats: dict[str, Any] = meta["preprocessing"]
         manifest, quarantine = without_spacing(manifest, quarantine, stats)
         if len(manifest):

@@ -64,7 +64,7 @@ def run_series(
 
     from pipeline.data import ingest
     from pipeline.data.series import assemble
-    from pipeline.io import write_csv
+    from pipeline.io import read_csv, write_csv
     from pipeline.models.networks import predict
     from pipeline.models.series_nets import slice_weights
     from pipeline.serving.predict import PredictResult
@@ -75,7 +75,7 @@ def run_series(
     )
     path_of = result.sources
     manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
-    quarantine = pd.read_csv(ingested / catalog.QUARANTINE_FILE)
+    quarantine = read_csv(ingested / catalog.QUARANTINE_FILE)
     cfg = params.series
     made = assemble(manifest, cfg.tolerance, cfg.min_slices)
     table = made.series
