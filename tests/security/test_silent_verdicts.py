@@ -98,7 +98,7 @@ def test_parse_overrides_raises_config_error() -> None:
     from pipeline.cli import parse_overrides
 
     assert parse_overrides(["split.val_ratio=0.2"]) == {"split.val_ratio": 0.2}
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         parse_overrides(["split.val_ratio"])
     with pytest.raises(ConfigError, match="cannot be read"):
         parse_overrides(["split.val_ratio={"])
