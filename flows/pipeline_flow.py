@@ -128,9 +128,8 @@ def pipeline_flow(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import typer
-
     from pipeline.cli import parse_overrides
+    from pipeline.errors import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default=str(catalog.PARAMS_FILE))
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
-    except typer.BadParameter as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
     from prefect.settings import temporary_settings
 

@@ -59,15 +59,25 @@ STAGE_MODULES = {
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``key=value`` pairs; values are read as YAML (numbers, booleans, lists)."""
+    """Parse ``key=value`` pairs; values are read as YAML (numbers, booleans, lists).
+
+    A pair without ``=`` or a value YAML cannot read is a :class:`ConfigError` (one line,
+    exit code 2: permanent, so the flows do not retry it)."""
     import yaml
 
     overrides: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected key=value, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip() or "" in key.strip().split("."):
+            raise ConfigError(f"-S {item!r}: expected section.key=value, e.g. -S train.lr=3e-4")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or "not a YAML value")
+            raise ConfigError(
+                f"-S {key.strip()}=...: the value cannot be read ({problem}); quote text, "
+                "e.g. -S 'train.name=\"a: b\"'"
+            ) from None
     return overrides
 
 

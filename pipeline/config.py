@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline import catalog
 from pipeline.errors import ConfigError
+from pipeline.yaml_strict import safe_load_strict
 
 DEFAULT_PARAMS = catalog.PARAMS_FILE
 
@@ -493,7 +494,7 @@ def load_params(
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = safe_load_strict(path.read_text(encoding="utf-8"), str(path)) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {_first_line(exc)}") from None
     if not isinstance(raw, dict):

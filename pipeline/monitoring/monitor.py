@@ -196,6 +196,18 @@ def decide(details: dict[str, Any], params: Params) -> tuple[str, list[str]]:
     return "none", []
 
 
+def _check_batch(folder: Path) -> None:
+    """A missing folder or one without files is an error, never a "no drift" verdict: a typo
+    in ``monitor.incoming_dir`` must not switch scheduled retraining off."""
+    if not folder.is_dir():
+        raise InputError(
+            f"{folder}: the batch folder does not exist (monitor.incoming_dir or --input); "
+            "no drift verdict"
+        )
+    if not any(p.is_file() for p in folder.rglob("*")):
+        raise InputError(f"{folder}: the batch folder holds no files; no drift verdict")
+
+
 def run(params: Params, paths: Paths) -> MonitorResult:
     """Ingest the batch, compare it with the training reference, write the drift report."""
     import tempfile
@@ -210,6 +222,7 @@ def run(params: Params, paths: Paths) -> MonitorResult:
 
     start = time.perf_counter()
     check_outputs([paths.out_dir], [paths.input_dir, paths.qa_dir, paths.data_dir])
+    _check_batch(paths.input_dir)
     meta_path = paths.qa_dir / catalog.QA_META_FILE
     if not meta_path.is_file():
         raise InputError(f"no QA model at {meta_path}; run `radops qa` first")
@@ -228,39 +241,36 @@ def run(params: Params, paths: Paths) -> MonitorResult:
         staged.mkdir(parents=True)
         (staged / catalog.FIGURES_DIR).mkdir()
         ingested = staged / catalog.MONITOR_INGEST_DIR
-        empty = not paths.input_dir.is_dir() or not any(paths.input_dir.rglob("*"))
-        details: dict[str, Any] = {}
-        if empty:
-            verdict, reasons, n_images = "none", [f"nothing new in {paths.input_dir}"], 0
-        else:
-            ingest.run(
-                params,
-                ingest.Paths(
-                    input_dir=paths.input_dir, labels_csv=None, out_dir=ingested,
-                    key_path=params.base.secret_key_path,
-                ),
-            )  # fmt: skip
-            x, manifest, quarantine = _batch_images(ingested, stats)
-            n_images = len(manifest)
-            if n_images == 0:
-                verdict, reasons = "none", [f"no usable image in {paths.input_dir}"]
-            else:
-                raw = manifest[["pixel_mean", "pixel_std", "pixel_min", "pixel_max"]]
-                matrix, batch_names = image_features(x, spec, raw, meta["extra_features"], atlas)
-                if batch_names != names:
-                    raise InputError("the QA model's features differ from this run's; rerun qa")
-                ref_matrix = reference[names].to_numpy(dtype=np.float64)
-                groups = (reference["patient_id"], manifest["patient_id"])
-                details = _compare(params, ref_matrix, matrix, names, scaler, meta, forest, groups)
-                details["quarantined"] = len(quarantine)
-                ref_manifest = pd.read_parquet(paths.ingest_dir / catalog.MANIFEST_FILE)
-                details["metadata"] = metadata_changes(ref_manifest, manifest)
-                with tempfile.TemporaryDirectory(prefix="radops-monitor-") as tmp:
-                    details["predictions"] = prediction_shift(params, paths, ingested, Path(tmp))
-                verdict, reasons = decide(details, params)
-                drift_report.figures(
-                    details, ref_matrix, matrix, scaler, meta, staged / catalog.FIGURES_DIR
-                )
+        ingest.run(
+            params,
+            ingest.Paths(
+                input_dir=paths.input_dir, labels_csv=None, out_dir=ingested,
+                key_path=params.base.secret_key_path,
+            ),
+        )  # fmt: skip
+        x, manifest, quarantine = _batch_images(ingested, stats)
+        n_images = len(manifest)
+        if n_images == 0:
+            raise InputError(
+                f"{paths.input_dir}: no usable image in the batch ({len(quarantine)} "
+                "file(s) quarantined); no drift verdict"
+            )
+        raw = manifest[["pixel_mean", "pixel_std", "pixel_min", "pixel_max"]]
+        matrix, batch_names = image_features(x, spec, raw, meta["extra_features"], atlas)
+        if batch_names != names:
+            raise InputError("the QA model's features differ from this run's; rerun qa")
+        ref_matrix = reference[names].to_numpy(dtype=np.float64)
+        groups = (reference["patient_id"], manifest["patient_id"])
+        details = _compare(params, ref_matrix, matrix, names, scaler, meta, forest, groups)
+        details["quarantined"] = len(quarantine)
+        ref_manifest = pd.read_parquet(paths.ingest_dir / catalog.MANIFEST_FILE)
+        details["metadata"] = metadata_changes(ref_manifest, manifest)
+        with tempfile.TemporaryDirectory(prefix="radops-monitor-") as tmp:
+            details["predictions"] = prediction_shift(params, paths, ingested, Path(tmp))
+        verdict, reasons = decide(details, params)
+        drift_report.figures(
+            details, ref_matrix, matrix, scaler, meta, staged / catalog.FIGURES_DIR
+        )
         doc = {
             "verdict": verdict,
             "reasons": reasons,

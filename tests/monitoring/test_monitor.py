@@ -62,9 +62,3 @@ def test_batch_from_a_new_site_is_drift_naming_the_features(
     run = client.get_run(doc["mlflow_run_id"])
     assert run.info.experiment_id == exp.experiment_id
     assert run.data.tags["radops.verdict"] == "drift"
-
-
-def test_empty_batch_is_none(qa_cohort: QACohort, tmp_path: Path) -> None:
-    (tmp_path / "incoming").mkdir()
-    result = _monitor(qa_cohort, tmp_path / "incoming", tmp_path / "out")
-    assert result.verdict == "none" and "nothing new" in result.reasons[0]
