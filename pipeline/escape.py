@@ -58,11 +58,13 @@ def _unblock(match: re.Match[str]) -> str:
     return f"{lead}\\{mark}"
 
 
-def md_text(value: Any) -> str:
+def md_text(value: Any, *, mid_line: bool = False) -> str:
     """``value`` as inline Markdown text: no HTML, no table break, no line break, and no
     block markup where it starts a line or a list item (a leading ``#``, ``-``, ``*``, ``>``
-    or ``1.`` is escaped)."""
-    return _LEADING.sub(_unblock, _inline(value), count=1)
+    or ``1.`` is escaped). ``mid_line`` text follows other text on its line, where a
+    leading ``1.`` or ``-`` is inert, so it is left as written (``0.8731`` stays readable)."""
+    inline = _inline(value)
+    return inline if mid_line else _LEADING.sub(_unblock, inline, count=1)
 
 
 def md_cell(value: Any) -> str:

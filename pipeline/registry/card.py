@@ -83,10 +83,12 @@ def champion_line(client: MlflowClient, name: str, version: str, key: str) -> st
         return "No champion at register time: `radops promote` will make this version champion."
     if str(champ.version) == str(version):
         return f"This version is already the champion of {md_code(name)}."
-    value = md_text(champ.tags.get(f"radops.{key}", "n/a"))  # a tag: anyone may have set it
+    value = md_text(
+        champ.tags.get(f"radops.{key}", "n/a"), mid_line=True
+    )  # a tag: anyone may set it
     return (
-        f"Champion at register time: {md_code(name)} version {md_text(champ.version)} with "
-        f"{md_text(key)} {value}. The promotion decision (a paired test on the same test images) is "
+        f"Champion at register time: {md_code(name)} version {md_text(champ.version, mid_line=True)} with "
+        f"{md_text(key, mid_line=True)} {value}. The promotion decision (a paired test on the same test images) is "
         "made by `radops promote` and recorded on this version as `radops.promotion.*` tags."
     )
 

@@ -64,11 +64,24 @@ def _wait(what: str, check: Any, procs: list[subprocess.Popen[bytes]], timeout: 
     raise AssertionError(f"{what}: not ready after {timeout} s")
 
 
+class _RetryingClient(httpx.Client):
+    """Retries a 503 as Prefect's own client does (``PREFECT_CLIENT_MAX_RETRIES``): the
+    server answers it when its SQLite database is briefly busy on a loaded machine."""
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        for wait in (0.5, 1.0, 2.0, 4.0):
+            response = super().send(request, **kwargs)
+            if response.status_code != 503:
+                return response
+            time.sleep(wait)
+        return super().send(request, **kwargs)
+
+
 class Caller:
     """A local process holding the auth string: what radops' own clients can do."""
 
     def __init__(self, url: str, auth: str) -> None:
-        self.http = httpx.Client(base_url=url, headers=_basic(auth), timeout=30)
+        self.http = _RetryingClient(base_url=url, headers=_basic(auth), timeout=30)
         token = self.http.get("/csrf-token", params={"client": "test-caller"})
         token.raise_for_status()
         self.http.headers.update(
