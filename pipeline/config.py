@@ -88,8 +88,8 @@ class ValidateSection(Section):
     ct_hu_range: tuple[float, float] = (-2048.0, 4095.0)
     # Images whose stored pixels are re-read to check the manifest's pixel statistics (0: none).
     pixel_sample: int = Field(64, ge=0)
-    # Known ranges [min, max] of extra numeric (candidate target) columns carried from the
-    # labels file; a column not named here is only checked to be numeric. null: no bound.
+    # The declared target columns of the labels file and their ranges [min, max] (null: no
+    # bound): ingest keeps only these extra columns and drops every other one unread.
     target_ranges: dict[str, tuple[float | None, float | None]] = {
         "grade": (0, 2),
         "lesion_diameter_mm": (0.0, 500.0),
@@ -480,6 +480,18 @@ class Params(Section):
     monitor: MonitorSection = MonitorSection()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _target_is_declared(self) -> Params:
+        # ingest keeps only the labels-file columns declared in validate.target_ranges
+        target = self.task.target
+        if target != "label" and target not in self.validate_.target_ranges:
+            raise ValueError(
+                f"task.target {target!r} is not a declared target column: add it to "
+                f"validate.target_ranges (e.g. `{target}: [null, null]`; ingest keeps only the "
+                "labels-file columns named there, and label)"
+            )
+        return self
 
 
 def load_params(

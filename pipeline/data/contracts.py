@@ -298,6 +298,12 @@ def build_suites(cfg: ValidateSection, columns: Iterable[str] = ()) -> dict[str,
         ),
         ex.ExpectColumnValuesToNotMatchRegex(column="extra_column", regex=PATH_COLUMN_REGEX),
         ex.ExpectColumnValuesToBeInSet(column="extra_numeric", value_set=[1.0]),
+        # only declared targets beyond the contract (ingest drops every other labels column)
+        ex.ExpectColumnValuesToBeInSet(
+            column="extra_column",
+            value_set=sorted({c.lower() for c in cfg.target_ranges}),
+            meta=_keys(set="validate.target_ranges"),
+        ),
     ]
     labels = [
         ex.ExpectTableRowCountToBeBetween(min_value=2),
@@ -333,7 +339,8 @@ def build_suites(cfg: ValidateSection, columns: Iterable[str] = ()) -> dict[str,
         "manifest": "Contract of manifest.parquet (docs/stages.md): columns, ids, ranges.",
         "schema": (
             "No column named after an identifying DICOM attribute or a file path (e.g. "
-            "source_file); columns beyond the contract are numeric (candidate targets)."
+            "source_file); columns beyond the contract are numeric targets declared in "
+            "validate.target_ranges."
         ),
         "labels": "Class balance among labelled images.",
         "pixels": (

@@ -80,6 +80,7 @@ class IngestResult:
     seconds: float
     workers: int
     key: str = LOCAL_NOTE  # which key made the pseudonyms
+    dropped_columns: tuple[str, ...] = ()  # labels-file columns not declared as targets
     # source_id -> path relative to the input folder: kept in memory only (``radops predict``
     # shows paths in the user's own output; the linkage table keeps them for everyone else).
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -110,6 +111,11 @@ class IngestResult:
             for key in ("invalid_label", "conflicting", "patient_mismatch", "paths_outside_input"):
                 if lab.get(key):
                     lines.append(f"  labels: {lab[key]} rows {key.replace('_', ' ')}")
+            if self.dropped_columns:
+                lines.append(
+                    f"  labels: {len(self.dropped_columns)} column(s) dropped, not declared as "
+                    f"targets in validate.target_ranges: {', '.join(self.dropped_columns)}"
+                )
         return "\n".join(lines)
 
 
@@ -139,7 +145,18 @@ def run(params: Params, paths: Paths) -> IngestResult:
         paths.input_dir, paths.out_dir, SYNTHETIC_KEY if synthetic else local_key, labels,
         params.ingest.workers, max_megapixels=params.ingest.max_megapixels,
         linkage=linkage_path(key_path), key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE,
+        targets=declared_targets(params),
     )  # fmt: skip
+
+
+def declared_targets(params: Params | None = None) -> frozenset[str]:
+    """The labels-file columns ingest keeps besides its fixed schema: the keys of
+    ``validate.target_ranges`` (the one place params declare a target column and its range;
+    ``task.target`` must name one of them, or ``label``). Defaults when ``params`` is None."""
+    from pipeline.config import ValidateSection
+
+    section = params.validate_ if params is not None else ValidateSection()
+    return frozenset(section.target_ranges)
 
 
 def ingest_folder(
@@ -152,9 +169,11 @@ def ingest_folder(
     max_megapixels: float = 64.0,
     linkage: Path | str | None = None,
     key_note: str = LOCAL_NOTE,
+    targets: frozenset[str] | None = None,
 ) -> IngestResult:
     """The whole stage with explicit arguments. ``linkage``: the linkage table to merge this
-    input's ``source_id -> path`` rows into (None: none is written)."""
+    input's ``source_id -> path`` rows into (None: none is written). ``targets``: the labels-file
+    columns kept as targets (None: ``declared_targets()``'s defaults); others are dropped."""
     from pipeline.data import seg_ingest
     from pipeline.data.deid import Pseudonymizer, update_linkage
     from pipeline.data.safe_read import Limits
@@ -177,7 +196,8 @@ def ingest_folder(
         from pipeline.data.labels import read_labels
 
         reserved = frozenset((*ROW_FIELDS, "label", "official_split"))
-        table = read_labels(labels_csv, pseudo, root, reserved)
+        targets = declared_targets() if targets is None else targets
+        table = read_labels(labels_csv, pseudo, root, reserved, frozenset(targets))
     files, early = _split_listing(found, pseudo)
     sources = {pseudo.source(rel): rel for rel, _, _ in found}
     limits = Limits(os.path.realpath(root), max_megapixels)
@@ -194,7 +214,7 @@ def ingest_folder(
     final = IngestResult(
         Path(out_dir), result["files_seen"], result["files_ingested"], result["rows"],
         result["quarantined"], result["quarantine_reasons"], result["labels"], seconds, workers,
-        key_note, sources,
+        key_note, dropped_columns=tuple(result["dropped_columns"]), sources=sources,
     )  # fmt: skip
     log.info(
         "ingest: %d files, %d ingested, %d quarantined",
@@ -303,6 +323,7 @@ def _write_outputs(
         "quarantine_reasons": dict(Counter(r for _, r in quarantine).most_common()),
         "labels": labels,
         "target_columns": list(extras),
+        "dropped_columns": list(table.dropped) if table is not None else [],
         "modalities": dict(Counter(manifest["modality"]).most_common()),
         "sites": int(manifest["site"].nunique()),
         "patients": int(manifest["patient_id"].nunique()),

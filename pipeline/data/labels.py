@@ -7,13 +7,19 @@ pseudonyms as the file is read and are never passed on. Columns:
   image's patient); ``split`` (optional: ``train``/``val``/``test`` or empty, the dataset's
   official split); a path column (``path``/``file``/``source_file``/``filename``) is only judged
   as text (does it leave the input folder?), never opened, and not carried on.
-- Any other column is a candidate target (e.g. ``grade``, ``lesion_diameter_mm``): carried into
-  the manifest under its own name as float64 (empty -> NaN). Its values must be numeric, and
-  its name must not look like an identifier (name, birth date, MRN, id, address, ...).
+- A column that params declare as a target (``targets``: the keys of
+  ``validate.target_ranges``, the one list of the labels-file columns a task may learn, e.g.
+  ``grade``, ``lesion_diameter_mm``): carried into the manifest under its own name as float64
+  (empty -> NaN). Its values must be numeric, and its name must not look like an identifier.
+- Every other column (a hospital number, an age, a date written 20240131, a note, ...) is
+  dropped by construction, whatever its name: it never reaches the manifest, the splits or the
+  indexes. Only the dropped columns' names are reported (``dropped``), never a value; a name
+  that is not a plain word (letters, digits, _) or holds a run of 5 or more digits (a header
+  cell may hold a value) is reported by its position only.
 
 Every problem with the file is an ``InputError`` (exit code 3) that names the line numbers and
-column names, never a cell's content (it may be an identifier); the one exception is a
-``split`` value that is not a split name, which is listed (shortened) so it can be fixed.
+column names, never a cell's content (it may be an identifier): a ``split`` value that is not a
+split name is reported by its line number and the allowed values, never echoed.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ IDENTIFYING_WORDS = frozenset(
 )  # fmt: skip
 IDENTIFYING_PARTS = ("name", "birth", "date", "address", "phone", "accession", "mrn")
 COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+LONG_NUMBER = re.compile(r"[0-9]{5,}")  # in a header cell: maybe a value (date, number), not a name
 
 
 class LabelTable(NamedTuple):
@@ -54,7 +61,8 @@ class LabelTable(NamedTuple):
     conflicting: set[str]  # SOP pseudonyms with contradicting rows
     counts: Counter[str]  # invalid_label, paths_outside_input
     rows: int
-    extras: tuple[str, ...]  # extra (target) column names, in file order
+    extras: tuple[str, ...]  # declared target column names, in file order
+    dropped: tuple[str, ...] = ()  # names (or "column <n>") of the columns dropped unread
 
 
 def _text(path: Path | str) -> str:
@@ -101,13 +109,28 @@ def identifying_word(name: str) -> str | None:
     return None
 
 
-def _columns(path: Path | str, header: list[str], reserved: frozenset[str]) -> dict[str, int]:
-    """Normalised column name -> position; refuses missing, duplicate or identifying ones."""
+def shown_name(name: str, position: int) -> str:
+    """How a dropped column is named in the summary: its name if it is a plain word without a
+    long run of digits (a header cell may hold a value: a date, a hospital number), else its
+    position (``column 7``)."""
+    plain = COLUMN_NAME.fullmatch(name) and not LONG_NUMBER.search(name)
+    return name if plain else f"column {position + 1}"
+
+
+def _columns(
+    path: Path | str, header: list[str], reserved: frozenset[str], targets: frozenset[str]
+) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Normalised column name -> position of the columns read, and the dropped columns' names;
+    refuses missing, duplicate or identifying ones."""
     names: dict[str, int] = {}
+    dropped: list[str] = []
     for i, raw in enumerate(header):
         name = raw.strip()
         if name.lower() in KNOWN or name.lower() in PATH_COLUMNS:
             name = name.lower()
+        elif name not in targets:  # not declared: dropped unread, whatever it holds
+            dropped.append(shown_name(name, i))
+            continue
         elif not COLUMN_NAME.fullmatch(name):
             raise InputError(
                 f"labels file {path}: column {i + 1} has a name radops cannot carry as a target "
@@ -128,26 +151,32 @@ def _columns(path: Path | str, header: list[str], reserved: frozenset[str]) -> d
         word = identifying_word(name)
         if word:
             raise InputError(
-                f"labels file {path}: column '{name}' looks like an identifier ('{word}'); "
-                "extra columns are carried into the versioned manifest as targets, so remove it "
-                "(or rename it if it is a measurement)"
+                f"labels file {path}: column '{name}' is declared as a target "
+                f"(validate.target_ranges) but looks like an identifier ('{word}'); targets are "
+                "carried into the versioned manifest, so remove it from validate.target_ranges "
+                "(or rename the column if it is a measurement)"
             )
         if name in reserved:
             raise InputError(
                 f"labels file {path}: column '{name}' has the name of a manifest column; rename it"
             )
-    return names
+    return names, tuple(dropped)
 
 
 def read_labels(
-    path: Path | str, pseudo: Pseudonymizer, root: Path | str, reserved: frozenset[str]
+    path: Path | str,
+    pseudo: Pseudonymizer,
+    root: Path | str,
+    reserved: frozenset[str],
+    targets: frozenset[str] = frozenset(),
 ) -> LabelTable:
     """Read and check the whole labels file, replacing its identifiers by pseudonyms.
 
-    ``reserved``: manifest column names an extra column may not take.
+    ``reserved``: manifest column names a target column may not take. ``targets``: the declared
+    target columns (``validate.target_ranges``' keys); any other extra column is dropped.
     """
     header, raw = _rows(path)
-    names = _columns(path, header, reserved)
+    names, dropped = _columns(path, header, reserved, targets)
     extras = tuple(n for n in names if n not in KNOWN and n not in PATH_COLUMNS)
     path_col = next((c for c in PATH_COLUMNS if c in names), None)
     roots = {os.path.abspath(root), os.path.realpath(root)}
@@ -156,14 +185,14 @@ def read_labels(
         i = names.get(name or "")
         return row[i].strip() if i is not None and i < len(row) else ""
 
-    bad_splits: dict[str, list[int]] = {}
+    bad_splits: list[int] = []
     bad_numbers: dict[str, list[int]] = {}
     parsed = []
     for line, row in raw:
         split = col(row, "split").lower()
         split = SPLIT_ALIASES.get(split, split)
         if split not in ("", *SPLITS):
-            bad_splits.setdefault(split[:20], []).append(line)
+            bad_splits.append(line)  # its value may be anything pasted there: never shown
         values: list[float] = []
         for name in extras:
             number = _number(col(row, name))
@@ -172,21 +201,21 @@ def read_labels(
             values.append(number if number is not None else math.nan)
         parsed.append((line, row, split, values))
     if bad_splits:
-        lines = sorted(n for ns in bad_splits.values() for n in ns)
-        shown = ", ".join(repr(v) for v in sorted(bad_splits)[:10])
         raise InputError(
-            f"labels file {path}: unknown split values {shown} in column 'split' "
-            f"({_lines(lines)}); use train, val or test, or leave it empty for radops' own split"
+            f"labels file {path}: {len(bad_splits)} row(s) hold a value in column 'split' "
+            f"that is not a split name ({_lines(bad_splits)}; values not shown); allowed: "
+            "train, val (or validation, valid), test, or empty for radops' own split"
         )
     if bad_numbers:
         name, lines = next(iter(bad_numbers.items()))
         raise InputError(
             f"labels file {path}: column '{name}' must hold numbers (or be empty), but "
-            f"{_lines(lines)} do not; extra columns are targets such as a grade or a size"
+            f"{_lines(lines)} do not; target columns (validate.target_ranges) hold values such as "
+            "a grade or a size"
         )
-    table = LabelTable({}, set(), Counter(), len(raw), extras)
+    table = LabelTable({}, set(), Counter(), len(raw), extras, dropped)
     for _, row, split, extra in parsed:
-        targets = tuple(extra)
+        found = tuple(extra)
         if col(row, path_col) and _outside(col(row, path_col), roots):
             table.counts["paths_outside_input"] += 1
         label = _label(col(row, "label"))
@@ -196,11 +225,9 @@ def read_labels(
         sop = pseudo.uid(col(row, "sop_instance_uid"))
         patient = pseudo.patient(col(row, "patient_id")) if col(row, "patient_id") else None
         known = table.wanted.get(sop)
-        if known is not None and not _same(
-            (known[0], known[1], *known[3]), (label, split, *targets)
-        ):
+        if known is not None and not _same((known[0], known[1], *known[3]), (label, split, *found)):
             table.conflicting.add(sop)
-        table.wanted[sop] = (label, split, patient, targets)
+        table.wanted[sop] = (label, split, patient, found)
     return table
 
 

@@ -186,6 +186,7 @@ def _build(params: Params, paths: Paths, staged: Path) -> Any:
         max_megapixels=params.ingest.max_megapixels,
         linkage=linkage_path(key_path),
         key_note=ingest.SYNTHETIC_NOTE if synthetic else ingest.LOCAL_NOTE,
+        targets=ingest.declared_targets(params),
     )
     manifest = pd.read_parquet(ingest_dir / catalog.MANIFEST_FILE)
     assembled = S.assemble(manifest, cfg.tolerance, cfg.min_slices, cfg.label_rule)

@@ -68,25 +68,36 @@ def test_a_missing_required_column_is_named(small_cohort: SmallCohort, tmp_path:
     assert "has no column label" in _refused(small_cohort, labels, tmp_path)
 
 
-def test_unknown_split_values_are_listed_not_replaced(
+def test_unknown_split_values_are_counted_never_shown(
     small_cohort: SmallCohort, tmp_path: Path
 ) -> None:
+    """Issue 21 §7: a value pasted into ``split`` (here a patient's name and a date) is refused
+    by count, lines and the allowed values; the value itself is never echoed."""
     rows = [[r["sop_instance_uid"], r["label"], "train"] for r in _rows(small_cohort)]
-    rows[4][2], rows[9][2], rows[10][2] = "tset", "Validation", "tset"
+    rows[4][2], rows[9][2], rows[10][2] = "Okonkwo, Adaeze", "Validation", "03.11.1958"
     labels = _write(tmp_path / "l.csv", ["sop_instance_uid", "label", "split"], rows)
     message = _refused(small_cohort, labels, tmp_path)
-    assert "unknown split values 'tset'" in message and "lines 6, 12" in message
-    assert "validation" not in message  # an accepted spelling of val
+    assert "2 row(s)" in message and "lines 6, 12" in message
+    assert "allowed: train, val (or validation, valid), test" in message
+    assert "Okonkwo" not in message and "Adaeze" not in message and "1958" not in message
 
 
 @pytest.mark.parametrize("column", ["patient_name", "BirthDate", "mrn", "study_id", "home_address",
                                     "PhoneNumber", "scan_date"])  # fmt: skip
-def test_identifying_extra_columns_are_refused(
+def test_identifying_target_columns_are_refused(
     small_cohort: SmallCohort, tmp_path: Path, column: str
 ) -> None:
+    """A column declared as a target (validate.target_ranges) whose name looks like an
+    identifier is refused; undeclared ones are dropped (tests/security/test_labels_columns)."""
     rows = [[r["sop_instance_uid"], r["label"], "1"] for r in _rows(small_cohort)]
     labels = _write(tmp_path / "l.csv", ["sop_instance_uid", "label", column], rows)
-    assert f"column '{column}' looks like an identifier" in _refused(small_cohort, labels, tmp_path)
+    with pytest.raises(InputError) as info:
+        ingest.ingest_folder(
+            small_cohort.dicom_dir, tmp_path / "out", KEY, labels, targets=frozenset({column})
+        )
+    assert f"column '{column}' is declared as a target" in str(info.value)
+    assert "looks like an identifier" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_non_numeric_extra_column_is_named_without_its_values(
