@@ -40,15 +40,67 @@ def check_private(path: Path) -> None:
 
 
 def create_private(path: Path, data: bytes) -> bool:
-    """Write ``data`` to a new 0600 file; False if it already existed (theirs is kept)."""
+    """Write ``data`` to a new 0600 file; False if it already existed (theirs is kept).
+
+    Atomic: the data go to a private temporary sibling, are flushed to disk, and only then get
+    the file's name (``os.link``, which refuses an existing name, so a concurrent creator's
+    file is kept). A full disk or a crash leaves no file at ``path``, never an empty or partial
+    one that would block every later run; the failure is a ``SecretError`` that says why.
+    """
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not _publish(tmp, path):
+            return False
+        _sync_folder(path.parent)
+        return True
+    except OSError as exc:
+        raise SecretError(
+            f"could not write the new secret file {path} "
+            f"({exc.strerror or type(exc).__name__}); nothing was left at that path: free disk "
+            "space (or fix the folder's permissions) and run again"
+        ) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _publish(tmp: str, path: Path) -> bool:
+    """Give the written temporary file ``tmp`` the name ``path``; False if ``path`` exists."""
+    import errno
+
+    try:
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    except OSError as exc:  # a file system without hard links: rename, after a last check
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists() or path.is_symlink():
+            return False
+        os.replace(tmp, path)
     return True
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the new name) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_private(path: Path | str) -> bytes:
