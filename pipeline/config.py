@@ -74,6 +74,9 @@ class IngestSection(Section):
     # Largest image ingest decodes: rows × columns × frames, in millions, checked from the header
     # before any pixel data is read; larger files are quarantined ("too large: ...").
     max_megapixels: float = Field(64.0, gt=0)
+    # Largest header (everything but the pixel data), in MB: a larger one (e.g. a huge private
+    # element) is quarantined as soon as the reader reaches the limit, never read whole.
+    max_header_mb: float = Field(64.0, gt=0)
 
 
 class ValidateSection(Section):

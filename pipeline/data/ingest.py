@@ -144,7 +144,7 @@ def run(params: Params, paths: Paths) -> IngestResult:
     return ingest_folder(
         paths.input_dir, paths.out_dir, SYNTHETIC_KEY if synthetic else local_key, labels,
         params.ingest.workers, max_megapixels=params.ingest.max_megapixels,
-        linkage=linkage_path(key_path), key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE,
+        max_header_mb=params.ingest.max_header_mb, linkage=linkage_path(key_path), key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE,
         targets=declared_targets(params),
     )  # fmt: skip
 
@@ -167,19 +167,47 @@ def ingest_folder(
     workers: int = 1,
     *,
     max_megapixels: float = 64.0,
+    max_header_mb: float = 64.0,
     linkage: Path | str | None = None,
     key_note: str = LOCAL_NOTE,
     targets: frozenset[str] | None = None,
 ) -> IngestResult:
     """The whole stage with explicit arguments. ``linkage``: the linkage table to merge this
     input's ``source_id -> path`` rows into (None: none is written). ``targets``: the labels-file
-    columns kept as targets (None: ``declared_targets()``'s defaults); others are dropped."""
+    columns kept as targets (None: ``declared_targets()``'s defaults); others are dropped.
+
+    One ingest per ``out_dir`` at a time: a second one fails at once (``PipelineBusy``, exit
+    code 6) instead of both succeeding and the last one's output silently winning."""
+    from pipeline.io import check_outputs, ensure_parent
+    from pipeline.locks import output_lock
+
+    check_outputs([out_dir], [input_dir, labels_csv])
+    ensure_parent(out_dir, "ingest")
+    with output_lock(out_dir, "ingest"):
+        return _ingest(
+            input_dir, out_dir, key, labels_csv, workers, max_megapixels=max_megapixels,
+            max_header_mb=max_header_mb, linkage=linkage, key_note=key_note, targets=targets,
+        )  # fmt: skip
+
+
+def _ingest(
+    input_dir: Path | str,
+    out_dir: Path | str,
+    key: bytes,
+    labels_csv: Path | str | None,
+    workers: int,
+    *,
+    max_megapixels: float,
+    max_header_mb: float,
+    linkage: Path | str | None,
+    key_note: str,
+    targets: frozenset[str] | None,
+) -> IngestResult:
     from pipeline.data import seg_ingest
     from pipeline.data.deid import Pseudonymizer, update_linkage
     from pipeline.data.safe_read import Limits
-    from pipeline.io import atomic_path, check_outputs
+    from pipeline.io import atomic_path
 
-    check_outputs([out_dir], [input_dir, labels_csv])
     start = time.perf_counter()
     root = Path(input_dir)
     if not root.is_dir():
@@ -200,7 +228,7 @@ def ingest_folder(
         table = read_labels(labels_csv, pseudo, root, reserved, frozenset(targets))
     files, early = _split_listing(found, pseudo)
     sources = {pseudo.source(rel): rel for rel, _, _ in found}
-    limits = Limits(os.path.realpath(root), max_megapixels)
+    limits = Limits(os.path.realpath(root), max_megapixels, max_header_mb)
     with atomic_path(out_dir, stage="ingest") as staged:
         (staged / catalog.PIXELS_DIR).mkdir(parents=True)
         outcomes = process_all(files, str(staged), key, workers, limits)

@@ -6,7 +6,9 @@
   swapped for a link between listing and reading.
 - Nothing too large is decoded: rows × columns × frames is checked against
   ``ingest.max_megapixels`` (and bits per sample, samples per pixel against fixed bounds) from
-  the header, before the pixel data is read. A Deflated Explicit VR file is inflated only as
+  the header, before the pixel data is read. The header itself is read only up to
+  ``ingest.max_header_mb`` (a 300 MB private element is refused when the reader reaches the
+  limit, not read whole), and what follows the pixel data only up to the same margin. A Deflated Explicit VR file is inflated only as
   far as its header allows (pydicom inflates the whole stream first, so a 0.5 MB file can
   claim gigabytes).
 """
@@ -42,10 +44,35 @@ class Refused(Exception):
 
 class Limits(NamedTuple):
     """What a worker may read: files inside ``root`` (a real path), images up to
-    ``max_megapixels`` (rows × columns × frames, in millions)."""
+    ``max_megapixels`` (rows × columns × frames, in millions), headers (all but the pixel
+    data) up to ``max_header_mb`` MB."""
 
     root: str
     max_megapixels: float
+    max_header_mb: float = 64.0
+
+
+def header_too_large(limits: Limits) -> str:
+    return f"header larger than {limits.max_header_mb:g} MB (ingest.max_header_mb; not read)"
+
+
+class _Capped:
+    """A file whose reads stop with ``Refused`` before passing ``limit`` bytes from its start
+    (when the file really goes on past it: a short file still reads short, as pydicom expects
+    of a truncated one). Everything else is the file's own."""
+
+    def __init__(self, fh: BinaryIO, limit: int, reason: str) -> None:
+        self._fh, self._limit, self._reason = fh, limit, reason
+        self._size = os.fstat(fh.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = self._size if size is None or size < 0 else self._fh.tell() + size
+        if end > self._limit and self._size > self._limit:
+            raise Refused(self._reason)
+        return self._fh.read(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def open_inside(path: str, root: str) -> BinaryIO:
@@ -123,9 +150,12 @@ def read_bounded(fh: BinaryIO, limits: Limits, declared: Declared) -> Dataset:
     if _deflated(fh):
         return _read_deflated(fh, limits, declared)
     fh.seek(0)
-    ds = dcmread(fh, force=False, stop_before_pixels=True)
-    check_size(ds, declared, limits)
-    for elem in read_dataset(fh, *ds.original_encoding).elements():
+    cap = int(limits.max_header_mb * 1e6)
+    reason = header_too_large(limits)
+    ds = dcmread(cast(BinaryIO, _Capped(fh, cap, reason)), force=False, stop_before_pixels=True)
+    pixels = check_size(ds, declared, limits)
+    rest = _Capped(fh, fh.tell() + pixels + cap, reason)  # pixel data, then trailing elements
+    for elem in read_dataset(cast(BinaryIO, rest), *ds.original_encoding).elements():
         ds[elem.tag] = elem
     return ds
 

@@ -184,6 +184,7 @@ def _build(params: Params, paths: Paths, staged: Path) -> Any:
         labels,
         params.ingest.workers,
         max_megapixels=params.ingest.max_megapixels,
+        max_header_mb=params.ingest.max_header_mb,
         linkage=linkage_path(key_path),
         key_note=ingest.SYNTHETIC_NOTE if synthetic else ingest.LOCAL_NOTE,
         targets=ingest.declared_targets(params),
