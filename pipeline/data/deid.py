@@ -9,7 +9,8 @@ mode 0600, and is never logged or written anywhere else (``pipeline.secrets``).
 
 File paths are identifiers too (PACS layouts name folders by UID, date, MRN or patient name),
 so no output holds one: each input file is known by ``source_id`` = ``F-`` + the first 16 hex
-digits of HMAC-SHA256(key, ``"source:" + path relative to the input folder, POSIX form``). The
+digits of HMAC-SHA256(key, ``"source:" + path relative to the input folder, POSIX form``, as
+the exact bytes of the name: ``os.fsencode``, UTF-8 for any decodable name). The
 ``source:`` prefix separates the domains: a file named exactly like a PatientID or UID does not
 get a ``source_id`` that equals that patient's or UID's pseudonym. The way back is the local
 linkage table (``linkage.csv`` beside the key, mode 0600, never versioned).
@@ -76,7 +77,10 @@ class Pseudonymizer:
 
     def digest(self, value: str) -> bytes:
         """HMAC-SHA256(key, value): the one primitive behind every pseudonym."""
-        return hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).digest()
+        return self._mac(value.encode("utf-8"))
+
+    def _mac(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
 
     def _cached(self, kind: str, value: str) -> str:
         hit = self._cache.get((kind, value))
@@ -86,7 +90,7 @@ class Pseudonymizer:
             elif kind == "patient":
                 hit = "P-" + self.digest(value).hex()[:16]
             elif kind == "source":
-                hit = "F-" + self.digest("source:" + value).hex()[:16]
+                hit = "F-" + self._mac(b"source:" + _path_bytes(value)).hex()[:16]
             else:
                 hit = "SITE-" + self.digest(value).hex()[:8]
             if len(self._cache) > 100_000:
@@ -107,8 +111,19 @@ class Pseudonymizer:
         return self._cached("site", name) if name else "SITE-unknown"
 
     def source(self, relative: str) -> str:
-        """``F-<16 hex>`` for a file's path relative to the input folder (POSIX form)."""
+        """``F-<16 hex>`` for a file's path relative to the input folder (POSIX form), from its
+        exact bytes (``os.fsencode``): a name holding an undecodable byte and a name spelling
+        that byte's escape (``a\\xff.dcm``) are different files with different ids."""
         return self._cached("source", relative)
+
+
+def _path_bytes(relative: str) -> bytes:
+    """A path's bytes as the file system holds them (undecodable bytes arrive in ``str`` as
+    surrogate escapes); UTF-8 for a valid name, so such ids are the same on every platform."""
+    try:
+        return os.fsencode(relative)
+    except UnicodeEncodeError:  # a lone surrogate that no file system name produced
+        return relative.encode("utf-8", "surrogatepass")
 
 
 def linkage_path(key_path: Path | str) -> Path:

@@ -227,7 +227,8 @@ def _ingest(
         targets = declared_targets() if targets is None else targets
         table = read_labels(labels_csv, pseudo, root, reserved, frozenset(targets))
     files, early = _split_listing(found, pseudo)
-    sources = {pseudo.source(rel): rel for rel, _, _ in found}
+    # the printable path (for the user's own outputs and the linkage table); ids from the bytes
+    sources = {pseudo.source(rel): printable(rel) for rel, _, _ in found}
     limits = Limits(os.path.realpath(root), max_megapixels, max_header_mb)
     with atomic_path(out_dir, stage="ingest") as staged:
         (staged / catalog.PIXELS_DIR).mkdir(parents=True)
@@ -252,8 +253,8 @@ def _ingest(
 
 
 def listing(root: Path) -> list[tuple[str, str, str | None]]:
-    """Every entry under ``root``, sorted: (relative POSIX path, absolute path, reason it is
-    not read or None). Links are never followed: a link to a file or a folder is accounted
+    """Every entry under ``root``, sorted: (relative POSIX path, exactly as the file system
+    names it, absolute path, reason it is not read or None). Links are never followed: a link to a file or a folder is accounted
     for with a reason, so nothing outside the input folder is listed or read."""
     from pipeline.data.safe_read import NOT_REGULAR, SYMLINK
 
@@ -270,7 +271,7 @@ def listing(root: Path) -> list[tuple[str, str, str | None]]:
             )
             continue
         for entry in entries:
-            rel = f"{prefix}{_printable(entry.name)}"
+            rel = f"{prefix}{entry.name}"  # exact: undecodable bytes as surrogate escapes
             if entry.is_symlink():
                 found.append((rel, entry.path, SYMLINK))
             elif entry.is_dir(follow_symlinks=False):
@@ -307,7 +308,7 @@ def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
     return _split_listing(listing(root), Pseudonymizer(secrets.token_bytes(32)))
 
 
-def _printable(name: str) -> str:
+def printable(name: str) -> str:
     """A file name as text that any output can hold (undecodable bytes shown as escapes)."""
     return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
 
