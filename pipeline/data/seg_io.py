@@ -12,6 +12,7 @@ case-insensitively (``normalise_label``); only ``BINARY`` segmentations are read
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -29,7 +30,15 @@ UNSUPPORTED = "unsupported segmentation type (only BINARY SEG is read)"
 MULTIFRAME_SOURCE = "segmentation (SEG) references a multi-frame image (not supported)"
 PATIENT_MISMATCH = "segmentation (SEG) patient differs from its source image's patient"
 DUPLICATE_SEG = "segmentation (SEG) for an image that an earlier SEG already segments"
-UNREADABLE = "unreadable segmentation (SEG) object"
+UNREADABLE = "unreadable segmentation (SEG) object"  # + ": <what is missing or wrong>"
+# Attributes a BINARY SEG needs to be read (Segmentation Image, Multi-frame Functional Groups,
+# Multi-frame Dimension, Common Instance Reference and Image Pixel modules): named in the
+# reason when an unreadable SEG lacks them.
+SEG_NEEDS = (
+    "SegmentSequence", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+    "DimensionIndexSequence", "ReferencedSeriesSequence", "Rows", "Columns", "PixelData",
+)  # fmt: skip
+_TAG = re.compile(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)")
 REASONS = (
     ORPHAN,
     GEOMETRY,
@@ -94,11 +103,11 @@ def read_seg(path: str) -> SegFrames:
     try:
         ds = pydicom.dcmread(path)
         seg_type = str(getattr(ds, "SegmentationType", ""))
-    except Exception:
-        raise SegError(UNREADABLE) from None
+    except Exception as exc:
+        raise unreadable(exc) from None
     if seg_type != "BINARY":
         raise SegError(UNSUPPORTED)
-    _quiet_highdicom()
+    _quiet_highdicom(logging.ERROR)
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
         numbers = tuple(int(n) for n in seg.get_segment_numbers())
@@ -106,8 +115,8 @@ def read_seg(path: str) -> SegFrames:
             normalise_label(seg.get_segment_description(n).segment_label) for n in numbers
         )
         sources = [str(uid) for _, _, uid in seg.get_source_image_uids()]
-    except Exception:
-        raise SegError(UNREADABLE) from None
+    except Exception as exc:
+        raise unreadable(exc, ds) from None
     by_source: dict[str, np.ndarray] = {}
     for uid in sources:
         frames = _referenced_frames(ds, uid)
@@ -119,8 +128,8 @@ def read_seg(path: str) -> SegFrames:
                 segment_numbers=list(numbers),
                 assert_missing_frames_are_empty=True,
             )
-        except Exception:
-            raise SegError(UNREADABLE) from None
+        except Exception as exc:
+            raise unreadable(exc, ds) from None
         by_source[uid] = np.moveaxis(np.asarray(arr[0]) > 0, -1, 0).astype(np.uint8)
     return SegFrames(
         seg_type,
@@ -134,6 +143,33 @@ def read_seg(path: str) -> SegFrames:
     )
 
 
+def unreadable(exc: BaseException, ds: Dataset | None = None) -> SegError:
+    """``UNREADABLE`` with what is wrong: the needed attributes ``ds`` lacks, and the reader's
+    (highdicom's, pydicom's) exception type with the DICOM keywords its message names. Never
+    the message itself: it may quote a path or a header value."""
+    missing = [k for k in SEG_NEEDS if ds is not None and k not in ds]
+    named = [k for k in dicom_keywords(str(exc)) if k not in missing]
+    parts = [f"missing {', '.join(missing)}"] if missing else []
+    parts.append(type(exc).__name__ + (f" ({', '.join(named)})" if named else ""))
+    return SegError(f"{UNREADABLE}: {'; '.join(parts)}")
+
+
+def dicom_keywords(text: str, limit: int = 3) -> list[str]:
+    """The standard DICOM attribute keywords a message names (as a keyword, or as a tag
+    ``(gggg,eeee)``), in order, at most ``limit``: attribute names, never values."""
+    from pydicom.datadict import keyword_dict, keyword_for_tag
+
+    found: list[str] = []
+    for match in re.finditer(rf"{_TAG.pattern}|\b[A-Z][A-Za-z0-9]+\b", text):
+        if match.group(1):
+            word = keyword_for_tag(int(match.group(1) + match.group(2), 16))
+        else:
+            word = match.group(0)
+        if word and word in keyword_dict and word != "Item" and word not in found:
+            found.append(word)
+    return found[:limit]
+
+
 def _referenced_frames(ds: Dataset, uid: str) -> bool:
     """Whether any frame of ``ds`` points at a frame number of source ``uid``."""
     for group in getattr(ds, "PerFrameFunctionalGroupsSequence", []):
@@ -144,11 +180,10 @@ def _referenced_frames(ds: Dataset, uid: str) -> bool:
     return False
 
 
-def _quiet_highdicom() -> None:
-    """highdicom logs every module it copies at INFO: noise in every stage's output."""
-    import logging
-
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+def _quiet_highdicom(level: int = logging.WARNING) -> None:
+    """highdicom logs every module it copies at INFO: noise in every stage's output. Reading
+    (``level`` ERROR) its warnings are silenced too: they quote the SEG's UIDs."""
+    logging.getLogger("highdicom").setLevel(level)
 
 
 def build_seg(

@@ -122,13 +122,14 @@ def test_every_quarantine_reason(small_cohort: Any, tmp_path: Path) -> None:
     result = _ingest(src, tmp_path / "out")
     quarantine = pd.read_csv(tmp_path / "out" / catalog.QUARANTINE_FILE)
     reasons = quarantine["reason"].value_counts().to_dict()
+    unreadable = f"{seg_io.UNREADABLE}: missing SegmentSequence; AttributeError"  # says what
     for reason in (
         seg_io.ORPHAN,
         seg_io.GEOMETRY,
         seg_io.UNSUPPORTED,
         seg_io.DUPLICATE_SEG,
         seg_io.PATIENT_MISMATCH,
-        seg_io.UNREADABLE,
+        unreadable,
     ):
         assert reasons.get(reason) == 1, (reason, reasons)
     assert result.quarantined == 6
