@@ -66,7 +66,8 @@ class _Capped:
         self._size = os.fstat(fh.fileno()).st_size
 
     def read(self, size: int | None = -1) -> bytes:
-        end = self._size if size is None or size < 0 else self._fh.tell() + size
+        size = -1 if size is None else size
+        end = self._size if size < 0 else self._fh.tell() + size
         if end > self._limit and self._size > self._limit:
             raise Refused(self._reason)
         return self._fh.read(size)
