@@ -309,8 +309,12 @@ def walk(root: Path) -> tuple[list[tuple[int, str, str]], list[Outcome]]:
 
 
 def printable(name: str) -> str:
-    """A file name as text that any output can hold (undecodable bytes shown as escapes)."""
-    return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A file name as text that any output can hold, one text per name: undecodable bytes
+    shown as escapes (``\\xe9``) and a backslash of the name's own doubled, so that a name
+    spelling an escape never reads like a name holding that byte."""
+    if name.isascii() and "\\" not in name:
+        return name
+    return os.fsencode(name.replace("\\", "\\\\")).decode("utf-8", "backslashreplace")
 
 
 def _write_outputs(
