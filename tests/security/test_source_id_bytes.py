@@ -29,8 +29,8 @@ def test_a_raw_byte_and_its_escaped_text_get_different_ids(tmp_path: Path) -> No
     assert result.files_ingested == 2 and manifest["source_id"].nunique() == 2
     assert len(result.sources) == 2  # each id keeps its way back to its own file ...
     assert sorted(result.sources.values()) == [
-        "scan\\xe9_07.dcm",
-        "scan\\\\xe9_07.dcm",
+        "scan\\\\xe9_07.dcm",  # the name holding a backslash, shown doubled
+        "scan\\xe9_07.dcm",  # the name holding the byte 0xe9
     ]  # ... told apart
     pseudo = deid.Pseudonymizer(KEY)
     expected = {pseudo.source("scan\\xe9_07.dcm"), pseudo.source(os.fsdecode(b"scan\xe9_07.dcm"))}
