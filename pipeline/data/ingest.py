@@ -144,8 +144,8 @@ def run(params: Params, paths: Paths) -> IngestResult:
     return ingest_folder(
         paths.input_dir, paths.out_dir, SYNTHETIC_KEY if synthetic else local_key, labels,
         params.ingest.workers, max_megapixels=params.ingest.max_megapixels,
-        max_header_mb=params.ingest.max_header_mb, linkage=linkage_path(key_path), key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE,
-        targets=declared_targets(params),
+        max_header_mb=params.ingest.max_header_mb, linkage=linkage_path(key_path),
+        key_note=SYNTHETIC_NOTE if synthetic else LOCAL_NOTE, targets=declared_targets(params),
     )  # fmt: skip
 
 
@@ -254,8 +254,9 @@ def _ingest(
 
 def listing(root: Path) -> list[tuple[str, str, str | None]]:
     """Every entry under ``root``, sorted: (relative POSIX path, exactly as the file system
-    names it, absolute path, reason it is not read or None). Links are never followed: a link to a file or a folder is accounted
-    for with a reason, so nothing outside the input folder is listed or read."""
+    names it, absolute path, reason it is not read or None). Links are never followed: a link
+    to a file or a folder is accounted for with a reason, so nothing outside the input folder
+    is listed or read."""
     from pipeline.data.safe_read import NOT_REGULAR, SYMLINK
 
     found: list[tuple[str, str, str | None]] = []
