@@ -8,9 +8,9 @@
   ``ingest.max_megapixels`` (and bits per sample, samples per pixel against fixed bounds) from
   the header, before the pixel data is read. The header itself is read only up to
   ``ingest.max_header_mb`` (a 300 MB private element is refused when the reader reaches the
-  limit, not read whole), and what follows the pixel data only up to the same margin. A Deflated Explicit VR file is inflated only as
-  far as its header allows (pydicom inflates the whole stream first, so a 0.5 MB file can
-  claim gigabytes).
+  limit, not read whole), and what follows the pixel data only up to the same margin. A
+  Deflated Explicit VR file is inflated only as far as its header allows (pydicom inflates
+  the whole stream first, so a 0.5 MB file can claim gigabytes).
 """
 
 from __future__ import annotations
