@@ -132,9 +132,7 @@ DRIFT_PREDICTIONS_PLOT = "predictions.png"
 # ---------------------------------------------------------------- register / predict
 MODEL_CARD = "model_card.md"
 REGISTRATION_FILE = "registration.json"
-SERVING_FILE = (
-    "serving.json"  # in a registered model's artifact: what it serves (threshold, digests)
-)
+SERVING_FILE = "serving.json"  # in a registered model's artifact: threshold, digests
 PREDICTIONS_FILE = Path("predictions.csv")
 
 # ---------------------------------------------------------------- segmentation (task.kind)
