@@ -83,7 +83,7 @@ def _is_http(prefix: str) -> bool:
     """Whether ``scheme://`` (``_split_authority``'s first part) is HTTP(S), also as the last
     part of a compound scheme (``git+https://``)."""
     match = re.search(r"([A-Za-z][\w+.\-]*)://$", prefix)
-    return bool(match) and match.group(1).lower().rsplit("+", 1)[-1] in HTTP_SCHEMES
+    return match is not None and match.group(1).lower().rsplit("+", 1)[-1] in HTTP_SCHEMES
 
 
 def _split_authority(url: str) -> tuple[str, str, str] | None:
