@@ -144,6 +144,14 @@ def run(params: Params, paths: Paths) -> PredictResult:
         task = task_from_meta(meta)
         check_tta(task, params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         tta = resolve_tta(task, params.evaluate.tta)
+        evaluated_tta = (meta.get("inference") or {}).get("tta")  # bound by serving.json
+        if evaluated_tta is not None and tta != evaluated_tta:
+            log.warning(
+                "%s was saved to serve with TTA %r; scoring with %r as evaluate.tta / --tta ask",
+                label,
+                evaluated_tta,
+                tta,
+            )
         threshold = operating_threshold(task, recorded_threshold, meta)
         if recorded_threshold is None and threshold is not None:
             log.info("no registered threshold for %s; using %.3f", label, threshold)
