@@ -7,7 +7,9 @@ patient-level paired bootstrap (``register.promotion_test``); K classes: macro A
 patient-level bootstrap; regression: per-patient absolute errors by a Wilcoxon signed-rank
 test (``delong``, the analytic choice) or a paired bootstrap (``bootstrap``). Otherwise it
 gets the ``challenger`` alias. A champion of another task or target (or image size or
-preprocessing) is never compared. The decision, its p-value and both values of the statistic
+preprocessing) is never compared; a champion that fails its integrity check
+(``pipeline.registry.trust``: source outside the store, files not as registered) is replaced
+without a comparison, as it cannot be served anyway. The decision, its p-value and both values of the statistic
 are recorded as tags on the new version, so the registry explains every alias move. Used by the Prefect flow and the CLI;
 ``decide_promotion`` only decides (and tags), ``apply_promotion`` moves the aliases.
 """
@@ -266,7 +268,17 @@ def decide_promotion(
         return decide(True, "no champion yet")
     if str(champion.version) == version:
         return decide(True, "already the champion", champ_version=version)
-    champ_net, champ_meta = load_registered(params, f"models:/{name}@{CHAMPION}")
+    from pipeline.registry.trust import UntrustedModelError
+
+    try:  # the version resolved above, not the alias again
+        champ_net, champ_meta = load_registered(params, f"models:/{name}/{champion.version}")
+    except UntrustedModelError as exc:  # e.g. the alias moved to a version from elsewhere
+        return decide(
+            True,
+            f"champion v{champion.version} fails its integrity check and cannot be served "
+            f"({str(exc)[:300]}): replaced",
+            champ_version=str(champion.version),
+        )
     why_not = _incomparable(champ_meta, new_meta, size)
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))

@@ -217,3 +217,26 @@ def test_local_model_folder_with_replaced_weights_is_refused(tmp_path: Path, sca
     assert done.returncode == InputError.exit_code, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "SHA-256" in done.stderr
     assert not (tmp_path / "cli.csv").exists()
+
+
+def test_promotion_replaces_a_champion_from_outside_the_store(tmp_path: Path) -> None:
+    """The alias moved to a foreign version: the next registered version is not compared
+    with it (its weights are never loaded) but replaces it, and the tags say why."""
+    from pipeline.registry import promote
+
+    first = _register(tmp_path, save_cnn(constant_net(0.6), tmp_path / "v1", size=SIZE), 0.5)
+    outside = _outside_model(tmp_path)
+    with mlflow_env(tmp_path):
+        client = _client(tmp_path)
+        foreign = client.create_model_version(first["name"], source=str(outside))
+        client.set_registered_model_alias(first["name"], "champion", foreign.version)
+    new = _register(tmp_path, save_cnn(constant_net(0.6), tmp_path / "v3", size=SIZE), 0.5)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(8, 1, SIZE, SIZE)).astype(np.float32)
+    y, groups = np.array([0, 1] * 4), np.arange(8)
+    with mlflow_env(tmp_path):
+        registration = json.loads((tmp_path / "v3-reg" / "registration.json").read_text())
+        decision = promote.decide_promotion(_params(tmp_path), registration, x, y, groups)
+    assert new["version"] == decision.version
+    assert decision.promoted and decision.champion_version == str(foreign.version)
+    assert "integrity" in decision.reason and "outside" in decision.reason
