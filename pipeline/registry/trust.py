@@ -305,6 +305,8 @@ def resolve(params: Params, model_uri: str, workdir: Path) -> ResolvedModel:
         if record is not None:
             verify_record(record, model_dir)
         return ResolvedModel(model_dir, record, str(local), registered=False)
+    if ":/" not in model_uri:  # neither a folder nor a URI
+        raise InputError(f"model not found: {model_uri!r} is no folder and no models:/ URI")
     import mlflow
     from mlflow.tracking import MlflowClient
 
