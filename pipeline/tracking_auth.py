@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline import catalog
+from pipeline.errors import SecretError
 from pipeline.secrets import create_private, load_or_create, read_private, write_private
 
 HOST = "127.0.0.1"
@@ -129,6 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     root = Path.cwd()
+    db, password_file = root / AUTH_DB, root / PASSWORD_FILE
+    if db.is_file() and db.stat().st_size and not password_file.exists():
+        print(
+            f"radops: error: {password_file} is gone but {db} still holds the admin's old "
+            f"password: delete {db} to have a new admin password created",
+            file=sys.stderr,
+        )
+        sys.exit(SecretError.exit_code)
     (root / catalog.MLRUNS_DIR / catalog.MLFLOW_ARTIFACTS).mkdir(parents=True, exist_ok=True)
     env = os.environ | server_environment(root)
     command = server_command(root, args.port)
