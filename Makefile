@@ -44,14 +44,12 @@ run: setup ## Run the whole pipeline (Prefect flow over the DVC graph; temporary
 repro: setup ## Run the DVC graph without Prefect (`dvc repro`).
 	dvc repro
 
-ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/ (the stack's server while it is up).
+ui: setup ## MLflow UI on http://127.0.0.1:5000 over mlruns/, basic auth: admin, .radops/mlflow-admin-password (the stack's server while it is up).
 	@$(WITH_STACK) if [ -n "$$MLFLOW_TRACKING_URI" ]; then \
 	  echo "make stack is up: its MLflow server serves the UI at" \
 	    "$$MLFLOW_TRACKING_URI/#/experiments?workflowType=machine_learning"; exit 0; fi; \
 	mkdir -p mlruns; \
-	echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning"; \
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlruns)/mlflow.db \
-	  --default-artifact-root $(abspath mlruns)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+	python -m pipeline.tracking_auth --port $(MLFLOW_PORT)
 
 tune-ui: setup ## optuna-dashboard over the study storage (SQLite, journal or the stack's PostgreSQL) on 127.0.0.1.
 	$(WITH_STACK) python -m pipeline.training.tune_ui --port $(TUNE_UI_PORT)

@@ -28,6 +28,11 @@ LINKAGE_FILE = "linkage.csv"  # source_id -> input path; beside the pseudonym ke
 OPTUNA_STORAGE_FILE = LOCAL_DIR / "optuna-storage"  # a storage URL with a password (0600)
 TRACKING_URI_FILE = LOCAL_DIR / "tracking-uri"  # a tracking URL with a password (0600)
 PREFECT_AUTH_FILE = LOCAL_DIR / "prefect-api-auth"  # the Prefect server's API auth string
+# `make ui`: MLflow's basic-auth app (pipeline/tracking_auth.py); secrets 0600, never printed
+MLFLOW_AUTH_PASSWORD_FILE = LOCAL_DIR / "mlflow-admin-password"  # user "admin"
+MLFLOW_AUTH_SECRET_FILE = LOCAL_DIR / "mlflow-flask-secret"  # the server's CSRF/session key
+MLFLOW_AUTH_CONFIG_FILE = LOCAL_DIR / "mlflow-auth.ini"  # no secret inside
+MLFLOW_AUTH_DB = LOCAL_DIR / "mlflow-auth.db"  # users and permissions (password hashes)
 # `make stack`: PostgreSQL, MLflow server, Prefect server + workers; all state here (0700).
 STACK_DIR = LOCAL_DIR / "stack"
 STACK_ENV_FILE = STACK_DIR / "env"  # KEY=VALUE for clients while the stack is up (0600)
@@ -132,6 +137,7 @@ DRIFT_PREDICTIONS_PLOT = "predictions.png"
 # ---------------------------------------------------------------- register / predict
 MODEL_CARD = "model_card.md"
 REGISTRATION_FILE = "registration.json"
+SERVING_FILE = "serving.json"  # in a registered model's artifact: threshold, digests
 PREDICTIONS_FILE = Path("predictions.csv")
 
 # ---------------------------------------------------------------- segmentation (task.kind)

@@ -526,18 +526,11 @@ def load_params(
 
 def validate_params(raw: dict[str, Any], source: str = str(DEFAULT_PARAMS)) -> Params:
     """``Params`` from a parsed tree; errors name the key (``source: a.b: message``)."""
-    from pipeline.credentials import check_params_urls
+    from pipeline.credentials import check_params_urls, strings_in
 
-    # Credentials first: a password must never be echoed back in a validation message.
-    urls = {
-        "tune.storage": (raw.get("tune") or {}).get("storage", "")
-        if isinstance(raw.get("tune"), dict)
-        else "",
-        "base.tracking_uri": (raw.get("base") or {}).get("tracking_uri", "")
-        if isinstance(raw.get("base"), dict)
-        else "",
-    }
-    check_params_urls({k: v for k, v in urls.items() if isinstance(v, str)})
+    # Credentials first, in every string of the tree: a secret must never be echoed back in
+    # a validation message, nor reach dvc.lock or MLflow through a field nobody checked.
+    check_params_urls(dict(strings_in(raw)))
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

@@ -38,10 +38,33 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 STORAGE_FILE = catalog.OPTUNA_STORAGE_FILE
 TRACKING_FILE = catalog.TRACKING_URI_FILE
 MASK = "***"
-# Query keys whose value is a secret (case-insensitive; any key containing "password" too).
+# Query keys whose value is a secret (case-insensitive; any key containing "password", and
+# any ending in one of SECRET_KEY_SUFFIXES: ``auth_token``, ``client_secret`` ...).
 SECRET_QUERY_KEYS = frozenset(
-    {"pwd", "passwd", "secret", "token", "access_token", "api_key", "apikey", "sslkey"}
+    {
+        "pwd",
+        "passwd",
+        "secret",
+        "token",
+        "access_token",
+        "auth_token",
+        "client_secret",
+        "api_key",
+        "apikey",
+        "sslkey",
+        "sig",  # Azure SAS signature
+        "signature",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "x-goog-signature",
+        "x-goog-credential",
+    }
 )
+SECRET_KEY_SUFFIXES = ("token", "secret", "signature", "passwd")
+# Schemes whose userinfo is always a credential, even without a password: an HTTP(S) URL's
+# user part is a token (``https://<token>@host``) as often as a name.
+HTTP_SCHEMES = frozenset({"http", "https"})
 # Settings that may hold a URL, with where their credentials belong instead.
 URL_SETTINGS = {
     "tune.storage": (STORAGE_ENV, STORAGE_FILE),
@@ -53,7 +76,14 @@ _HOST_RE = re.compile(r"(?:[\w.\-%~]*|\[[0-9A-Fa-f:.%\w]*\])(?::\d*)?")
 
 def _is_secret_key(key: str) -> bool:
     k = key.lower()
-    return "password" in k or k in SECRET_QUERY_KEYS
+    return "password" in k or k in SECRET_QUERY_KEYS or k.endswith(SECRET_KEY_SUFFIXES)
+
+
+def _is_http(prefix: str) -> bool:
+    """Whether ``scheme://`` (``_split_authority``'s first part) is HTTP(S), also as the last
+    part of a compound scheme (``git+https://``)."""
+    match = re.search(r"([A-Za-z][\w+.\-]*)://$", prefix)
+    return match is not None and match.group(1).lower().rsplit("+", 1)[-1] in HTTP_SCHEMES
 
 
 def _split_authority(url: str) -> tuple[str, str, str] | None:
@@ -95,6 +125,8 @@ def password_in(url: str) -> str | None:
         _user, sep, password = parts[1].partition(":")
         if sep and password:
             return "a password in the URL's user part"
+        if parts[1] and _is_http(parts[0]):
+            return "credentials in the HTTP(S) URL's user part"
     query = urlsplit(url).query if "?" in url else ""
     if parts is not None and "?" in parts[2]:
         query = parts[2].split("?", 1)[1].split("#", 1)[0]
@@ -116,7 +148,9 @@ def redact_url(url: str) -> str:
     if parts is not None:
         prefix, userinfo, rest = parts
         user, sep, password = userinfo.partition(":")
-        if sep and password:
+        if userinfo and _is_http(prefix):  # a token as user name, or user:password
+            userinfo = MASK
+        elif sep and password:
             userinfo = f"{user}:{MASK}"
         redacted = f"{prefix}{userinfo}@{rest}"
     split = urlsplit(redacted)
@@ -128,15 +162,44 @@ def redact_url(url: str) -> str:
     return redacted
 
 
+_URL_WORD = re.compile(r"[A-Za-z][\w+.\-]*://\S+")
+
+
 def redact_text(text: str) -> str:
     """Every URL-looking word in ``text`` redacted (for log and error messages)."""
-    return re.sub(r"[A-Za-z][\w+.\-]*://\S+", lambda m: redact_url(m.group(0)), text)
+    return _URL_WORD.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def secret_in_text(text: str) -> str | None:
+    """Where any URL in ``text`` carries a secret (as ``password_in``), or None."""
+    if not isinstance(text, str) or "://" not in text:
+        return None
+    for word in [text, *_URL_WORD.findall(text)]:
+        where = password_in(word)
+        if where:
+            return where
+    return None
+
+
+def strings_in(tree: object, key: str = "") -> list[tuple[str, str]]:
+    """``(dotted key, text)`` of every string in a parsed params tree (list items as
+    ``key[i]``), so no field is left unchecked because it is not a known URL setting."""
+    if isinstance(tree, str):
+        return [(key or "(top level)", tree)]
+    if isinstance(tree, dict):
+        return [
+            hit for k, v in tree.items() for hit in strings_in(v, f"{key}.{k}" if key else str(k))
+        ]
+    if isinstance(tree, list | tuple):
+        return [hit for i, v in enumerate(tree) for hit in strings_in(v, f"{key}[{i}]")]
+    return []
 
 
 def check_params_urls(values: dict[str, str]) -> None:
-    """Refuse a params value (``{"tune.storage": url, ...}``) that carries a password."""
+    """Refuse a params value (``{"tune.storage": url, ...}``, or every string of the tree
+    from ``strings_in``) that carries a credential; the message never shows the value."""
     for key, url in values.items():
-        where = password_in(url)
+        where = secret_in_text(url)
         if where:
             env, path = URL_SETTINGS.get(key, (None, None))
             instead = (

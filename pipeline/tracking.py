@@ -78,7 +78,10 @@ def configure(params: Params) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
+    from pipeline.tracking_auth import use_client_credentials
+
     uri = tracking_uri(params)
+    use_client_credentials(uri)  # `make ui`'s basic-auth server: credentials from .radops/
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow exports the URI to os.environ, where it would outlive this configuration (and
     # leak into stage subprocesses of another project); keep the environment as it was.

@@ -10,8 +10,9 @@ The network has ``in_channels`` input channels and ``out_channels`` outputs (one
 binary label, K logits for K classes, one value for a regression); the task decides.
 
 A saved model is two files: ``model.safetensors`` (weights) and ``model.json``
-(architecture, preprocessing statistics, the task and its ``output`` spec), so loading
-never unpickles anything. ``predict`` turns raw outputs into predictions with the saved
+(architecture, preprocessing statistics, the task and its ``output`` spec, and the weights
+file's SHA-256 as ``weights_sha256``), so loading never unpickles anything, and
+``load_model`` refuses weights that are not the ones saved with the metadata. ``predict`` turns raw outputs into predictions with the saved
 ``output`` spec, so this file alone (it is what the MLflow model carries) can serve any task.
 """
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -192,8 +194,27 @@ def _unet(arch: dict[str, Any]) -> nn.Module:
     )
 
 
+WEIGHTS_DIGEST_KEY = "weights_sha256"  # model.json: the SHA-256 of model.safetensors
+
+
+class ModelIntegrityError(InputError):
+    """A saved model's files do not match what was recorded when it was saved."""
+
+
+def weights_sha256(path: Path | str) -> str:
+    """The SHA-256 (hex) of a weights file, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) -> Path:
-    """Write weights (safetensors) and metadata (JSON) into ``out_dir`` atomically.
+    """Write weights (safetensors) and metadata (JSON, with the weights' SHA-256) into
+    ``out_dir`` atomically.
 
     ``meta["architecture"]`` must hold ``ARCH_KEYS`` (``in_channels`` / ``out_channels``
     default to 1); ``meta["output"]`` (default: sigmoid) must name a known transform.
@@ -214,18 +235,57 @@ def save_model(network: nn.Module, meta: dict[str, Any], out_dir: Path | str) ->
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
-    write_json(out_dir / META_FILE, meta | {"architecture": arch})
+        digest = weights_sha256(tmp)
+    write_json(out_dir / META_FILE, meta | {"architecture": arch, WEIGHTS_DIGEST_KEY: digest})
     return out_dir
 
 
 def load_model(model_dir: Path | str) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a saved model (eval mode, CPU) and its metadata; no pickle involved."""
+    """Load a saved model (eval mode, CPU) and its metadata; no pickle involved.
+
+    The weights file must have the SHA-256 recorded in ``model.json`` (``weights_sha256``);
+    otherwise, or when the files cannot be read as the model they describe, a
+    ``ModelIntegrityError`` says so in one line. A model saved before the digest was
+    recorded loads with a warning that its weights are not verified.
+    """
+    import logging
+
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    meta = json.loads((model_dir / META_FILE).read_text())
-    network = build_network(meta["architecture"])
-    network.load_state_dict(load_file(str(model_dir / WEIGHTS_FILE)))
+    weights = model_dir / WEIGHTS_FILE
+    try:
+        meta = json.loads((model_dir / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(f"cannot read {model_dir / META_FILE}: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("architecture"), dict):
+        raise ModelIntegrityError(f"{model_dir / META_FILE} is not a radops model description")
+    if not weights.is_file():
+        raise ModelIntegrityError(f"{weights} is missing")
+    recorded = meta.get(WEIGHTS_DIGEST_KEY)
+    if recorded:
+        actual = weights_sha256(weights)
+        if actual != recorded:
+            raise ModelIntegrityError(
+                f"refusing the model in {model_dir}: {WEIGHTS_FILE} has SHA-256 "
+                f"{actual[:16]}…, not the {str(recorded)[:16]}… recorded in {META_FILE} when "
+                "it was saved (the weights were replaced or damaged)"
+            )
+    else:
+        logging.getLogger(__name__).warning(
+            "%s records no weights SHA-256 (saved by an older radops): its weights are not "
+            "verified",
+            model_dir / META_FILE,
+        )
+    try:
+        network = build_network(meta["architecture"])
+        network.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # wrong architecture, keys or shapes; not a safetensors file
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelIntegrityError(
+            f"refusing the model in {model_dir}: its weights do not load into the network "
+            f"{META_FILE} describes ({first})"
+        ) from None
     network.eval()
     return network, meta
 

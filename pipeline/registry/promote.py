@@ -7,7 +7,9 @@ patient-level paired bootstrap (``register.promotion_test``); K classes: macro A
 patient-level bootstrap; regression: per-patient absolute errors by a Wilcoxon signed-rank
 test (``delong``, the analytic choice) or a paired bootstrap (``bootstrap``). Otherwise it
 gets the ``challenger`` alias. A champion of another task or target (or image size or
-preprocessing) is never compared. The decision, its p-value and both values of the statistic
+preprocessing) is never compared; a champion that fails its integrity check
+(``pipeline.registry.trust``: source outside the store, files not as registered) is replaced
+without a comparison, as it cannot be served anyway. The decision, its p-value and both values of the statistic
 are recorded as tags on the new version, so the registry explains every alias move. Used by the Prefect flow and the CLI;
 ``decide_promotion`` only decides (and tags), ``apply_promotion`` moves the aliases.
 """
@@ -125,15 +127,14 @@ def find_model_dir(root: Path | str) -> Path:
     return hits[0]
 
 
-def load_registered(model_uri: str) -> tuple[Any, dict[str, Any]]:
-    """Download a registered model's artifacts and load the CNN inside them."""
-    import mlflow
-
+def load_registered(params: Params, model_uri: str) -> tuple[Any, dict[str, Any]]:
+    """Download a registered model's artifacts, check them (``trust.resolve``: the store's
+    artifact root, ``serving.json``, the weights' SHA-256) and load the CNN inside them."""
     from pipeline.models.networks import load_model
+    from pipeline.registry.trust import resolve
 
     with tempfile.TemporaryDirectory(prefix="radops-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return load_model(find_model_dir(local))
+        return load_model(resolve(params, model_uri, Path(tmp)).model_dir)
 
 
 def validate_registration(client: MlflowClient, registration: Mapping[str, Any]) -> None:
@@ -226,7 +227,7 @@ def decide_promotion(
     name, version = str(reg["name"]), str(reg["version"])
     cfg = params.register_
     size = int(test_x.shape[-1])
-    new_net, new_meta = new_model or load_registered(f"models:/{name}/{version}")
+    new_net, new_meta = new_model or load_registered(params, f"models:/{name}/{version}")
     task = task_from_meta(new_meta)
     y = np.asarray(test_y)
     if int(new_meta["architecture"]["image_size"]) != size:
@@ -267,7 +268,17 @@ def decide_promotion(
         return decide(True, "no champion yet")
     if str(champion.version) == version:
         return decide(True, "already the champion", champ_version=version)
-    champ_net, champ_meta = load_registered(f"models:/{name}@{CHAMPION}")
+    from pipeline.registry.trust import UntrustedModelError
+
+    try:  # the version resolved above, not the alias again
+        champ_net, champ_meta = load_registered(params, f"models:/{name}/{champion.version}")
+    except UntrustedModelError as exc:  # e.g. the alias moved to a version from elsewhere
+        return decide(
+            True,
+            f"champion v{champion.version} fails its integrity check and cannot be served "
+            f"({str(exc)[:300]}): replaced",
+            champ_version=str(champion.version),
+        )
     why_not = _incomparable(champ_meta, new_meta, size)
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))
@@ -383,7 +394,7 @@ def run(params: Params, paths: Paths) -> PromoteResult:
     recorded = recorded_decision(client, name, version)
     if recorded is not None:
         return PromoteResult(recorded, changed=False)
-    new_model = load_registered(f"models:/{name}/{version}")
+    new_model = load_registered(params, f"models:/{name}/{version}")
     x, y, groups = promotion_split(task_from_meta(new_model[1]), paths.data_dir)
     decision = decide_promotion(params, registration, x, y, groups, new_model)
     apply_promotion(client, decision)

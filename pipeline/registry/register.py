@@ -3,7 +3,10 @@
 Registration records *what* the model is (task and target, training run, data version, git
 commit) and *how good* it was on the held-out test split (the task's promotion metric with
 its CI; for a binary classifier the operating threshold), as tags on the new model version,
-so the registry alone answers "where did this model come from". Each task and target has its
+so the registry alone answers "where did this model come from". What the version *serves*
+(the threshold, and the digests of ``model.json`` and the weights) is written before it is
+registered into the model's own artifact as ``serving.json`` (``pipeline.registry.trust``);
+the tags only display it. Each task and target has its
 own registered model (``task.registered_model_name``: ``radops-classifier`` for the binary
 ``label``, else e.g. ``radops-regression-lesion_diameter_mm``), so a regression model never
 competes with a classifier for ``champion``; version and training run carry the task tags
@@ -152,6 +155,7 @@ def run(params: Params, paths: Paths) -> RegisterResult:
     from mlflow.tracking import MlflowClient
 
     from pipeline.io import write_json
+    from pipeline.registry import trust
     from pipeline.tasks import task_from_meta
     from pipeline.tracking import configure, data_version, git_commit
 
@@ -162,10 +166,13 @@ def run(params: Params, paths: Paths) -> RegisterResult:
     run_id, model_uri = str(run_json["run_id"]), str(run_json["model_uri"])
     check_run_finished(client, run_id)
     name = task.registered_model_name(params.base.registered_model_name)
-    version = register_version(client, model_uri, name, run_id)
     key = task.promotion_metric
     value = float(metrics[key])
     threshold = float(metrics["threshold"]) if "threshold" in required_metrics(task) else None
+    # what the version serves is written into its own artifact first (trust.py); tags display it
+    record = trust.record_for_registration(params, client, model_uri, paths.cnn_dir, threshold)
+    trust.attach_record(client, model_uri, record)
+    version = register_version(client, model_uri, name, run_id)
     info: dict[str, Any] = {
         key: value,
         f"{key}_ci_low": float(metrics.get(f"{key}_ci_low", math.nan)),

@@ -4,7 +4,9 @@ New DICOMs go through exactly the training path: the same strict, de-identifying
 (with quarantine) and the preprocessing statistics saved inside the model, then the model's
 predictions, written as its task says (``task.prediction_columns``): a binary classifier's
 probability and the decision at the operating threshold chosen on validation (the
-registered version's ``radops.threshold`` tag, else the model's own, else 0.5); K classes:
+threshold recorded in the model's own artifact by ``radops register``, ``serving.json``,
+else ``model.json``'s, else 0.5; registry tags are display only, see
+``pipeline.registry.trust``); K classes:
 the most probable class and every class probability; a regression: the predicted value.
 """
 
@@ -46,7 +48,7 @@ class Paths:
         )
 
 
-THRESHOLD_TAG = "radops.threshold"  # set by ``radops register`` on a binary version
+THRESHOLD_TAG = "radops.threshold"  # set by ``radops register``: display only (trust.py)
 
 
 @dataclass
@@ -71,46 +73,28 @@ class PredictResult:
 
 
 def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, float | None, str]:
-    """Return (local model dir, threshold if the registry knows it, a label for the model).
+    """Return (local model dir, the threshold its artifact records if any, a label).
 
     Accepts ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder
-    holding ``model.safetensors`` + ``model.json``.
+    holding ``model.safetensors`` + ``model.json``; checked by ``trust.resolve`` (the store's
+    artifact root, ``serving.json``), never read from registry tags.
     """
-    from pipeline.registry.promote import find_model_dir
+    from pipeline.registry.trust import resolve
 
-    local = Path(model_uri)
-    if local.is_dir():
-        return find_model_dir(local), None, str(local)
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from pipeline.tracking import configure
-
-    configure(params)
-    threshold: float | None = None
-    label = model_uri
-    if model_uri.startswith("models:/"):
-        client = MlflowClient()
-        name, _, ref = model_uri.removeprefix("models:/").partition("@")
-        if ref:
-            version = client.get_model_version_by_alias(name, ref)
-        else:
-            name, _, number = model_uri.removeprefix("models:/").partition("/")
-            version = client.get_model_version(name, number)
-        label = f"{name} version {version.version}"
-        if THRESHOLD_TAG in version.tags:
-            threshold = float(version.tags[THRESHOLD_TAG])
-    downloaded = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(workdir)))
-    return find_model_dir(downloaded), threshold, label
+    resolved = resolve(params, model_uri, workdir)
+    record = resolved.record or {}
+    threshold = record.get("threshold")
+    return resolved.model_dir, None if threshold is None else float(threshold), resolved.label
 
 
-def operating_threshold(task: Any, registry: float | None, meta: dict[str, Any]) -> float | None:
-    """The binary decision threshold: the registry's, else the model's, else 0.5; None for
-    tasks without one."""
+def operating_threshold(task: Any, recorded: float | None, meta: dict[str, Any]) -> float | None:
+    """The binary decision threshold: the one the model's artifact records (``serving.json``,
+    written by ``radops register``), else ``model.json``'s, else 0.5; None for tasks without
+    one."""
     if not (task.target_kind == "class_index" and task.n_outputs == 1):  # binary (+ series)
         return None
-    if registry is not None:
-        return float(registry)
+    if recorded is not None:
+        return float(recorded)
     return float(meta.get("threshold", 0.5))
 
 
@@ -153,16 +137,24 @@ def run(params: Params, paths: Paths) -> PredictResult:
         raise InputError(f"input folder not found: {paths.input_dir}")
     with tempfile.TemporaryDirectory(prefix="radops-predict-") as tmp:
         work = Path(tmp)
-        model_dir, registry_threshold, label = resolve_model(
+        model_dir, recorded_threshold, label = resolve_model(
             params, paths.model_uri, work / "model"
         )
         network, meta = load_model(model_dir)
         task = task_from_meta(meta)
         check_tta(task, params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         tta = resolve_tta(task, params.evaluate.tta)
-        threshold = operating_threshold(task, registry_threshold, meta)
-        if registry_threshold is None and threshold is not None:
-            log.info("no registry threshold for %s; using %.3f from the model", label, threshold)
+        evaluated_tta = (meta.get("inference") or {}).get("tta")  # bound by serving.json
+        if evaluated_tta is not None and tta != evaluated_tta:
+            log.warning(
+                "%s was saved to serve with TTA %r; scoring with %r as evaluate.tta / --tta ask",
+                label,
+                evaluated_tta,
+                tta,
+            )
+        threshold = operating_threshold(task, recorded_threshold, meta)
+        if recorded_threshold is None and threshold is not None:
+            log.info("no registered threshold for %s; using %.3f", label, threshold)
         if task.kind == "series_classification":  # one row per series
             from pipeline.serving.series_predict import run_series
 

@@ -122,12 +122,15 @@ def _architecture_json(weights: Path) -> dict[str, Any]:
 def fetch(init: str, source: str, workdir: Path) -> tuple[Path, dict[str, Any], InitSource]:
     """``(weights file, its model.json, provenance)`` for a source (no pickle: the weights
     are only ever read by ``safetensors``)."""
+    from pipeline.models.networks import WEIGHTS_DIGEST_KEY
     from pipeline.registry.promote import find_model_dir
+    from pipeline.registry.trust import check_no_climb
 
     version = run_id = ""
     if source.startswith(("models:/", "runs:/")):
         import mlflow
 
+        check_no_climb(source, "train.init_source")
         resolved = source
         if source.startswith("models:/"):
             resolved, version, run_id = _registry_version(source)
@@ -145,7 +148,14 @@ def fetch(init: str, source: str, workdir: Path) -> tuple[Path, dict[str, Any], 
                 f"train.init_source {source!r}: not a .safetensors file or model folder"
             )
         weights, meta, resolved = path, _architecture_json(path), str(path.resolve())
-    info = InitSource(init, source, resolved, version, run_id, _sha256(weights))
+    digest = _sha256(weights)
+    recorded = meta.get(WEIGHTS_DIGEST_KEY)
+    if recorded and recorded != digest:  # model.json's own record (networks.save_model)
+        raise ConfigError(
+            f"train.init_source {source!r}: {weights.name} is not the file its "
+            f"{catalog.MODEL_META_FILE} was saved with (SHA-256 differs); refusing it"
+        )
+    info = InitSource(init, source, resolved, version, run_id, digest)
     return weights, meta, info
 
 
