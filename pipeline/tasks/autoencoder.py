@@ -57,6 +57,7 @@ class AutoencoderTask(Task):
     target_kind: ClassVar[TargetKind] = "image"
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae")
     default_loss: ClassVar[str] = "mse"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_recon_mse",)
 
     options: dict[str, Any] = field(default_factory=lambda: dict(OPTION_DEFAULTS))
 

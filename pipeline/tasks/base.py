@@ -114,6 +114,9 @@ class Task(ABC):
     target_kind: ClassVar[TargetKind]
     losses: ClassVar[tuple[str, ...]]  # the ``train.loss`` values this task accepts
     default_loss: ClassVar[str]  # what ``train.loss: auto`` means
+    # The headline test metrics this task's evaluate stage may write, in order of preference
+    # (the first one present in ``metrics_<model>.json`` is the one summaries show).
+    headline_metrics: ClassVar[tuple[str, ...]]
 
     target: str = "label"
     loss: str = "auto"
@@ -153,6 +156,11 @@ class Task(ABC):
 
     def describe(self) -> str:
         return f"{self.kind} of {self.target!r}"
+
+    def headline(self, metrics: dict[str, Any]) -> str | None:
+        """The headline metric present in ``metrics`` (an evaluate stage's JSON), or None when
+        the stage did not evaluate this task's headline (e.g. another task's file)."""
+        return next((key for key in self.headline_metrics if key in metrics), None)
 
     # ------------------------------------------------------------------ targets
     def read_targets(self, data_dir: Path | str, split: str) -> SplitTargets:

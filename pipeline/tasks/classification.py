@@ -34,6 +34,7 @@ class ClassificationTask(Task):
     target_kind: ClassVar[TargetKind] = "class_index"
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy", "focal")
     default_loss: ClassVar[str] = "cross_entropy"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_auc", "test_auc_macro")
 
     # ------------------------------------------------------------------ targets
     def present(self, raw: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ class RegressionTask(Task):
     target_kind: ClassVar[TargetKind] = "value"
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae", "huber")
     default_loss: ClassVar[str] = "huber"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_mae",)
 
     def clean(self, values: np.ndarray, where: str) -> np.ndarray:
         return values.astype(np.float32)

@@ -43,6 +43,7 @@ class SegmentationTask(Task):
     target_kind: ClassVar[TargetKind] = "mask"
     losses: ClassVar[tuple[str, ...]] = ("dice", "dice_ce", "focal")
     default_loss: ClassVar[str] = "dice"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_dice",)
 
     segments: tuple[str, ...] = ("lesion",)
 

@@ -200,3 +200,28 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     assert set(table["attribute"]) == {"overall", "site"}
     with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
         multiclass_subgroups(index, classes, probs, ["kvp", "scanner_room"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "metrics", "shown"),
+    [
+        ("segmentation", {"test_dice": 0.812, "test_dice_ci_low": 0.75, "test_dice_ci_high": 0.86},
+         "dice 0.812 (95% CI 0.750–0.860)"),
+        ("autoencoder", {"test_recon_mse": 0.0123}, "recon_mse 0.012"),
+        ("regression", {"test_mae": 2.5, "test_mae_ci_low": 2.0, "test_mae_ci_high": 3.0},
+         "mae 2.500 (95% CI 2.000–3.000)"),
+        ("classification", {"test_auc": 0.9, "test_auc_ci_low": 0.8, "test_auc_ci_high": 0.95,
+                            "test_sensitivity": 0.7}, "auc 0.900 (95% CI 0.800–0.950), sensitivity 0.700"),
+    ],
+)  # fmt: skip
+def test_summary_shows_each_tasks_headline_metric(
+    kind: str, metrics: dict[str, float], shown: str
+) -> None:
+    """A segmentation or autoencoder run's summary used to say "CNN test AUC not evaluated"."""
+    from pipeline.summary import RunSummary
+    from pipeline.tasks import make_task
+
+    summary = RunSummary("v", metrics, {}, None, None, {}, task=make_task(kind))
+    line = next(x for x in summary.format().splitlines() if "CNN test" in x)
+    assert line.split(maxsplit=2)[2] == shown
+    assert "not evaluated" in summary.format()  # the empty baseline file
