@@ -14,12 +14,7 @@ from pipeline.catalog import Catalog
 from pipeline.config import Params
 from pipeline.io import read_json
 from pipeline.tasks import ClassificationTask, Task, get_task
-from pipeline.tracking import data_version
-
-
-def ui_url(port: int) -> str:
-    """The MLflow UI that ``make ui`` serves (``base.mlflow_ui_port``)."""
-    return f"http://127.0.0.1:{port}"
+from pipeline.tracking import data_version, ui_link
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -64,8 +59,8 @@ class RunSummary:
         if self.train_run_id and self.experiment_id:
             lines.append(f"  MLflow run       {self.train_run_id}")
             lines.append(
-                f"  open it          make ui, then {ui_url(self.ui_port)}/#/experiments/"
-                f"{self.experiment_id}/runs/{self.train_run_id}?workflowType=machine_learning"
+                "  open it          make ui, then "
+                + ui_link(f"http://127.0.0.1:{self.ui_port}", self.experiment_id, self.train_run_id)
             )
         if self.registration:
             lines.append(

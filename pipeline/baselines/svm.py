@@ -322,11 +322,6 @@ def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return outputs(pipe, _features(meta, x), task_of(meta))
 
 
-def predict_proba(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities of a binary baseline for N×1×S×S images."""
-    return np.asarray(pipe.predict_proba(_features(meta, x))[:, 1], dtype=np.float64)
-
-
 def _score(task: Task, y: np.ndarray, pred: np.ndarray) -> float:
     """The validation score the summary reports: AUC, macro AUC or MAE."""
     from pipeline.evaluation import multiclass_stats, regression_stats, stats

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,25 +251,6 @@ def transform_image(
     """
     image = prepare_image(pixels, stats, spacing)
     return normalize(image[None] if image.ndim == 2 else image, stats)
-
-
-def transform_batch(
-    images: Iterable[np.ndarray],
-    stats: Mapping[str, Any],
-    spacings: Iterable[Spacing] | None = None,
-) -> np.ndarray:
-    """Raw images -> N x C x S x S float32, identical row by row to ``transform_image``
-    (``spacings``: one (row, col) spacing per image, needed when ``stats["spacing_mm"]`` > 0)."""
-    import numpy as np
-
-    size, channels = int(stats["image_size"]), int(stats.get("channels", 1))
-    raws = list(images)
-    mms: list[Spacing] = list(spacings) if spacings is not None else [None] * len(raws)
-    prepared = [prepare_image(p, stats, mm) for p, mm in zip(raws, mms, strict=True)]
-    if not prepared:
-        return np.zeros((0, channels, size, size), dtype=np.float32)
-    batch = np.stack(prepared)
-    return normalize(batch[:, None] if batch.ndim == 3 else batch, stats)
 
 
 def run(params: Params, paths: Paths) -> PreprocessResult:

@@ -41,20 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODELS = ("cnn", "baseline")
-# The binary classifier's metrics (``label``, K = 2), as in every radops release so far.
-METRIC_KEYS = (
-    "test_auc",
-    "test_auc_ci_low",
-    "test_auc_ci_high",
-    "test_sensitivity",
-    "test_specificity",
-    "test_ppv",
-    "test_npv",
-    "test_f1",
-    "test_accuracy",
-    "test_brier",
-    "threshold",
-)
 PREDICTION_COLUMNS = ["image_id", "patient_id", "label", "site", "manufacturer"]
 
 
@@ -197,11 +183,6 @@ def cnn_predictions(
             f"{x.shape[-2]}×{x.shape[-1]}; rerun train after changing preprocess.image_size"
         )
     return np.asarray(predict(net, meta, x, tta=tta), dtype=np.float64)
-
-
-def predict_cnn(model_dir: Path, x: np.ndarray, data_dir: Path | None = None) -> np.ndarray:
-    """The CNN's predictions for ``x`` (see ``cnn_predictions``)."""
-    return cnn_predictions(*load_cnn(model_dir, data_dir), x)
 
 
 def check_task(task: Task, params: Params, what: str) -> None:
