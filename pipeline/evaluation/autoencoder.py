@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.metrics import stats
 
 if TYPE_CHECKING:
     from pipeline.config import EvaluateSection
@@ -42,8 +43,6 @@ def summary(
     anomaly: bool = False,
 ) -> dict[str, Any]:
     """Means of each quality value with patient-level bootstrap CIs; anomaly AUC + CI."""
-    from pipeline.evaluation import stats
-
     q = _quality(pred)
     codes = stats.group_codes(groups, len(q))
     alpha = (1 - cfg.ci_level) / 2

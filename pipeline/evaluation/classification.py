@@ -20,6 +20,8 @@ import numpy as np
 
 from pipeline import catalog
 from pipeline.errors import ConfigError, InputError
+from pipeline.metrics import multiclass_stats as ms
+from pipeline.metrics import stats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,8 +41,6 @@ def binary_summary(
     prefix: str = "test",
 ) -> dict[str, Any]:
     """The flat metrics of one binary model: threshold from validation, the rest on test."""
-    from pipeline.evaluation import stats
-
     if np.unique(y_val).size < 2:
         raise InputError("the validation split has one class only: no threshold can be chosen")
     threshold = stats.choose_threshold(y_val, p_val, cfg.threshold_method, cfg.target_sensitivity)
@@ -77,8 +77,6 @@ def multiclass_summary(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The flat metrics of one K-class model (arg-max decisions, no threshold)."""
-    from pipeline.evaluation import multiclass_stats as ms
-
     probs = np.asarray(probs, dtype=np.float64)
     cis = ms.bootstrap_auc_cis(y, probs, groups, cfg.bootstrap_iterations, cfg.ci_level, seed)
     auc, low, high = cis["macro"]
@@ -147,8 +145,6 @@ def subgroup_table(
     (``index["label"]`` holds y)."""
     import pandas as pd
 
-    from pipeline.evaluation import stats
-
     y = index["label"].to_numpy().astype(np.int64)
     parts = _parts(index, columns)
     rows: list[dict[str, Any]] = []
@@ -180,8 +176,6 @@ def multiclass_subgroups(
     ``columns`` (``evaluate.subgroup_columns``), and overall."""
     import pandas as pd
 
-    from pipeline.evaluation import multiclass_stats as ms
-
     parts = _parts(index, columns)
     rows = []
     for name, prob in probs.items():
@@ -208,7 +202,6 @@ def report(inp: ReportInput) -> ReportOutput:
 
 def _binary_report(inp: ReportInput) -> ReportOutput:
     from pipeline.evaluation import report as rep
-    from pipeline.evaluation import stats
 
     out, cfg, metrics, probs, y = inp.out, inp.cfg, inp.metrics, inp.predictions, inp.y
     models = list(metrics)
@@ -244,7 +237,6 @@ def _binary_report(inp: ReportInput) -> ReportOutput:
 def _multiclass_report(inp: ReportInput) -> ReportOutput:
     import pandas as pd
 
-    from pipeline.evaluation import multiclass_stats as ms
     from pipeline.evaluation import report as rep
     from pipeline.io import write_csv
 

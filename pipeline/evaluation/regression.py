@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.metrics import regression_stats as rs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,8 +34,6 @@ def summary(
     validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """The flat metrics of one regression model on one split."""
-    from pipeline.evaluation import regression_stats as rs
-
     cis = rs.bootstrap_error_cis(y, pred, groups, cfg.bootstrap_iterations, cfg.ci_level, seed)
     point = rs.errors(y, pred)
     out: dict[str, Any] = {}
@@ -63,7 +62,6 @@ def subgroups(
     overall, for each model."""
     import pandas as pd
 
-    from pipeline.evaluation import regression_stats as rs
     from pipeline.evaluation.classification import _parts
 
     parts = _parts(index, columns)

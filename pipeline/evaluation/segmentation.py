@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
-from pipeline.evaluation import seg_stats
 from pipeline.evaluation.evaluate import EvaluateResult
+from pipeline.metrics import seg_stats
+from pipeline.tasks.segmentation import THRESHOLD
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from pipeline.config import EvaluateSection, Params
 
 log = logging.getLogger(__name__)
-THRESHOLD = 0.5
 
 
 def per_image(

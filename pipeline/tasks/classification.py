@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.metrics import multiclass_stats as ms
+from pipeline.metrics import stats
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -186,9 +188,6 @@ class ClassificationTask(Task):
         """K=2: AUC by DeLong's test or a paired patient-level bootstrap
         (``register.promotion_test``), as before; K>2: macro AUC by a paired patient-level
         bootstrap (whatever ``promotion_test`` says: DeLong is for one AUC)."""
-        from pipeline.evaluation import multiclass_stats as ms
-        from pipeline.evaluation import stats
-
         seed = np.random.default_rng(0) if rng is None else rng
         y = np.asarray(y_true).astype(np.int64)
         if self.binary:

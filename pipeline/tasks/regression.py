@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.metrics import regression_stats as rs
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ class RegressionTask(Task):
         """Per-patient absolute errors, one-sided: a Wilcoxon signed-rank test
         (``register.promotion_test: delong``, the analytic choice) or a paired patient-level
         bootstrap (``bootstrap``). Better = lower MAE and p < ``register.alpha``."""
-        from pipeline.evaluation import regression_stats as rs
-
         method: rs.PairedMethod = (
             "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
         )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.metrics import seg_stats
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from pipeline.config import EvaluateSection, RegisterSection, TrainSection
 
 FINDINGS = frozenset({"lesion", "nodule", "mass", "tumour", "tumor"})
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # a pixel is foreground when its probability exceeds this (evaluate, serve)
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,6 @@ class SegmentationTask(Task):
     ) -> PairedTest:
         """Per-patient mean Dice (first segment), one-sided Wilcoxon signed-rank
         (``register.promotion_test: delong``, the analytic choice) or paired bootstrap."""
-        from pipeline.evaluation import seg_stats
-
         method: seg_stats.PairedMethod = (
             "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
         )

@@ -99,7 +99,7 @@ def test_poisson_corruption_is_noise_of_the_set_level() -> None:
 def test_anomaly_scores_separate_planted_anomalies_from_normals(
     tmp_path: Path, smooth: Path
 ) -> None:
-    from pipeline.evaluation.stats import roc_auc
+    from pipeline.metrics.stats import roc_auc
 
     params = ae_params(tmp_path, smooth, "anomaly")
     task = get_task(params)

@@ -18,7 +18,8 @@ from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 from pipeline.baselines import svm as baseline
 from pipeline.config import EvaluateSection
 from pipeline.errors import InputError
-from pipeline.evaluation import evaluate, stats
+from pipeline.evaluation import evaluate
+from pipeline.metrics import stats
 from tests.model.eval_fixtures import (
     history,
     log_training_run,

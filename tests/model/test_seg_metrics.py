@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import seg_stats
+from pipeline.metrics import seg_stats
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
