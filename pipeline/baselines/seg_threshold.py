@@ -151,10 +151,10 @@ def run(params: Params, paths: Paths) -> SegBaselineResult:
     """Fit on train, score validation, save and log the classical segmenter."""
     import mlflow
 
-    from pipeline.data.datasets import load_images
     from pipeline.io import write_json
     from pipeline.tasks import get_task
     from pipeline.tracking import tracked_run
+    from pipeline.training.datasets import load_images
 
     task = get_task(params)
     train = task.read_targets(paths.data_dir, "train")

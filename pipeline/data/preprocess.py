@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
+from pipeline.data.geometry import resample_to_mm
+from pipeline.data.seg_masks import write_split_masks
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -170,28 +172,6 @@ def _window(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     return (np.clip(image, lo, lo + width) - np.float32(lo)) / np.float32(width)
 
 
-def _resample(image: np.ndarray, size: int, spacing: tuple[float, float], mm: float) -> np.ndarray:
-    """One 2-D plane -> S x S at ``mm`` mm per pixel, centre on centre; 0 outside the image.
-
-    Output pixel i samples the input at c_in + (i - c_out) * mm / spacing (c = the centres,
-    (n - 1) / 2), bilinearly; shrinking first smooths with sigma (factor - 1) / 2 pixels, as
-    skimage's anti-aliased resize does.
-    """
-    import numpy as np
-    from scipy.ndimage import affine_transform, gaussian_filter
-
-    factors = np.array([mm / spacing[0], mm / spacing[1]])
-    sigma = np.maximum(0.0, (factors - 1) / 2)
-    if (sigma > 0).any():
-        image = gaussian_filter(image, sigma=tuple(sigma), mode="nearest")
-    centre_in = (np.array(image.shape, dtype=np.float64) - 1) / 2
-    offset = centre_in - factors * (size - 1) / 2
-    return affine_transform(
-        image, factors, offset=offset, output_shape=(size, size), order=1,
-        mode="constant", cval=0.0,
-    )  # fmt: skip
-
-
 def _finish(
     image: np.ndarray, stats: Mapping[str, Any], spacing: tuple[float, float] | None = None
 ) -> np.ndarray:
@@ -201,7 +181,7 @@ def _finish(
 
     size = int(stats["image_size"])
     if spacing is not None:
-        image = _resample(image, size, spacing, float(stats["spacing_mm"]))
+        image = resample_to_mm(image, size, spacing, float(stats["spacing_mm"]))
     elif image.shape != (size, size):
         from skimage.transform import resize
 
@@ -258,7 +238,6 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     import numpy as np
     import pandas as pd
 
-    from pipeline.data.seg_masks import write_split_masks
     from pipeline.io import atomic_path, write_json, write_parquet
 
     start = time.perf_counter()

@@ -302,8 +302,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     net, meta = load_cnn(paths.cnn_dir, paths.data_dir)
     task = task_from_meta(meta)
     check_task(task, params, "CNN")
-    finishing.check_tta(task, cfg.tta)
-    cfg = cfg.model_copy(update={"tta": finishing.resolve_tta(task, cfg.tta)})  # auto → flips/none
+    cfg = cfg.model_copy(update={"tta": task.resolve_tta(cfg.tta)})  # auto → flips/none
     calibrated = finishing.is_calibrated(meta)  # also report the CNN before calibration
     uncalibrated: dict[str, np.ndarray] = {}
     if task.target_kind == "mask":  # segmentation: its own metrics, figures and baseline

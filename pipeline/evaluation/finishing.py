@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
-from pipeline.errors import ConfigError
 from pipeline.metrics import stats
 
 if TYPE_CHECKING:
@@ -28,27 +27,6 @@ if TYPE_CHECKING:
     from pipeline.tasks import Task
 
 BEFORE_AFTER_PLOT = catalog.CALIBRATION_BEFORE_AFTER_PLOT
-
-
-def supports_tta(task: Task) -> bool:
-    """TTA applies to 2-D image models with a sigmoid/softmax/identity output only."""
-    return not (task.target_kind in ("mask", "image") or task.kind == "series_classification")
-
-
-def resolve_tta(task: Task, tta: str) -> str:
-    """``auto``: flips for the tasks TTA applies to, none for the others."""
-    if tta != "auto":
-        return tta
-    return "flips" if supports_tta(task) else "none"
-
-
-def check_tta(task: Task, tta: str) -> None:
-    """Refuse ``evaluate.tta`` for a task it does not apply to."""
-    if resolve_tta(task, tta) != "none" and not supports_tta(task):
-        raise ConfigError(
-            f"evaluate.tta {tta!r} is not supported for {task.kind} (only 2-D classification "
-            "and regression); set evaluate.tta: none"
-        )
 
 
 def is_calibrated(meta: dict[str, Any]) -> bool:
@@ -139,7 +117,7 @@ def add_metrics(
     PPV/NPV at ``evaluate.deployment_prevalence`` (binary) to ``metrics`` in place."""
     from pipeline.training.calibration import nll
 
-    if task.target_kind != "class_index":
+    if not task.class_probabilities:
         return
     bins = cfg.calibration_bins
     for name, m in metrics.items():

@@ -76,7 +76,7 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
     Accepts ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder
     holding ``model.safetensors`` + ``model.json``.
     """
-    from pipeline.registry.promote import find_model_dir
+    from pipeline.models.locate import find_model_dir
 
     local = Path(model_uri)
     if local.is_dir():
@@ -142,7 +142,6 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data import ingest
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
-    from pipeline.evaluation.finishing import check_tta, resolve_tta
     from pipeline.io import check_outputs, check_replaceable, read_csv, write_csv
     from pipeline.models.networks import load_model, predict
     from pipeline.tasks import task_from_meta
@@ -158,8 +157,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         )
         network, meta = load_model(model_dir)
         task = task_from_meta(meta)
-        check_tta(task, params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
-        tta = resolve_tta(task, params.evaluate.tta)
+        tta = task.resolve_tta(params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         threshold = operating_threshold(task, registry_threshold, meta)
         if registry_threshold is None and threshold is not None:
             log.info("no registry threshold for %s; using %.3f from the model", label, threshold)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
-from pipeline.tasks.segmentation import THRESHOLD
+from pipeline.metrics.segmentation import THRESHOLD
 
 if TYPE_CHECKING:
     import pandas as pd

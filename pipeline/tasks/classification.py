@@ -37,6 +37,8 @@ class ClassificationTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy", "focal")
     default_loss: ClassVar[str] = "cross_entropy"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_auc", "test_auc_macro")
+    supports_label_smoothing: ClassVar[bool] = True
+    class_probabilities: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ targets
     def present(self, raw: np.ndarray) -> np.ndarray:
@@ -125,7 +127,7 @@ class ClassificationTask(Task):
         return [float(w) for w in counts.sum() / (len(counts) * np.maximum(counts, 1.0))]
 
     def make_loss(self, cfg: TrainSection) -> torch.nn.Module:
-        from pipeline.training.losses import BinaryLoss, MulticlassLoss
+        from pipeline.models.losses import BinaryLoss, MulticlassLoss
 
         weights = self.class_weights(cfg)
         focal = self.loss_name == "focal"
@@ -165,7 +167,7 @@ class ClassificationTask(Task):
         """K=2: the original radops metrics (threshold chosen on ``validation``, required);
         K>2: macro and per-class one-vs-rest AUC with CIs, accuracy, macro F1, per-class
         sensitivity/PPV and the K×K confusion counts. See ``pipeline.evaluation.classification``."""
-        from pipeline.evaluation import classification as ev
+        from pipeline.metrics import classification as ev
 
         seed = np.random.default_rng(0) if rng is None else rng
         if self.binary:

@@ -94,7 +94,7 @@ class RegressionTask(Task):
         }
 
     def make_loss(self, cfg: TrainSection) -> torch.nn.Module:
-        from pipeline.training.losses import RegressionLoss
+        from pipeline.models.losses import RegressionLoss
 
         return RegressionLoss(self.loss_name, self.shift, self.scale)
 
@@ -125,7 +125,7 @@ class RegressionTask(Task):
     ) -> dict[str, float]:
         """MAE, RMSE and R² with patient-level bootstrap CIs, bias and limits of agreement
         (see ``pipeline.evaluation.regression``)."""
-        from pipeline.evaluation import regression as ev
+        from pipeline.metrics import regression as ev
 
         seed = np.random.default_rng(0) if rng is None else rng
         return ev.summary(y_true, predictions, groups, cfg, seed, prefix, validation)

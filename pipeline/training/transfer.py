@@ -122,7 +122,7 @@ def _architecture_json(weights: Path) -> dict[str, Any]:
 def fetch(init: str, source: str, workdir: Path) -> tuple[Path, dict[str, Any], InitSource]:
     """``(weights file, its model.json, provenance)`` for a source (no pickle: the weights
     are only ever read by ``safetensors``)."""
-    from pipeline.registry.promote import find_model_dir
+    from pipeline.models.locate import find_model_dir
 
     version = run_id = ""
     if source.startswith(("models:/", "runs:/")):

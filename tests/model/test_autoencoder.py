@@ -30,7 +30,7 @@ def fit(params: Params, epochs: int) -> tuple[Any, Any]:
     """Train ``params``' task for ``epochs`` epochs without MLflow: (module, datamodule)."""
     import lightning as L
 
-    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(0, verbose=False)

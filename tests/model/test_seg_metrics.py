@@ -87,7 +87,7 @@ def test_patient_bootstrap_and_paired_test() -> None:
 
 
 def test_augmentation_keeps_image_and_mask_aligned() -> None:
-    from pipeline.data.datasets import BatchAugment
+    from pipeline.training.datasets import BatchAugment
 
     masks = torch.from_numpy(
         np.stack(

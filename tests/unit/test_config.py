@@ -138,9 +138,9 @@ def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None
     import numpy as np
     import pandas as pd
 
-    from pipeline.data.datasets import make_datamodule
     from pipeline.errors import ConfigError
     from pipeline.evaluation.classification import subgroup_table
+    from pipeline.training.datasets import make_datamodule
 
     cfg = with_updates(Params(), train={"in_memory_limit_mb": 0}).train
     assert make_datamodule(tmp_path, cfg, seed=0).in_memory_limit_bytes == 0
@@ -167,6 +167,7 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     from pipeline.evaluation import regression
     from pipeline.evaluation.classification import multiclass_subgroups
     from pipeline.evaluation.report import ReportInput
+    from pipeline.metrics import regression as regression_metrics
     from pipeline.tasks import make_task
 
     def cfg(columns: list[str]) -> Any:
@@ -181,7 +182,9 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     )
     preds = {"cnn": y + rng.normal(0, 0.3, n), "baseline": y + rng.normal(0, 0.5, n)}
     groups = index["patient_id"].to_numpy()
-    metrics = {m: regression.summary(y, p, groups, cfg(["kvp"]), 0) for m, p in preds.items()}
+    metrics = {
+        m: regression_metrics.summary(y, p, groups, cfg(["kvp"]), 0) for m, p in preds.items()
+    }
     task = make_task("regression", "lesion_diameter_mm")
 
     def report(columns: list[str]) -> Any:
