@@ -95,6 +95,67 @@ def test_catalog_knows_every_stage_paths_field(stage: str, tmp_path: Path) -> No
     assert not set(ins) & set(outs)
 
 
+# Where dvc.yaml rightly differs from the catalog: the pseudonym key is an input DVC must never
+# version; train's checkpoints are scratch (resumed, then removed); register writes the model
+# card beside the evaluation it describes.
+NOT_A_DVC_DEP = {("ingest", "key_path")}
+NOT_A_DVC_OUT = {("train", "checkpoint_dir")}
+OUT_BESIDE_AN_INPUT = {("register", "reports/model_card.md")}
+
+
+def _dvc_stages() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+
+
+def _resolved(text: str, raw: dict[str, Any]) -> Path:
+    import re
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = raw
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return Path(re.sub(r"\$\{([^}]+)\}", value, text))
+
+
+def _covers(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+@pytest.mark.parametrize("stage", sorted(set(catalog.STAGE_IO) & set(_dvc_stages())))
+def test_dvc_yaml_declares_the_catalogs_stage_io(stage: str) -> None:
+    """dvc.yaml's deps and outs of each stage match the catalog's STAGE_IO for the shipped
+    params.yaml (one declaration of stage I/O: a path moved in one must move in the other)."""
+    import yaml
+
+    from pipeline.cli import STAGE_MODULES
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    module = importlib.import_module(STAGE_MODULES[stage])
+    paths = module.Paths.from_params(load_params(REPO / "params.yaml"))
+    names_in, names_out = catalog.STAGE_IO[stage]
+    spec = _dvc_stages()[stage]
+    deps = [_resolved(d, raw) for d in spec.get("deps", [])]
+    outs = [
+        _resolved(o if isinstance(o, str) else next(iter(o)), raw) for o in spec.get("outs", [])
+    ]
+    for name in names_in:
+        if (stage, name) in NOT_A_DVC_DEP or ":" in str(getattr(paths, name)):
+            continue
+        path = Path(getattr(paths, name))
+        assert any(_covers(path, d) for d in deps), f"{stage}: input {name} ({path}) not a dep"
+    declared = [Path(getattr(paths, n)) for n in names_out if (stage, n) not in NOT_A_DVC_OUT]
+    for path in declared:
+        assert any(_covers(path, o) for o in outs), f"{stage}: output {path} not a dvc out"
+    for out in outs:
+        if (stage, str(out)) in OUT_BESIDE_AN_INPUT:
+            continue
+        assert any(p == out or p in out.parents for p in declared), f"{stage}: {out} undeclared"
+
+
 def test_catalog_paths_follow_params(tmp_path: Path) -> None:
     params = build_params(tmp_path)
     cat = catalog.Catalog(params)
