@@ -96,10 +96,11 @@ test: setup stack-deps browser-deps ## Run the test suite (installs PostgreSQL a
 test-fast: setup ## Run the tests not marked slow.
 	pytest -m "not slow"
 
-lint: setup ## ruff, mypy and the documentation site (mkdocs --strict: broken links fail).
+lint: setup ## ruff, mypy, the import layers (lint-imports) and the documentation site (mkdocs --strict: broken links fail).
 	ruff check pipeline flows tests
 	ruff format --check pipeline flows tests
 	mypy
+	lint-imports
 	mkdocs build --strict --quiet --site-dir site
 
 docs: setup ## Build the documentation site from docs/ into site/ (mkdocs --strict).

@@ -16,11 +16,11 @@ import torch
 
 from bench.training import alternate, make_optimizer
 from pipeline.config import Params, with_updates
-from pipeline.data.datasets import RadDataModule, make_datamodule
 from pipeline.tasks import get_task
 from pipeline.training.callbacks import silence_known_noise
+from pipeline.training.datasets import RadDataModule, make_datamodule
 from pipeline.training.lit_module import TaskModule, make_scheduler
-from pipeline.training.train import set_threads
+from pipeline.training.settings import set_threads
 
 
 def seg_params(params: Params) -> Params:
@@ -60,7 +60,7 @@ def lightning_fit(params: Params, data_dir: Path, epochs: int, root: Path) -> in
 def plain_fit(params: Params, data_dir: Path, epochs: int) -> int:
     """Train epoch (loss, backward, step, train Dice), validation loss and Dice, schedule,
     best weights in memory."""
-    from pipeline.training.seg_losses import MeanDice
+    from pipeline.models.seg_losses import MeanDice
 
     data, module = _setup(params, data_dir)
     opt = make_optimizer(params.train, module)

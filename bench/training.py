@@ -23,10 +23,10 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from pipeline.config import ModelSection, Params, TrainSection
-from pipeline.data.datasets import RadDataModule, make_datamodule
 from pipeline.training.callbacks import silence_known_noise
+from pipeline.training.datasets import RadDataModule, make_datamodule
 from pipeline.training.lit_module import TaskModule, make_scheduler
-from pipeline.training.train import set_threads
+from pipeline.training.settings import set_threads
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,

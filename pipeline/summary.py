@@ -1,4 +1,5 @@
-"""A run summary for people: data version, both models' test AUCs, the MLflow run, promotion.
+"""A run summary for people: data version, both models' headline test metric (the task names
+it), the MLflow run, promotion.
 
 Read from the stages' output files, so it describes exactly what DVC recorded.
 """
@@ -12,12 +13,8 @@ from typing import Any
 from pipeline.catalog import Catalog
 from pipeline.config import Params
 from pipeline.io import read_json
-from pipeline.tracking import data_version
-
-
-def ui_url(port: int) -> str:
-    """The MLflow UI that ``make ui`` serves (``base.mlflow_ui_port``)."""
-    return f"http://127.0.0.1:{port}"
+from pipeline.tasks import ClassificationTask, Task, get_task
+from pipeline.tracking import data_version, ui_link
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -35,35 +32,35 @@ class RunSummary:
     promotion: dict[str, Any] | None = None
     stages_run: list[str] = field(default_factory=list)
     ui_port: int = 5000
+    task: Task = field(default_factory=ClassificationTask)
 
     def format(self) -> str:
-        def auc(m: dict[str, Any]) -> str:
-            for key in ("test_auc_macro", "test_mae"):  # the other tasks' headline metric
-                if key in m and "test_auc" not in m:
-                    return (
-                        f"{key.removeprefix('test_')} {m[key]:.3f} (95% CI "
-                        f"{m[key + '_ci_low']:.3f}–{m[key + '_ci_high']:.3f})"
-                    )
-            if "test_auc" not in m:
+        def shown(m: dict[str, Any]) -> str:
+            key = self.task.headline(m)
+            if key is None:
                 return "not evaluated"
-            return (
-                f"{m['test_auc']:.3f} (95% CI {m['test_auc_ci_low']:.3f}–{m['test_auc_ci_high']:.3f}),"
-                f" sensitivity {m.get('test_sensitivity', float('nan')):.3f},"
-                f" specificity {m.get('test_specificity', float('nan')):.3f}"
-            )
+            text = f"{key.removeprefix('test_')} {m[key]:.3f}"
+            if f"{key}_ci_low" in m and f"{key}_ci_high" in m:
+                text += f" (95% CI {m[key + '_ci_low']:.3f}–{m[key + '_ci_high']:.3f})"
+            extra = [
+                f"{name.removeprefix('test_')} {m[name]:.3f}"
+                for name in ("test_sensitivity", "test_specificity")
+                if key == "test_auc" and name in m
+            ]
+            return ", ".join([text, *extra])
 
         lines = [
             "radops run summary",
             f"  data version     {self.data_version}",
             f"  stages rerun     {', '.join(self.stages_run) or 'none (everything up to date)'}",
-            f"  CNN test AUC     {auc(self.cnn)}",
-            f"  baseline AUC     {auc(self.baseline)}",
+            f"  CNN test         {shown(self.cnn)}",
+            f"  baseline test    {shown(self.baseline)}",
         ]
         if self.train_run_id and self.experiment_id:
             lines.append(f"  MLflow run       {self.train_run_id}")
             lines.append(
-                f"  open it          make ui, then {ui_url(self.ui_port)}/#/experiments/"
-                f"{self.experiment_id}/runs/{self.train_run_id}?workflowType=machine_learning"
+                "  open it          make ui, then "
+                + ui_link(f"http://127.0.0.1:{self.ui_port}", self.experiment_id, self.train_run_id)
             )
         if self.registration:
             lines.append(
@@ -100,4 +97,5 @@ def collect(params: Params, stages_run: list[str] | None = None) -> RunSummary:
         registration=_read(cat.registration),
         stages_run=stages_run or [],
         ui_port=params.base.mlflow_ui_port,
+        task=get_task(params),
     )

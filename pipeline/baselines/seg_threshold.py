@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline import catalog
 from pipeline.errors import InputError
+from pipeline.metrics import seg_stats
 
 if TYPE_CHECKING:
     from pipeline.baselines.svm import Paths
@@ -81,10 +82,8 @@ def _segment(response: np.ndarray, threshold: float, min_area: int) -> np.ndarra
 
 def _dice(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice (empty on empty = 1) and whether the truth is empty."""
-    p, t = pred.reshape(len(pred), -1), true.reshape(len(true), -1) > 0.5
-    inter = (p & t).sum(1)
-    total = p.sum(1) + t.sum(1)
-    return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0), np.asarray(~t.any(axis=1))
+    t = true.reshape(len(true), -1) > 0.5
+    return seg_stats.dice_per_image(pred, t), np.asarray(~t.any(axis=1))
 
 
 def _mean_dice(pred: np.ndarray, true: np.ndarray) -> float:
@@ -152,10 +151,10 @@ def run(params: Params, paths: Paths) -> SegBaselineResult:
     """Fit on train, score validation, save and log the classical segmenter."""
     import mlflow
 
-    from pipeline.data.datasets import load_images
     from pipeline.io import write_json
     from pipeline.tasks import get_task
     from pipeline.tracking import tracked_run
+    from pipeline.training.datasets import load_images
 
     task = get_task(params)
     train = task.read_targets(paths.data_dir, "train")

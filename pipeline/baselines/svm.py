@@ -28,6 +28,7 @@ from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-export
 from pipeline.baselines.store import load as load  # re-exported
 from pipeline.baselines.store import load_pipeline as load_pipeline  # re-exported
 from pipeline.errors import InputError
+from pipeline.metrics import multiclass_stats, regression_stats, stats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -322,15 +323,8 @@ def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return outputs(pipe, _features(meta, x), task_of(meta))
 
 
-def predict_proba(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    """Positive-class probabilities of a binary baseline for N×1×S×S images."""
-    return np.asarray(pipe.predict_proba(_features(meta, x))[:, 1], dtype=np.float64)
-
-
 def _score(task: Task, y: np.ndarray, pred: np.ndarray) -> float:
     """The validation score the summary reports: AUC, macro AUC or MAE."""
-    from pipeline.evaluation import multiclass_stats, regression_stats, stats
-
     if _regression(task):
         return regression_stats.errors(y, pred)["mae"]
     if _multiclass(task):

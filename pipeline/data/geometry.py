@@ -15,7 +15,10 @@ needs it and lacks it is quarantined at assembly, with a reason).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 GEOMETRY_FIELDS: tuple[str, ...] = (
     "ipp_x",
@@ -90,3 +93,27 @@ def frame_geometry(ds: Any, frames: int) -> list[tuple[float, ...]]:
         return out
     except Exception:  # geometry is optional: never let it quarantine an image
         return [(NAN,) * len(GEOMETRY_FIELDS)] * max(frames, 1)
+
+
+def resample_to_mm(
+    image: np.ndarray, size: int, spacing: tuple[float, float], mm: float
+) -> np.ndarray:
+    """One 2-D plane -> S x S at ``mm`` mm per pixel, centre on centre; 0 outside the image.
+
+    Output pixel i samples the input at c_in + (i - c_out) * mm / spacing (c = the centres,
+    (n - 1) / 2), bilinearly; shrinking first smooths with sigma (factor - 1) / 2 pixels, as
+    skimage's anti-aliased resize does.
+    """
+    import numpy as np
+    from scipy.ndimage import affine_transform, gaussian_filter
+
+    factors = np.array([mm / spacing[0], mm / spacing[1]])
+    sigma = np.maximum(0.0, (factors - 1) / 2)
+    if (sigma > 0).any():
+        image = gaussian_filter(image, sigma=tuple(sigma), mode="nearest")
+    centre_in = (np.array(image.shape, dtype=np.float64) - 1) / 2
+    offset = centre_in - factors * (size - 1) / 2
+    return affine_transform(
+        image, factors, offset=offset, output_shape=(size, size), order=1,
+        mode="constant", cval=0.0,
+    )  # fmt: skip

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
+from pipeline.data.geometry import resample_to_mm
+from pipeline.data.seg_masks import write_split_masks
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -170,28 +172,6 @@ def _window(pixels: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     return (np.clip(image, lo, lo + width) - np.float32(lo)) / np.float32(width)
 
 
-def _resample(image: np.ndarray, size: int, spacing: tuple[float, float], mm: float) -> np.ndarray:
-    """One 2-D plane -> S x S at ``mm`` mm per pixel, centre on centre; 0 outside the image.
-
-    Output pixel i samples the input at c_in + (i - c_out) * mm / spacing (c = the centres,
-    (n - 1) / 2), bilinearly; shrinking first smooths with sigma (factor - 1) / 2 pixels, as
-    skimage's anti-aliased resize does.
-    """
-    import numpy as np
-    from scipy.ndimage import affine_transform, gaussian_filter
-
-    factors = np.array([mm / spacing[0], mm / spacing[1]])
-    sigma = np.maximum(0.0, (factors - 1) / 2)
-    if (sigma > 0).any():
-        image = gaussian_filter(image, sigma=tuple(sigma), mode="nearest")
-    centre_in = (np.array(image.shape, dtype=np.float64) - 1) / 2
-    offset = centre_in - factors * (size - 1) / 2
-    return affine_transform(
-        image, factors, offset=offset, output_shape=(size, size), order=1,
-        mode="constant", cval=0.0,
-    )  # fmt: skip
-
-
 def _finish(
     image: np.ndarray, stats: Mapping[str, Any], spacing: tuple[float, float] | None = None
 ) -> np.ndarray:
@@ -201,7 +181,7 @@ def _finish(
 
     size = int(stats["image_size"])
     if spacing is not None:
-        image = _resample(image, size, spacing, float(stats["spacing_mm"]))
+        image = resample_to_mm(image, size, spacing, float(stats["spacing_mm"]))
     elif image.shape != (size, size):
         from skimage.transform import resize
 
@@ -253,31 +233,11 @@ def transform_image(
     return normalize(image[None] if image.ndim == 2 else image, stats)
 
 
-def transform_batch(
-    images: Iterable[np.ndarray],
-    stats: Mapping[str, Any],
-    spacings: Iterable[Spacing] | None = None,
-) -> np.ndarray:
-    """Raw images -> N x C x S x S float32, identical row by row to ``transform_image``
-    (``spacings``: one (row, col) spacing per image, needed when ``stats["spacing_mm"]`` > 0)."""
-    import numpy as np
-
-    size, channels = int(stats["image_size"]), int(stats.get("channels", 1))
-    raws = list(images)
-    mms: list[Spacing] = list(spacings) if spacings is not None else [None] * len(raws)
-    prepared = [prepare_image(p, stats, mm) for p, mm in zip(raws, mms, strict=True)]
-    if not prepared:
-        return np.zeros((0, channels, size, size), dtype=np.float32)
-    batch = np.stack(prepared)
-    return normalize(batch[:, None] if batch.ndim == 3 else batch, stats)
-
-
 def run(params: Params, paths: Paths) -> PreprocessResult:
     """Preprocess every split; fit normalisation on train; write arrays, indexes and stats."""
     import numpy as np
     import pandas as pd
 
-    from pipeline.data.seg_masks import write_split_masks
     from pipeline.io import atomic_path, write_json, write_parquet
 
     start = time.perf_counter()

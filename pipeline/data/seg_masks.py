@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.data.geometry import resample_to_mm
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,12 +26,11 @@ if TYPE_CHECKING:
 
 def resize_mask(mask: np.ndarray, stats: Mapping[str, Any], spacing: Any = None) -> np.ndarray:
     """One rows × cols 0/1 mask → size × size uint8, by the geometry ``prepare_image`` uses."""
-    from pipeline.data.preprocess import _resample
 
     size = int(stats["image_size"])
     plane = np.asarray(mask, dtype=np.float32)
     if float(stats.get("spacing_mm", 0.0) or 0.0) > 0:
-        out = _resample(plane, size, spacing, float(stats["spacing_mm"]))
+        out = resample_to_mm(plane, size, spacing, float(stats["spacing_mm"]))
     elif plane.shape != (size, size):
         from skimage.transform import resize
 

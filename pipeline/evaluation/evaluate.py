@@ -41,20 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODELS = ("cnn", "baseline")
-# The binary classifier's metrics (``label``, K = 2), as in every radops release so far.
-METRIC_KEYS = (
-    "test_auc",
-    "test_auc_ci_low",
-    "test_auc_ci_high",
-    "test_sensitivity",
-    "test_specificity",
-    "test_ppv",
-    "test_npv",
-    "test_f1",
-    "test_accuracy",
-    "test_brier",
-    "threshold",
-)
 PREDICTION_COLUMNS = ["image_id", "patient_id", "label", "site", "manufacturer"]
 
 
@@ -199,11 +185,6 @@ def cnn_predictions(
     return np.asarray(predict(net, meta, x, tta=tta), dtype=np.float64)
 
 
-def predict_cnn(model_dir: Path, x: np.ndarray, data_dir: Path | None = None) -> np.ndarray:
-    """The CNN's predictions for ``x`` (see ``cnn_predictions``)."""
-    return cnn_predictions(*load_cnn(model_dir, data_dir), x)
-
-
 def check_task(task: Task, params: Params, what: str) -> None:
     """Refuse a model trained for another task or target than ``params.task`` says."""
     want = (params.task.kind, params.task.target)
@@ -321,8 +302,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     net, meta = load_cnn(paths.cnn_dir, paths.data_dir)
     task = task_from_meta(meta)
     check_task(task, params, "CNN")
-    finishing.check_tta(task, cfg.tta)
-    cfg = cfg.model_copy(update={"tta": finishing.resolve_tta(task, cfg.tta)})  # auto → flips/none
+    cfg = cfg.model_copy(update={"tta": task.resolve_tta(cfg.tta)})  # auto → flips/none
     calibrated = finishing.is_calibrated(meta)  # also report the CNN before calibration
     uncalibrated: dict[str, np.ndarray] = {}
     if task.target_kind == "mask":  # segmentation: its own metrics, figures and baseline

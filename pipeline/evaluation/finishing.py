@@ -20,34 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
-from pipeline.errors import ConfigError
+from pipeline.metrics import stats
 
 if TYPE_CHECKING:
     from pipeline.config import EvaluateSection
     from pipeline.tasks import Task
 
 BEFORE_AFTER_PLOT = catalog.CALIBRATION_BEFORE_AFTER_PLOT
-
-
-def supports_tta(task: Task) -> bool:
-    """TTA applies to 2-D image models with a sigmoid/softmax/identity output only."""
-    return not (task.target_kind in ("mask", "image") or task.kind == "series_classification")
-
-
-def resolve_tta(task: Task, tta: str) -> str:
-    """``auto``: flips for the tasks TTA applies to, none for the others."""
-    if tta != "auto":
-        return tta
-    return "flips" if supports_tta(task) else "none"
-
-
-def check_tta(task: Task, tta: str) -> None:
-    """Refuse ``evaluate.tta`` for a task it does not apply to."""
-    if resolve_tta(task, tta) != "none" and not supports_tta(task):
-        raise ConfigError(
-            f"evaluate.tta {tta!r} is not supported for {task.kind} (only 2-D classification "
-            "and regression); set evaluate.tta: none"
-        )
 
 
 def is_calibrated(meta: dict[str, Any]) -> bool:
@@ -75,15 +54,6 @@ def ece(y: Any, probs: Any, n_bins: int = 10) -> float:
     return float(total / conf.size)
 
 
-def brier(y: Any, probs: Any) -> float:
-    y_arr = np.asarray(y).astype(np.int64).ravel()
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 2:
-        onehot = np.eye(p.shape[1])[y_arr]
-        return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
-    return float(np.mean((p - y_arr) ** 2))
-
-
 def ppv_npv_at(sensitivity: Any, specificity: Any, prevalence: float) -> tuple[Any, Any]:
     """PPV and NPV at ``prevalence`` from sensitivity and specificity (Bayes' rule)."""
     sens, spec, pi = np.asarray(sensitivity), np.asarray(specificity), float(prevalence)
@@ -105,8 +75,6 @@ def prevalence_metrics(
     prefix: str = "test",
 ) -> dict[str, float]:
     """PPV/NPV at ``prevalence`` with patient-level bootstrap percentile intervals."""
-    from pipeline.evaluation import stats
-
     y_arr = np.asarray(y).astype(np.int64).ravel()
     called = (np.asarray(probs, dtype=np.float64).ravel() >= threshold).astype(np.float64)
     pos, neg = (y_arr == 1).astype(np.float64), (y_arr == 0).astype(np.float64)
@@ -149,7 +117,7 @@ def add_metrics(
     PPV/NPV at ``evaluate.deployment_prevalence`` (binary) to ``metrics`` in place."""
     from pipeline.training.calibration import nll
 
-    if task.target_kind != "class_index":
+    if not task.class_probabilities:
         return
     bins = cfg.calibration_bins
     for name, m in metrics.items():
@@ -158,7 +126,7 @@ def add_metrics(
             m[f"{split}_ece"] = ece(y[split], p, bins)
             m[f"{split}_nll"] = nll(y[split], p)
         if np.asarray(preds["test"][name]).ndim == 2:
-            m["test_brier"] = brier(y["test"], preds["test"][name])
+            m["test_brier"] = stats.brier_score(y["test"], preds["test"][name])
         if np.asarray(preds["test"][name]).ndim == 1 and "threshold" in m:
             m |= prevalence_metrics(
                 y["test"],
@@ -176,8 +144,8 @@ def add_metrics(
             p = uncalibrated[split]
             m[f"{split}_ece_uncalibrated"] = ece(y[split], p, bins)
             m[f"{split}_nll_uncalibrated"] = nll(y[split], p)
-            m[f"{split}_brier_uncalibrated"] = brier(y[split], p)
-        m["val_brier"] = brier(y["val"], preds["val"]["cnn"])
+            m[f"{split}_brier_uncalibrated"] = stats.brier_score(y[split], p)
+        m["val_brier"] = stats.brier_score(y["val"], preds["val"]["cnn"])
 
 
 def plot_before_after(
@@ -185,7 +153,6 @@ def plot_before_after(
 ) -> Path:
     """Reliability diagram of the CNN on test before and after calibration (binary)."""
     from pipeline.evaluation import report as rep
-    from pipeline.evaluation import stats
 
     fig = rep._figure()
     ax = fig.add_subplot()

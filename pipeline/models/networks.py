@@ -379,11 +379,6 @@ def predict(
     return apply_output(raw, meta.get("output"))
 
 
-def predict_proba(network: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Positive-class probabilities of a *binary* (one-logit) network for N×C×H×W inputs."""
-    return apply_output(raw_outputs(network, x, batch_size), OUTPUT_DEFAULT)
-
-
 # --------------------------------------------------------------------------- autoencoder
 # Here and not in a module of its own: the served MLflow model carries only this file.
 AUTOENCODER = "autoencoder"  # ``architecture["network"]`` of a convolutional autoencoder

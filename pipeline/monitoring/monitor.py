@@ -121,10 +121,10 @@ def prediction_shift(params: Params, paths: Paths, ingested: Path, work: Path) -
     with ``skipped`` (the reason) when there is no model to load."""
     from scipy.stats import ks_2samp
 
-    from pipeline.data.datasets import load_images
     from pipeline.models.networks import load_model, predict
     from pipeline.serving.predict import resolve_model
     from pipeline.tasks import get_task
+    from pipeline.training.datasets import load_images
 
     uri = paths.model_uri
     if uri is None:

@@ -13,7 +13,7 @@ on the training split, and then:
   most extreme standardised features); ``qa.md`` shows the flagged images as thumbnails.
 
 ``qa.action: exclude`` writes the flagged *training* images to ``exclusions.json``; the
-training data loading (``pipeline.data.datasets``) drops them. Validation and test images are
+training data loading (``pipeline.training.datasets``) drops them. Validation and test images are
 never excluded: they are what the model is judged on. The fitted model (isolation forest with
 skops, scaler/PCA/spec as JSON) is what ``radops monitor`` scores a new batch with.
 """
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.ensemble import IsolationForest
 
-    from pipeline.tasks import SplitTargets
 
 log = logging.getLogger(__name__)
 COLOUR_BY = ("site", "manufacturer", "split", "label")
@@ -336,38 +335,3 @@ def _log_mlflow(params: Params, out_dir: Path, meta: dict[str, Any]) -> None:
         for name in (catalog.QA_REPORT, catalog.QA_FLAGS_FILE, catalog.QA_CLUSTERS_FILE):
             mlflow.log_artifact(str(out_dir / name), artifact_path="qa")
         mlflow.log_artifacts(str(out_dir / catalog.FIGURES_DIR), artifact_path="qa/figures")
-
-
-def training_exclusions(exclusions_file: Path | str | None) -> frozenset[str]:
-    """The training ``image_id``s QA excluded (empty when the file is missing or the action is
-    ``report``): the hook the training data loading reads."""
-    from pipeline.io import read_json
-
-    if exclusions_file is None or not Path(exclusions_file).is_file():
-        return frozenset()
-    data = read_json(exclusions_file)
-    return frozenset(str(i) for i in data.get("image_ids", []))
-
-
-def drop_excluded(
-    data_dir: Path, targets: SplitTargets, exclusions_file: Path | str
-) -> tuple[SplitTargets, str | None]:
-    """``targets`` of the training split without the images QA excluded, and a note saying
-    how many were dropped (None when none were)."""
-    import dataclasses
-
-    import pandas as pd
-
-    excluded = training_exclusions(exclusions_file)
-    if not excluded or targets.split != "train":
-        return targets, None
-    index = pd.read_parquet(
-        catalog.split_file(data_dir, "train", catalog.INDEX_SUFFIX), columns=["image_id"]
-    )
-    ids = index["image_id"].astype(str).to_numpy()[targets.rows]
-    keep = ~np.isin(ids, list(excluded))
-    dropped = int((~keep).sum())
-    if dropped == 0:
-        return targets, None
-    kept = dataclasses.replace(targets, rows=targets.rows[keep], values=targets.values[keep])
-    return kept, f"train: {dropped} images excluded by data QA ({exclusions_file})"

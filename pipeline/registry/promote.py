@@ -109,24 +109,6 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
 
 
-def find_model_dir(root: Path | str) -> Path:
-    """The folder under ``root`` holding ``model.json`` and ``model.safetensors``.
-
-    Works for a plain artifact folder and for a pyfunc "models from code" model, whose
-    artifacts nest the saved model somewhere below; the shallowest match wins.
-    """
-    from pipeline.models.networks import META_FILE, WEIGHTS_FILE
-
-    root = Path(root)
-    hits = sorted(
-        (p.parent for p in root.rglob(META_FILE) if (p.parent / WEIGHTS_FILE).is_file()),
-        key=lambda p: (len(p.parts), str(p)),
-    )
-    if not hits:
-        raise InputError(f"no {META_FILE} + {WEIGHTS_FILE} found under {root}")
-    return hits[0]
-
-
 def load_registered(params: Params, model_uri: str) -> tuple[Any, dict[str, Any]]:
     """Download a registered model's artifacts, check them (``trust.resolve``: the store's
     artifact root, ``serving.json``, the weights' SHA-256) and load the CNN inside them."""
@@ -214,7 +196,6 @@ def decide_promotion(
     """
     from mlflow.tracking import MlflowClient
 
-    from pipeline.evaluation.finishing import resolve_tta, supports_tta
     from pipeline.io import read_json
     from pipeline.models.networks import predict
     from pipeline.tasks import task_from_meta
@@ -283,7 +264,7 @@ def decide_promotion(
     if why_not:
         return decide(False, why_not, champ_version=str(champion.version))
     tta = (
-        resolve_tta(task, params.evaluate.tta) if supports_tta(task) else "none"
+        task.resolve_tta(params.evaluate.tta) if task.supports_tta else "none"
     )  # as evaluate scored it
     result = task.paired_test(
         y,

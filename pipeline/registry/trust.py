@@ -30,6 +30,8 @@ from urllib.parse import unquote, urlparse
 
 from pipeline import catalog
 from pipeline.errors import InputError
+from pipeline.models.locate import UntrustedModelError as UntrustedModelError  # re-exported
+from pipeline.models.locate import check_no_climb
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -42,10 +44,6 @@ SERVING_FILE = catalog.SERVING_FILE
 RECORD_FORMAT = 1
 # registry tag -> the serving.json key it only displays
 DISPLAY_TAGS = {"radops.threshold": "threshold"}
-
-
-class UntrustedModelError(InputError):
-    """A model's source, URI or files are not what radops registered."""
 
 
 # --------------------------------------------------------------------------- the record
@@ -130,13 +128,6 @@ def warn_on_display_tags(tags: Mapping[str, str], record: Mapping[str, Any], lab
 
 
 # --------------------------------------------------------------------------- sources
-def check_no_climb(uri: str, what: str = "model URI") -> None:
-    """Refuse a URI with a ``..`` path segment (plain or percent-encoded)."""
-    path = unquote(uri.split("?", 1)[0]).replace("\\", "/")
-    if any(part == ".." for part in path.split("/")):
-        raise UntrustedModelError(f"refusing {what} {uri!r}: it climbs out of its folder ('..')")
-
-
 def artifact_location(client: MlflowClient, uri: str) -> str:
     """Where the artifacts of ``uri`` (``runs:/``, ``models:/m-…``, a plain URI) live."""
     check_no_climb(uri)
@@ -223,8 +214,8 @@ def record_for_registration(
     import mlflow
 
     from pipeline.io import read_json
+    from pipeline.models.locate import find_model_dir
     from pipeline.models.networks import META_FILE, WEIGHTS_DIGEST_KEY
-    from pipeline.registry.promote import find_model_dir
 
     location = checked_location(params, client, model_uri)
     with tempfile.TemporaryDirectory(prefix="radops-register-") as tmp:
@@ -296,7 +287,7 @@ def resolve(params: Params, model_uri: str, workdir: Path) -> ResolvedModel:
     verified against it (``model.json`` and weights); tags that disagree are warned about.
     The weights' own digest in ``model.json`` is checked by ``networks.load_model``.
     """
-    from pipeline.registry.promote import find_model_dir
+    from pipeline.models.locate import find_model_dir
 
     local = Path(model_uri)
     if local.is_dir():

@@ -126,7 +126,6 @@ def run(params: Params, paths: Paths) -> PredictResult:
     from pipeline.data import ingest
     from pipeline.data.pixels import PixelStore
     from pipeline.data.preprocess import transform_image
-    from pipeline.evaluation.finishing import check_tta, resolve_tta
     from pipeline.io import check_outputs, check_replaceable, read_csv, write_csv
     from pipeline.models.networks import load_model, predict
     from pipeline.tasks import task_from_meta
@@ -142,8 +141,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         )
         network, meta = load_model(model_dir)
         task = task_from_meta(meta)
-        check_tta(task, params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
-        tta = resolve_tta(task, params.evaluate.tta)
+        tta = task.resolve_tta(params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         evaluated_tta = (meta.get("inference") or {}).get("tta")  # bound by serving.json
         if evaluated_tta is not None and tta != evaluated_tta:
             log.warning(

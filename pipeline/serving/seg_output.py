@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.metrics.segmentation import THRESHOLD
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-THRESHOLD = 0.5
 
 
 def write(

@@ -57,6 +57,10 @@ class AutoencoderTask(Task):
     target_kind: ClassVar[TargetKind] = "image"
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae")
     default_loss: ClassVar[str] = "mse"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_recon_mse",)
+    supports_tta: ClassVar[bool] = False
+    supports_mixup: ClassVar[bool] = False
+    supports_ensemble: ClassVar[bool] = False
 
     options: dict[str, Any] = field(default_factory=lambda: dict(OPTION_DEFAULTS))
 
@@ -186,7 +190,7 @@ class AutoencoderTask(Task):
     ) -> dict[str, float]:
         """Reconstruction MSE/MAE, SSIM, PSNR (+ anomaly AUC in anomaly mode) with
         patient-level bootstrap CIs (``pipeline.evaluation.autoencoder``)."""
-        from pipeline.evaluation import autoencoder as ev
+        from pipeline.metrics import autoencoder as ev
 
         seed = np.random.default_rng(0) if rng is None else rng
         anomaly = self.ae_mode == "anomaly"
@@ -204,7 +208,7 @@ class AutoencoderTask(Task):
     ) -> PairedTest:
         """One-sided Wilcoxon signed-rank test on per-patient mean reconstruction MSE:
         better = lower MSE and p < ``register.alpha``."""
-        from pipeline.evaluation import autoencoder as ev
+        from pipeline.metrics import autoencoder as ev
 
         mse_new, mse_old, p = ev.paired_recon_test(new, champion, groups)
         better = bool(mse_new < mse_old and p < cfg.alpha)

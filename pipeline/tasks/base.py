@@ -114,6 +114,16 @@ class Task(ABC):
     target_kind: ClassVar[TargetKind]
     losses: ClassVar[tuple[str, ...]]  # the ``train.loss`` values this task accepts
     default_loss: ClassVar[str]  # what ``train.loss: auto`` means
+    # The headline test metrics this task's evaluate stage may write, in order of preference
+    # (the first one present in ``metrics_<model>.json`` is the one summaries show).
+    headline_metrics: ClassVar[tuple[str, ...]]
+    # What the shared stages may apply to this task: they ask here instead of testing its kind
+    # (the defaults are those of a 2-D image model with one output per image).
+    supports_tta: ClassVar[bool] = True  # flip/shift test-time augmentation
+    supports_mixup: ClassVar[bool] = True  # mixup of images and targets (2-D inputs only)
+    supports_ensemble: ClassVar[bool] = True  # train.ensemble_size > 1
+    supports_label_smoothing: ClassVar[bool] = False  # train.label_smoothing
+    class_probabilities: ClassVar[bool] = False  # calibration, ECE/NLL, prevalence figures
 
     target: str = "label"
     loss: str = "auto"
@@ -153,6 +163,23 @@ class Task(ABC):
 
     def describe(self) -> str:
         return f"{self.kind} of {self.target!r}"
+
+    def resolve_tta(self, tta: str) -> str:
+        """``evaluate.tta``'s ``auto``: flips where this task supports TTA, else none; any
+        other value is checked (a ConfigError where TTA does not apply) and kept."""
+        if tta == "auto":
+            return "flips" if self.supports_tta else "none"
+        if tta != "none" and not self.supports_tta:
+            raise ConfigError(
+                f"evaluate.tta {tta!r} is not supported for {self.kind} (only 2-D "
+                "classification and regression); set evaluate.tta: none"
+            )
+        return tta
+
+    def headline(self, metrics: dict[str, Any]) -> str | None:
+        """The headline metric present in ``metrics`` (an evaluate stage's JSON), or None when
+        the stage did not evaluate this task's headline (e.g. another task's file)."""
+        return next((key for key in self.headline_metrics if key in metrics), None)
 
     # ------------------------------------------------------------------ targets
     def read_targets(self, data_dir: Path | str, split: str) -> SplitTargets:

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.metrics import multiclass_stats as ms
+from pipeline.metrics import stats
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -34,6 +36,9 @@ class ClassificationTask(Task):
     target_kind: ClassVar[TargetKind] = "class_index"
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy", "focal")
     default_loss: ClassVar[str] = "cross_entropy"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_auc", "test_auc_macro")
+    supports_label_smoothing: ClassVar[bool] = True
+    class_probabilities: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ targets
     def present(self, raw: np.ndarray) -> np.ndarray:
@@ -122,7 +127,7 @@ class ClassificationTask(Task):
         return [float(w) for w in counts.sum() / (len(counts) * np.maximum(counts, 1.0))]
 
     def make_loss(self, cfg: TrainSection) -> torch.nn.Module:
-        from pipeline.training.losses import BinaryLoss, MulticlassLoss
+        from pipeline.models.losses import BinaryLoss, MulticlassLoss
 
         weights = self.class_weights(cfg)
         focal = self.loss_name == "focal"
@@ -162,7 +167,7 @@ class ClassificationTask(Task):
         """K=2: the original radops metrics (threshold chosen on ``validation``, required);
         K>2: macro and per-class one-vs-rest AUC with CIs, accuracy, macro F1, per-class
         sensitivity/PPV and the K×K confusion counts. See ``pipeline.evaluation.classification``."""
-        from pipeline.evaluation import classification as ev
+        from pipeline.metrics import classification as ev
 
         seed = np.random.default_rng(0) if rng is None else rng
         if self.binary:
@@ -185,9 +190,6 @@ class ClassificationTask(Task):
         """K=2: AUC by DeLong's test or a paired patient-level bootstrap
         (``register.promotion_test``), as before; K>2: macro AUC by a paired patient-level
         bootstrap (whatever ``promotion_test`` says: DeLong is for one AUC)."""
-        from pipeline.evaluation import multiclass_stats as ms
-        from pipeline.evaluation import stats
-
         seed = np.random.default_rng(0) if rng is None else rng
         y = np.asarray(y_true).astype(np.int64)
         if self.binary:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import InputError
+from pipeline.metrics import regression_stats as rs
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ class RegressionTask(Task):
     target_kind: ClassVar[TargetKind] = "value"
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae", "huber")
     default_loss: ClassVar[str] = "huber"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_mae",)
 
     def clean(self, values: np.ndarray, where: str) -> np.ndarray:
         return values.astype(np.float32)
@@ -92,7 +94,7 @@ class RegressionTask(Task):
         }
 
     def make_loss(self, cfg: TrainSection) -> torch.nn.Module:
-        from pipeline.training.losses import RegressionLoss
+        from pipeline.models.losses import RegressionLoss
 
         return RegressionLoss(self.loss_name, self.shift, self.scale)
 
@@ -123,7 +125,7 @@ class RegressionTask(Task):
     ) -> dict[str, float]:
         """MAE, RMSE and R² with patient-level bootstrap CIs, bias and limits of agreement
         (see ``pipeline.evaluation.regression``)."""
-        from pipeline.evaluation import regression as ev
+        from pipeline.metrics import regression as ev
 
         seed = np.random.default_rng(0) if rng is None else rng
         return ev.summary(y_true, predictions, groups, cfg, seed, prefix, validation)
@@ -141,8 +143,6 @@ class RegressionTask(Task):
         """Per-patient absolute errors, one-sided: a Wilcoxon signed-rank test
         (``register.promotion_test: delong``, the analytic choice) or a paired patient-level
         bootstrap (``bootstrap``). Better = lower MAE and p < ``register.alpha``."""
-        from pipeline.evaluation import regression_stats as rs
-
         method: rs.PairedMethod = (
             "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
         )

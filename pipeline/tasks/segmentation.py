@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.metrics import seg_stats
+from pipeline.metrics.segmentation import THRESHOLD
 from pipeline.tasks.base import Mode, PairedTest, SplitTargets, TargetKind, Task
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
     from pipeline.config import EvaluateSection, RegisterSection, TrainSection
 
 FINDINGS = frozenset({"lesion", "nodule", "mass", "tumour", "tumor"})
-THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class SegmentationTask(Task):
     target_kind: ClassVar[TargetKind] = "mask"
     losses: ClassVar[tuple[str, ...]] = ("dice", "dice_ce", "focal")
     default_loss: ClassVar[str] = "dice"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("test_dice",)
+    supports_tta: ClassVar[bool] = False
+    supports_mixup: ClassVar[bool] = False
+    supports_ensemble: ClassVar[bool] = False
 
     segments: tuple[str, ...] = ("lesion",)
 
@@ -129,12 +134,12 @@ class SegmentationTask(Task):
         return {"dice": "max"}
 
     def make_metrics(self) -> dict[str, Metric]:
-        from pipeline.training.seg_losses import MeanDice
+        from pipeline.models.seg_losses import MeanDice
 
         return {"dice": MeanDice()}
 
     def make_loss(self, cfg: TrainSection) -> torch.nn.Module:
-        from pipeline.training.seg_losses import make_loss
+        from pipeline.models.seg_losses import make_loss
 
         return make_loss(self.loss_name)
 
@@ -169,7 +174,7 @@ class SegmentationTask(Task):
         """Dice, IoU, HD95/ASSD (mm), area error, lesion sensitivity, FP per image with
         patient-level bootstrap CIs (``pipeline.evaluation.segmentation``); ``spacing``: N×2
         mm per pixel (default 1 mm: distances then are in pixels)."""
-        from pipeline.evaluation import segmentation as ev
+        from pipeline.metrics import segmentation as ev
 
         table = ev.per_image(y_true, predictions, groups, spacing, self.chosen)
         seed = np.random.default_rng(0) if rng is None else rng
@@ -187,8 +192,6 @@ class SegmentationTask(Task):
     ) -> PairedTest:
         """Per-patient mean Dice (first segment), one-sided Wilcoxon signed-rank
         (``register.promotion_test: delong``, the analytic choice) or paired bootstrap."""
-        from pipeline.evaluation import seg_stats
-
         method: seg_stats.PairedMethod = (
             "paired_bootstrap" if cfg.promotion_test == "bootstrap" else "wilcoxon"
         )

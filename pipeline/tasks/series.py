@@ -43,6 +43,7 @@ class _Named:
 @dataclass(frozen=True)
 class SeriesClassificationTask(ClassificationTask):
     kind: ClassVar[str] = "series_classification"
+    supports_tta: ClassVar[bool] = False  # the flips are 2-D; a series is a stack of slices
 
     def fit(self, train: SplitTargets) -> SeriesClassificationTask:
         fitted = super().fit(train)

@@ -36,21 +36,22 @@ def nll(y: np.ndarray, probs: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, None))))
 
 
-def resolve_method(method: str, transform: str, target_kind: str = "class_index") -> str:
+def resolve_method(method: str, transform: str, class_probabilities: bool = True) -> str:
     """``auto``: temperature scaling for a classifier's sigmoid/softmax output per image (or
-    series), none for any other output (regression values, masks, reconstructions)."""
+    series), none for any other output (regression values, masks, reconstructions).
+    ``class_probabilities``: the task's own answer (``Task.class_probabilities``)."""
     if method != "auto":
         return method
-    classifier = transform in ("sigmoid", "softmax") and target_kind == "class_index"
+    classifier = transform in ("sigmoid", "softmax") and class_probabilities
     return "temperature" if classifier else "none"
 
 
-def check_method(method: str, transform: str, target_kind: str = "class_index") -> None:
+def check_method(method: str, transform: str, class_probabilities: bool = True) -> None:
     """Refuse a calibration that does not apply to the output transform."""
-    method = resolve_method(method, transform, target_kind)
+    method = resolve_method(method, transform, class_probabilities)
     if method == "none":
         return
-    if transform not in ("sigmoid", "softmax") or target_kind != "class_index":
+    if transform not in ("sigmoid", "softmax") or not class_probabilities:
         raise ConfigError(
             f"train.calibration {method!r} applies to classification only "
             f"(this model's output is {transform!r}); set train.calibration: none"

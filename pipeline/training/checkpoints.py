@@ -46,8 +46,8 @@ def fingerprint(
     """
     import numpy as np
 
-    from pipeline.data.datasets import load_split
-    from pipeline.training.train import hyperparameters
+    from pipeline.training.datasets import load_split
+    from pipeline.training.settings import hyperparameters
 
     hp = {k: v for k, v in hyperparameters(cfg, model).items() if k not in RUNTIME_ONLY}
     spec = {"hp": hp, "seed": seed, "task": [task.kind, task.target, task.loss_name]}

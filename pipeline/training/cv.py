@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
-from pipeline.data.datasets import ArrayDataset, RadDataModule, load_split
 from pipeline.errors import ConfigError, InputError
 from pipeline.tasks.base import SplitTargets
+from pipeline.training.datasets import ArrayDataset, RadDataModule, load_split
 
 if TYPE_CHECKING:
     import optuna
@@ -78,11 +78,11 @@ def load_pool(
     data_dir = Path(data_dir)
     x, train = load_split(data_dir, "train", task)
     if label_fraction < 1:
-        from pipeline.data.label_fraction import subsample_patients
+        from pipeline.training.label_fraction import subsample_patients
 
         train, _ = subsample_patients(data_dir, train, label_fraction, seed)
     if exclude_file is not None:
-        from pipeline.monitoring.qa import drop_excluded
+        from pipeline.training.exclusions import drop_excluded
 
         train, _ = drop_excluded(data_dir, train, exclude_file)
     xv, val = load_split(data_dir, "val", task)
@@ -180,8 +180,8 @@ def fit_folds(
     ``stop`` (a ``budget.DeadlineCallback``): once it fired, later folds are skipped."""
     import mlflow
 
-    from pipeline.data.datasets import BatchAugment
     from pipeline.tasks import get_task
+    from pipeline.training.datasets import BatchAugment
     from pipeline.training.tune import fit_trial
 
     out = FoldHistory()

@@ -39,7 +39,7 @@ def check_supported(cfg: TrainSection, model_cfg: ModelSection, task: Task) -> N
     from pipeline.training.calibration import check_method
 
     if cfg.ensemble_size > 1:
-        if task.target_kind in ("mask", "image"):
+        if not task.supports_ensemble:
             raise ConfigError(
                 f"train.ensemble_size > 1 is not supported for {task.kind} (only 2-D "
                 "classification and regression); set train.ensemble_size: 1"
@@ -52,7 +52,7 @@ def check_supported(cfg: TrainSection, model_cfg: ModelSection, task: Task) -> N
         if cfg.strategy.startswith("ddp"):
             raise ConfigError("train.ensemble_size > 1 is not supported with a DDP strategy")
     transform = str(task.output_spec().get("transform"))
-    check_method(cfg.calibration, transform, task.target_kind)
+    check_method(cfg.calibration, transform, task.class_probabilities)
 
 
 def member_dir(checkpoint_dir: Path, i: int) -> Path:
@@ -73,7 +73,6 @@ def train_member(
     import mlflow
     import torch
 
-    from pipeline.data.datasets import make_datamodule
     from pipeline.tasks import get_task
     from pipeline.training.callbacks import EpochHistory, EpochLog
     from pipeline.training.checkpoints import (
@@ -82,8 +81,9 @@ def train_member(
         prepare_checkpoints,
         stopping_and_checkpoint,
     )
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import TaskModule, make_trainer
-    from pipeline.training.train import per_process_batch
+    from pipeline.training.settings import per_process_batch
 
     seed = params.base.seed + i
     L.seed_everything(seed, workers=True, verbose=False)
@@ -202,7 +202,7 @@ def finish(
         member_values = ", ".join(f"{m['best_value']:.4f}" for m in summary)
         notes.append(f"ensemble of {k} seeds: {monitor} {value:.4f} (members {member_values})")
     transform = str(meta["output"].get("transform"))
-    method = resolve_method(cfg.calibration, transform, task.target_kind)
+    method = resolve_method(cfg.calibration, transform, task.class_probabilities)
     if method != "none":
         # fitted on the predictions the model will make: with the TTA it is evaluated and
         # served with (model.json "inference"), which averaging makes less confident

@@ -37,6 +37,12 @@ from pipeline.training.checkpoints import (
     prepare_checkpoints,
     stopping_and_checkpoint,
 )
+from pipeline.training.settings import (
+    NOT_HYPERPARAMETERS,
+    hyperparameters,
+    per_process_batch,
+    set_threads,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,9 +55,6 @@ log = logging.getLogger("radops.train")
 
 # Search-space / best_params names that are not field names of ``train`` or ``model``.
 ALIASES = {"aug_strength": "train.augmentation.strength"}
-NOT_HYPERPARAMETERS = {"out_dir", "checkpoint_dir", "use_tuned_params"}
-# The finish (pipeline/training/finishing.py): not tuned, not part of member 0's fingerprint.
-NOT_HYPERPARAMETERS |= {"ensemble_size", "calibration"}
 
 
 @dataclass(frozen=True)
@@ -161,30 +164,6 @@ def resolve_hyperparameters(
     return train, model, f"tuned parameters in {best_params}"
 
 
-def hyperparameters(cfg: TrainSection, model: ModelSection) -> dict[str, Any]:
-    """Every setting that shapes training, as JSON-ready values (no output paths): the
-    optimisation settings and the architecture in one flat dict (their names do not clash)."""
-    return cfg.model_dump(mode="json", exclude=NOT_HYPERPARAMETERS) | model.model_dump(mode="json")
-
-
-def set_threads(cfg: TrainSection) -> None:
-    """Apply ``train.num_threads`` (0 leaves torch's default)."""
-    import torch
-
-    if cfg.num_threads > 0 and torch.get_num_threads() != cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-
-
-def per_process_batch(cfg: TrainSection) -> TrainSection:
-    """``train.batch_size`` is the global batch: under DDP each of the ``devices`` processes
-    loads its share, so the optimisation (steps per epoch, batch statistics of the gradient)
-    is that of one process and the result does not depend on the number of processes."""
-    world = cfg.devices if isinstance(cfg.devices, int) else 1
-    if world <= 1 or not cfg.strategy.startswith("ddp"):
-        return cfg
-    return cfg.model_copy(update={"batch_size": max(1, cfg.batch_size // world)})
-
-
 def _rank() -> int:
     """The process's rank under DDP (0 when not distributed)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
@@ -243,13 +222,12 @@ def run(params: Params, paths: Paths) -> TrainResult:
     import numpy as np
     import torch
 
-    from pipeline.data.datasets import load_stats, make_datamodule
-    from pipeline.evaluation.finishing import resolve_tta
     from pipeline.io import atomic_path, remove_output, write_json
     from pipeline.models.networks import save_model
     from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
     from pipeline.training.callbacks import EpochHistory, EpochLog, silence_known_noise
+    from pipeline.training.datasets import load_stats, make_datamodule
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     silence_known_noise()
@@ -331,7 +309,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "stopped_epoch": outcome["stopped_epoch"],
             "data": list(data.notes),
             # what the served model does by default: evaluate.tta as evaluate resolves it
-            "inference": {"tta": resolve_tta(task, params.evaluate.tta)},
+            "inference": {"tta": task.resolve_tta(params.evaluate.tta)},
         }
         if module.init_source is not None:
             meta["init"] = module.init_source.tags()

@@ -122,9 +122,8 @@ def _architecture_json(weights: Path) -> dict[str, Any]:
 def fetch(init: str, source: str, workdir: Path) -> tuple[Path, dict[str, Any], InitSource]:
     """``(weights file, its model.json, provenance)`` for a source (no pickle: the weights
     are only ever read by ``safetensors``)."""
+    from pipeline.models.locate import check_no_climb, find_model_dir
     from pipeline.models.networks import WEIGHTS_DIGEST_KEY
-    from pipeline.registry.promote import find_model_dir
-    from pipeline.registry.trust import check_no_climb
 
     version = run_id = ""
     if source.startswith(("models:/", "runs:/")):

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("radops.train")
 
 FAMILY_KEYS = ("name", "input_size")  # what the 2-D families add to an architecture
-MIXUP_KINDS = ("class_index", "value")  # target kinds mixup applies to
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class Mix:
 def mixup_alpha(cfg: TrainSection, task: Task, planar: bool) -> float:
     """The α to use: ``train.mixup_alpha`` where mixup applies, else 0 (with a note)."""
     alpha = float(getattr(cfg, "mixup_alpha", 0.0))
-    if alpha > 0 and (task.target_kind not in MIXUP_KINDS or not planar):
+    if alpha > 0 and (not task.supports_mixup or not planar):
         log.warning("train.mixup_alpha ignored: mixup applies to 2-D classification/regression")
         return 0.0
     return alpha
@@ -81,7 +80,7 @@ def check_network(arch: dict[str, Any], cfg: TrainSection) -> dict[str, Any]:
 
 def note_ignored_smoothing(cfg: TrainSection, task: Task) -> None:
     """``train.label_smoothing`` shapes classification losses only; say when it is unused."""
-    if float(getattr(cfg, "label_smoothing", 0.0)) > 0 and task.target_kind != "class_index":
+    if float(getattr(cfg, "label_smoothing", 0.0)) > 0 and not task.supports_label_smoothing:
         log.warning("train.label_smoothing ignored: it applies to classification only")
 
 

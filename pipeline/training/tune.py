@@ -198,10 +198,10 @@ def fit_trial(
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from pipeline.data.datasets import make_datamodule
     from pipeline.tasks import get_task
     from pipeline.training.budget import current_deadline
     from pipeline.training.callbacks import EpochHistory
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(params.base.seed, workers=True, verbose=False)
@@ -271,11 +271,11 @@ def run_study(
     import mlflow
     import optuna
 
-    from pipeline.data.datasets import load_split
     from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat
     from pipeline.training.callbacks import silence_known_noise
-    from pipeline.training.train import set_threads
+    from pipeline.training.datasets import load_split
+    from pipeline.training.settings import set_threads
 
     silence_known_noise()
     tune = params.tune

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import AugmentationSection
-from pipeline.data.datasets import BatchAugment
+from pipeline.training.datasets import BatchAugment
 
 
 def blobs(n: int = 6, size: int = 32) -> torch.Tensor:

@@ -30,7 +30,7 @@ def fit(params: Params, epochs: int) -> tuple[Any, Any]:
     """Train ``params``' task for ``epochs`` epochs without MLflow: (module, datamodule)."""
     import lightning as L
 
-    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import TaskModule, make_trainer
 
     L.seed_everything(0, verbose=False)
@@ -99,7 +99,7 @@ def test_poisson_corruption_is_noise_of_the_set_level() -> None:
 def test_anomaly_scores_separate_planted_anomalies_from_normals(
     tmp_path: Path, smooth: Path
 ) -> None:
-    from pipeline.evaluation.stats import roc_auc
+    from pipeline.metrics.stats import roc_auc
 
     params = ae_params(tmp_path, smooth, "anomaly")
     task = get_task(params)

@@ -141,7 +141,7 @@ def test_stage_outputs(stage: Any, data: Path) -> None:
     assert set(meta["selected_features"]) <= set(meta["feature_names"])
     assert set(meta["best_params"]) == {"C", "gamma"} and meta["kernel"] == "rbf"
     pipe, loaded_meta = baseline.load(out)
-    prob = baseline.predict_proba(pipe, loaded_meta, np.load(data / "val_x.npy"))
+    prob = baseline.predict(pipe, loaded_meta, np.load(data / "val_x.npy"))
     assert meta["val_auc"] == pytest.approx(roc_auc_score(np.load(data / "val_y.npy"), prob))
     assert result.val_auc > 0.7 and "validation AUC" in result.summary()
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
-from pipeline.evaluation.stats import roc_auc
+from pipeline.metrics.stats import roc_auc
 from pipeline.models.networks import apply_output, raw_outputs
 from pipeline.training.calibration import calibrate, nll
 from tests.model.eval_fixtures import make_preprocessed, train_tiny_cnn

@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from pipeline.config import AugmentationSection
-from pipeline.data.datasets import (
+from pipeline.errors import ConfigError, InputError
+from pipeline.tasks import make_task
+from pipeline.training.datasets import (
     ArrayDataset,
     BatchAugment,
     RadDataModule,
     load_split,
     make_datamodule,
 )
-from pipeline.errors import ConfigError, InputError
-from pipeline.tasks import make_task
 from tests.model.conftest import set_target, write_preprocessed
 
 STRONG = BatchAugment(rotation_deg=20, flip=True, scale=0.2, intensity=0.2)

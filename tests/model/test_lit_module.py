@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelSection, TrainSection
-from pipeline.data.datasets import RadDataModule, make_datamodule
 from pipeline.tasks import ClassificationTask, Task
 from pipeline.training.callbacks import EpochHistory
+from pipeline.training.datasets import RadDataModule, make_datamodule
 from pipeline.training.lit_module import TaskModule, make_scheduler, make_trainer
 
 SMALL = {"batch_size": 16, "accelerator": "cpu", "devices": 1}

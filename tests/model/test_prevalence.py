@@ -43,7 +43,8 @@ def test_ece() -> None:
 
 def test_evaluate_with_tta_and_calibration(tmp_path: Path) -> None:
     from pipeline.baselines import svm as baseline
-    from pipeline.evaluation import evaluate, stats
+    from pipeline.evaluation import evaluate
+    from pipeline.metrics import stats
     from pipeline.models.networks import load_model, predict, uncalibrated
     from tests.model.eval_fixtures import (
         log_training_run,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
+from pipeline.models import locate
 from pipeline.registry import promote, register
 from tests.model.eval_fixtures import (
     log_training_run,
@@ -218,9 +219,9 @@ def test_find_model_dir(tmp_path: Path) -> None:
         root.mkdir(exist_ok=True)
         (root / "model.json").write_text("{}")
     (nested / "model.safetensors").write_bytes(b"")
-    assert promote.find_model_dir(tmp_path) == nested  # needs both files, not just model.json
+    assert locate.find_model_dir(tmp_path) == nested  # needs both files, not just model.json
     with pytest.raises(InputError):
-        promote.find_model_dir(tmp_path / "decoy")
+        locate.find_model_dir(tmp_path / "decoy")
 
 
 def test_promote_run_decides_once(env: dict[str, Any]) -> None:

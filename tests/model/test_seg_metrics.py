@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import seg_stats
+from pipeline.metrics import seg_stats
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -87,7 +87,7 @@ def test_patient_bootstrap_and_paired_test() -> None:
 
 
 def test_augmentation_keeps_image_and_mask_aligned() -> None:
-    from pipeline.data.datasets import BatchAugment
+    from pipeline.training.datasets import BatchAugment
 
     masks = torch.from_numpy(
         np.stack(

@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import binary_auroc
 from pipeline.config import Params
 from pipeline.errors import ConfigError
 from pipeline.models import networks as model_module
-from pipeline.models.networks import load_model, predict, predict_proba
+from pipeline.models.networks import load_model, predict
 from pipeline.training import train
 
 MODEL_FILES = {"model.safetensors", "model.json", "history.json", "train_metrics.json", "run.json"}
@@ -55,7 +55,7 @@ def test_train_outputs_model_and_run(
 
     def spy_save(network: torch.nn.Module, meta: dict[str, Any], out_dir: Path) -> Path:
         val = np.load(data_with_test_split / "val_x.npy")
-        saved["probs"] = predict_proba(network, val)
+        saved["probs"] = predict(network, meta, val, tta="none")
         return real_save(network, meta, out_dir)
 
     monkeypatch.setattr(model_module, "save_model", spy_save)
@@ -111,7 +111,7 @@ def test_train_outputs_model_and_run(
     network, loaded_meta = load_model(out)
     assert loaded_meta == meta
     val_x = np.load(data_with_test_split / "val_x.npy")
-    probs = predict_proba(network, val_x)
+    probs = predict(network, loaded_meta, val_x, tta="none")
     np.testing.assert_array_equal(probs, saved["probs"])
     val_y = torch.from_numpy(np.load(data_with_test_split / "val_y.npy"))
     auc = float(binary_auroc(torch.from_numpy(probs), val_y))

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ModelSection, TrainSection
+from pipeline.models.losses import BinaryLoss, MulticlassLoss
 from pipeline.tasks import ClassificationTask, SegmentationTask
 from pipeline.training import tricks
 from pipeline.training.lit_module import TaskModule, make_scheduler
-from pipeline.training.losses import BinaryLoss, MulticlassLoss
 from pipeline.training.train import apply_overrides
 
 BINARY = ClassificationTask(state={"n_classes": 2, "class_counts": [3, 1]})  # pos_weight 3
@@ -139,8 +139,8 @@ def test_lightning_trains_with_every_trick_on(schedule: str, tiny_data: Any) -> 
     history's learning rate is the warmed-up one)."""
     import lightning as L
 
-    from pipeline.data.datasets import make_datamodule
     from pipeline.training.callbacks import EpochHistory
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import make_trainer
 
     cfg = train_cfg(

@@ -47,7 +47,7 @@ def source_dir(tmp_path_factory: pytest.TempPathFactory, smooth: Path) -> Path:
 
 def classifier(tmp_path: Path, data: Path, **train: Any) -> Any:
     """A TaskModule for the binary label, initialised as ``train`` says."""
-    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.datasets import make_datamodule
     from pipeline.training.lit_module import TaskModule
 
     params = tiny_params(tmp_path, data, **train)
@@ -210,7 +210,7 @@ def test_registry_source_is_resolved_pinned_and_recorded(
 def test_label_fraction_keeps_a_seeded_stratified_subset_of_patients(
     tmp_path: Path, smooth: Path
 ) -> None:
-    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.datasets import make_datamodule
 
     def train_rows(fraction: float, seed: int) -> tuple[np.ndarray, int, list[str]]:
         params = tiny_params(tmp_path, smooth, label_fraction=fraction)

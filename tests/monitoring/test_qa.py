@@ -34,7 +34,7 @@ def test_planted_bad_scans_are_flagged_and_normal_images_rarely(qa_cohort: QACoh
 
 def test_exclude_drops_flagged_training_images_only(qa_cohort: QACohort) -> None:
     from pipeline.config import TrainSection
-    from pipeline.data.datasets import make_datamodule
+    from pipeline.training.datasets import make_datamodule
 
     flags = _flags(qa_cohort)
     qa_dir = qa_cohort.root / "data/qa"

@@ -95,6 +95,67 @@ def test_catalog_knows_every_stage_paths_field(stage: str, tmp_path: Path) -> No
     assert not set(ins) & set(outs)
 
 
+# Where dvc.yaml rightly differs from the catalog: the pseudonym key is an input DVC must never
+# version; train's checkpoints are scratch (resumed, then removed); register writes the model
+# card beside the evaluation it describes.
+NOT_A_DVC_DEP = {("ingest", "key_path")}
+NOT_A_DVC_OUT = {("train", "checkpoint_dir")}
+OUT_BESIDE_AN_INPUT = {("register", "reports/model_card.md")}
+
+
+def _dvc_stages() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+
+
+def _resolved(text: str, raw: dict[str, Any]) -> Path:
+    import re
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = raw
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return Path(re.sub(r"\$\{([^}]+)\}", value, text))
+
+
+def _covers(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+@pytest.mark.parametrize("stage", sorted(set(catalog.STAGE_IO) & set(_dvc_stages())))
+def test_dvc_yaml_declares_the_catalogs_stage_io(stage: str) -> None:
+    """dvc.yaml's deps and outs of each stage match the catalog's STAGE_IO for the shipped
+    params.yaml (one declaration of stage I/O: a path moved in one must move in the other)."""
+    import yaml
+
+    from pipeline.cli import STAGE_MODULES
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    module = importlib.import_module(STAGE_MODULES[stage])
+    paths = module.Paths.from_params(load_params(REPO / "params.yaml"))
+    names_in, names_out = catalog.STAGE_IO[stage]
+    spec = _dvc_stages()[stage]
+    deps = [_resolved(d, raw) for d in spec.get("deps", [])]
+    outs = [
+        _resolved(o if isinstance(o, str) else next(iter(o)), raw) for o in spec.get("outs", [])
+    ]
+    for name in names_in:
+        if (stage, name) in NOT_A_DVC_DEP or ":" in str(getattr(paths, name)):
+            continue
+        path = Path(getattr(paths, name))
+        assert any(_covers(path, d) for d in deps), f"{stage}: input {name} ({path}) not a dep"
+    declared = [Path(getattr(paths, n)) for n in names_out if (stage, n) not in NOT_A_DVC_OUT]
+    for path in declared:
+        assert any(_covers(path, o) for o in outs), f"{stage}: output {path} not a dvc out"
+    for out in outs:
+        if (stage, str(out)) in OUT_BESIDE_AN_INPUT:
+            continue
+        assert any(p == out or p in out.parents for p in declared), f"{stage}: {out} undeclared"
+
+
 def test_catalog_paths_follow_params(tmp_path: Path) -> None:
     params = build_params(tmp_path)
     cat = catalog.Catalog(params)
@@ -138,9 +199,9 @@ def test_in_memory_limit_and_subgroup_columns_are_params(tmp_path: Path) -> None
     import numpy as np
     import pandas as pd
 
-    from pipeline.data.datasets import make_datamodule
     from pipeline.errors import ConfigError
     from pipeline.evaluation.classification import subgroup_table
+    from pipeline.training.datasets import make_datamodule
 
     cfg = with_updates(Params(), train={"in_memory_limit_mb": 0}).train
     assert make_datamodule(tmp_path, cfg, seed=0).in_memory_limit_bytes == 0
@@ -167,6 +228,7 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     from pipeline.evaluation import regression
     from pipeline.evaluation.classification import multiclass_subgroups
     from pipeline.evaluation.report import ReportInput
+    from pipeline.metrics import regression as regression_metrics
     from pipeline.tasks import make_task
 
     def cfg(columns: list[str]) -> Any:
@@ -181,7 +243,9 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     )
     preds = {"cnn": y + rng.normal(0, 0.3, n), "baseline": y + rng.normal(0, 0.5, n)}
     groups = index["patient_id"].to_numpy()
-    metrics = {m: regression.summary(y, p, groups, cfg(["kvp"]), 0) for m, p in preds.items()}
+    metrics = {
+        m: regression_metrics.summary(y, p, groups, cfg(["kvp"]), 0) for m, p in preds.items()
+    }
     task = make_task("regression", "lesion_diameter_mm")
 
     def report(columns: list[str]) -> Any:
@@ -200,3 +264,28 @@ def test_subgroup_columns_reach_the_report_of_every_task(tmp_path: Path) -> None
     assert set(table["attribute"]) == {"overall", "site"}
     with pytest.raises(ConfigError, match=r"evaluate\.subgroup_columns"):
         multiclass_subgroups(index, classes, probs, ["kvp", "scanner_room"])
+
+
+@pytest.mark.parametrize(
+    ("kind", "metrics", "shown"),
+    [
+        ("segmentation", {"test_dice": 0.812, "test_dice_ci_low": 0.75, "test_dice_ci_high": 0.86},
+         "dice 0.812 (95% CI 0.750–0.860)"),
+        ("autoencoder", {"test_recon_mse": 0.0123}, "recon_mse 0.012"),
+        ("regression", {"test_mae": 2.5, "test_mae_ci_low": 2.0, "test_mae_ci_high": 3.0},
+         "mae 2.500 (95% CI 2.000–3.000)"),
+        ("classification", {"test_auc": 0.9, "test_auc_ci_low": 0.8, "test_auc_ci_high": 0.95,
+                            "test_sensitivity": 0.7}, "auc 0.900 (95% CI 0.800–0.950), sensitivity 0.700"),
+    ],
+)  # fmt: skip
+def test_summary_shows_each_tasks_headline_metric(
+    kind: str, metrics: dict[str, float], shown: str
+) -> None:
+    """A segmentation or autoencoder run's summary used to say "CNN test AUC not evaluated"."""
+    from pipeline.summary import RunSummary
+    from pipeline.tasks import make_task
+
+    summary = RunSummary("v", metrics, {}, None, None, {}, task=make_task(kind))
+    line = next(x for x in summary.format().splitlines() if "CNN test" in x)
+    assert line.split(maxsplit=2)[2] == shown
+    assert "not evaluated" in summary.format()  # the empty baseline file

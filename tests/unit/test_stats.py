@@ -1,4 +1,4 @@
-"""pipeline.evaluation.stats against scikit-learn, hand-worked examples and an independent DeLong."""
+"""pipeline.metrics.stats against scikit-learn, hand-worked examples and an independent DeLong."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline.evaluation import stats
+from pipeline.metrics import stats
 
 
 def _data(n: int = 300, seed: int = 0, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +237,7 @@ def _three_class(n: int = 240, seed: int = 0, strength: float = 1.5) -> tuple[np
 
 
 def test_multiclass_metrics_match_sklearn() -> None:
-    from pipeline.evaluation import multiclass_stats as ms
+    from pipeline.metrics import multiclass_stats as ms
 
     y, probs, _ = _three_class()
     pred = probs.argmax(axis=1)
@@ -262,7 +262,7 @@ def test_multiclass_metrics_match_sklearn() -> None:
 
 
 def test_multiclass_bootstrap_cis_and_paired_test() -> None:
-    from pipeline.evaluation import multiclass_stats as ms
+    from pipeline.metrics import multiclass_stats as ms
 
     y, good, groups = _three_class()
     _, weak, _ = _three_class(seed=0, strength=0.3)
@@ -296,7 +296,7 @@ def _values(n: int = 200, seed: int = 0, noise: float = 1.0) -> tuple[np.ndarray
 def test_regression_errors_match_sklearn_and_cis_bracket_them() -> None:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    from pipeline.evaluation import regression_stats as rs
+    from pipeline.metrics import regression_stats as rs
 
     y, pred, groups = _values()
     e = rs.errors(y, pred)
@@ -319,7 +319,7 @@ def test_regression_errors_match_sklearn_and_cis_bracket_them() -> None:
 
 @pytest.mark.parametrize("method", ["wilcoxon", "paired_bootstrap"])
 def test_paired_abs_error_test(method: Any) -> None:
-    from pipeline.evaluation import regression_stats as rs
+    from pipeline.metrics import regression_stats as rs
 
     y, good, groups = _values(noise=0.5)
     _, bad, _ = _values(seed=1, noise=2.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import EvaluateSection, RegisterSection
-from pipeline.evaluation import stats
+from pipeline.metrics import stats
 from pipeline.tasks import ClassificationTask, RegressionTask
 
 CFG = EvaluateSection(bootstrap_iterations=200)

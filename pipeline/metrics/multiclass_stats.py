@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.stats import (
+from pipeline.metrics.stats import (
     Seed,
     bootstrap_weight_chunks,
     group_codes,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.evaluation.stats import Seed, bootstrap_weight_chunks, group_codes
+from pipeline.metrics.stats import Seed, bootstrap_weight_chunks, group_codes
 
 PairedMethod = Literal["wilcoxon", "paired_bootstrap"]
 

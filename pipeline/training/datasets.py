@@ -371,7 +371,7 @@ class RadDataModule(L.LightningDataModule):
         task = self._task
         x, train = load_split(self.data_dir, "train", task)
         if self.label_fraction < 1:  # train.label_fraction: a seeded subset of patients
-            from pipeline.data.label_fraction import subsample_patients
+            from pipeline.training.label_fraction import subsample_patients
 
             train, fraction_note = subsample_patients(
                 self.data_dir, train, self.label_fraction, self.seed
@@ -380,7 +380,7 @@ class RadDataModule(L.LightningDataModule):
         xv, val = load_split(self.data_dir, "val", task)
         qa_note = None
         if self.exclude_file is not None:  # data QA (qa.action: exclude): training images only
-            from pipeline.monitoring.qa import drop_excluded
+            from pipeline.training.exclusions import drop_excluded
 
             train, qa_note = drop_excluded(self.data_dir, train, self.exclude_file)
         if x.shape[1:] != xv.shape[1:]:

@@ -114,9 +114,15 @@ def choose_threshold(
 
 
 def brier_score(y: Any, prob: Any) -> float:
-    """Mean squared error of the probabilities (lower is better; 0.25 for a constant 0.5)."""
+    """Mean squared error of the probabilities (lower is better; 0.25 for a constant 0.5).
+    N×K class probabilities (K ≥ 2) give the multiclass Brier score: the squared distance to
+    the one-hot label summed over the classes, averaged over the images."""
     from sklearn.metrics import brier_score_loss
 
+    p2 = np.asarray(prob, dtype=np.float64)
+    if p2.ndim == 2:
+        labels = np.asarray(y).astype(np.int64).ravel()
+        return float(np.mean(np.sum((p2 - np.eye(p2.shape[1])[labels]) ** 2, axis=1)))
     y_arr, p_arr = _as_arrays(y, prob)
     return float(brier_score_loss(y_arr, np.clip(p_arr, 0.0, 1.0)))
 
