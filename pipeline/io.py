@@ -397,14 +397,14 @@ def check_replaceable(target: Path | str, *, directory: bool | None = None) -> N
         if not any(target.iterdir()):
             return
         marker = _read_marker(target)
+        if marker is not None and (count := _foreign_count(target)):
+            raise _refuse_foreign(target, count, "replace")
         if marker is None or marker["kind"] == "parent":
             raise UnsafeOutputError(
                 f"{target}: exists and was not created by radops as an output (no {MARKER} "
                 "marker of an output); refusing to replace it. Choose a new output folder, "
                 "or delete it yourself"
             )
-        if count := _foreign_count(target):
-            raise _refuse_foreign(target, count, "replace")
         return
     if directory is True:
         raise UnsafeOutputError(
