@@ -84,8 +84,8 @@ def _clean_tree(root: Path, top: Path, result: CleanResult) -> None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
     for path in found.foreign:
-        folder = _rel(root, path.parent)
-        result.kept[folder] = result.kept.get(folder, 0) + 1
+        holder = _rel(root, path.parent)
+        result.kept[holder] = result.kept.get(holder, 0) + 1
     result.busy += [_rel(root, p) for p in found.busy]
     for folder in found.made:  # children first
         left = list(folder.iterdir())

@@ -117,9 +117,9 @@ def test_a_whole_output_with_a_users_file_inside_is_not_replaced(tmp_path: Path)
             (staged / "manifest.json").write_text(version)
     assert (bundle / "manifest.json").read_text() == "two"
     (bundle / "pixels" / "IM-0042.dcm").write_bytes(b"DICM a user's image")
-    with pytest.raises(UnsafeOutputError, match="holds 1 file radops did not write"):
-        with io.atomic_path(bundle, stage="ingest") as staged:
-            staged.mkdir()
+    replace = pytest.raises(UnsafeOutputError, match="holds 1 file radops did not write")
+    with replace, io.atomic_path(bundle, stage="ingest") as staged:
+        staged.mkdir()
     with pytest.raises(UnsafeOutputError, match="holds 1 file"):
         io.remove_output(bundle)
     assert (bundle / "pixels" / "IM-0042.dcm").read_bytes() == b"DICM a user's image"
