@@ -11,7 +11,8 @@ Every stage writer goes through :func:`atomic_path` (directly or through ``write
   ``.radops-output``: a JSON header (``kind``: ``output`` for a folder written as a whole,
   ``parent`` for one created to hold outputs, ``workdir`` for one filled and cleared in place)
   and the relative names of the files radops wrote there (a whole output lists its tree when
-  it is renamed into place; each writer into a marked folder appends one line). A file is
+  it is renamed into place, compressed when large; each writer into a marked folder appends
+  one line). A file is
   radops' only if it is recorded so, or its sidecar ``.<name>.radops-output`` records its
   SHA-256 (a file written into a user's folder, e.g. ``radops predict --out``; an edited file
   no longer matches). A folder is radops' only if radops created it and everything in it is
@@ -25,6 +26,7 @@ Every stage writer goes through :func:`atomic_path` (directly or through ``write
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fnmatch
@@ -36,6 +38,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ SIDECAR_SUFFIX = ".radops-output"
 STAGING_NOTE = ".radops-staging"
 _MARKER_TMP = f"{MARKER}.tmp-"
 _KINDS = ("output", "parent", "workdir")
+# Up to this many recorded names are listed as they are; more are stored compressed.
+_PLAIN_NAMES = 64
 _PREVIOUS = "previous"
 # tempfile.mkdtemp's random part: 8 characters of this alphabet.
 _STAGING_RE = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
@@ -82,6 +87,12 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
         header["files"] = None
         return header
     names = {name for name in listed if isinstance(name, str)}
+    packed = header.pop("files_z", None)
+    if isinstance(packed, str):
+        try:
+            names.update(zlib.decompress(base64.b64decode(packed)).decode("utf-8").split("\n"))
+        except (ValueError, zlib.error):
+            return None
     for line in lines[1:]:  # one JSON string per line, appended as each writer finishes
         with contextlib.suppress(ValueError):
             name = json.loads(line) if line else None
@@ -99,12 +110,16 @@ def _write_marker(
     scratch: Iterable[str] = (),
 ) -> None:
     """(Re)write ``folder``'s marker atomically, recording ``files`` (relative names)."""
+    names = sorted(set(files))
     note: dict[str, Any] = {
         "kind": kind,
         "stage": stage or "radops",
         "note": "created by radops; it replaces or removes only the files listed here",
-        "files": sorted(set(files)),
+        "files": names,
     }
+    if len(names) > _PLAIN_NAMES:  # a large tree: its sorted names compressed (~5 B a file)
+        packed = zlib.compress("\n".join(names).encode("utf-8"), 9)
+        note["files"], note["files_z"] = [], base64.b64encode(packed).decode("ascii")
     if scratch:
         note["scratch"] = sorted(set(scratch))
     tmp = folder / f"{_MARKER_TMP}{os.getpid()}"
@@ -398,7 +413,7 @@ def check_replaceable(target: Path | str, *, directory: bool | None = None) -> N
             return
         marker = _read_marker(target)
         if marker is not None and (count := _foreign_count(target)):
-            raise _refuse_foreign(target, count, "replace")
+            raise _refuse_foreign(target, count, "replace or delete")
         if marker is None or marker["kind"] == "parent":
             raise UnsafeOutputError(
                 f"{target}: exists and was not created by radops as an output (no {MARKER} "

@@ -38,7 +38,8 @@ class CleanResult:
         ]
         if self.kept:
             total = sum(self.kept.values())
-            lines.append(f"kept {total} files radops did not write, in:")
+            files = "file" if total == 1 else "files"
+            lines.append(f"kept {total} {files} radops did not write, in:")
             lines += [f"  {folder}/ ({n})" for folder, n in sorted(self.kept.items())]
         for folder in self.busy:
             lines.append(f"kept {folder}/: a radops run is still writing it")
