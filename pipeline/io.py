@@ -171,23 +171,23 @@ def _covering(path: Path) -> list[tuple[Path, str, dict[str, Any]]] | None:
         marker = _read_marker(folder)
         if marker is None:
             continue
-        if folder == parent or marker["kind"] == "output":
+        if folder == parent or marker["kind"] in ("output", "workdir"):
             found.append((folder, path.relative_to(folder).as_posix(), marker))
         if marker["kind"] == "output":
             break
     return found
 
 
-def _recorded_in(path: Path, folder: Path, rel: str, marker: dict[str, Any]) -> bool:
+def _recorded_in(rel: str, marker: dict[str, Any]) -> bool:
+    """Whether ``marker`` records ``rel`` (relative to its folder) as radops' file; in a
+    working folder, whether ``rel`` matches one of its scratch patterns."""
     files = marker["files"]
     if files is None:
         return bool(marker["kind"] == "output")
     if rel in files:
         return True
-    return (
-        marker["kind"] == "workdir"
-        and folder == path.parent
-        and any(fnmatch.fnmatchcase(path.name, p) for p in marker_scratch(marker))
+    return marker["kind"] == "workdir" and any(
+        fnmatch.fnmatchcase(rel, p) for p in marker_scratch(marker)
     )
 
 
@@ -239,7 +239,7 @@ def is_own_file(path: Path | str) -> bool:
     covering = _covering(path)
     if covering is None:
         return True
-    if any(_recorded_in(path, *cover) for cover in covering):
+    if any(_recorded_in(rel, marker) for _, rel, marker in covering):
         return True
     return _recorded_file(path)
 
@@ -264,25 +264,35 @@ def _staging_alive(folder: Path) -> bool:
     return note.get("host") == socket.gethostname() and pid_alive(pid)
 
 
+_Context = tuple[Path, dict[str, Any]] | None
+
+
 def survey(folder: Path | str) -> Survey:
     """Sort every file under ``folder`` into radops' own and foreign (links are entries like
     files; a folder is listed in ``made`` only if radops created it, children first)."""
     folder = Path(folder)
     result = Survey()
-    output: tuple[Path, dict[str, Any]] | None = None
+    output: _Context = None
+    work: _Context = None
     for above in folder.parents:
         if _in_staging(above):
             output = (above, {"kind": "output", "files": None})
             break
         marker = _read_marker(above)
+        if marker is not None and marker["kind"] == "workdir" and work is None:
+            work = (above, marker)
         if marker is not None and marker["kind"] == "output":
             output = (above, marker)
             break
-    _survey(folder, output, result)
+    _survey(folder, output, work, result)
     return result
 
 
-def _survey(folder: Path, output: tuple[Path, dict[str, Any]] | None, result: Survey) -> None:
+def _owned_by(path: Path, context: _Context) -> bool:
+    return context is not None and _recorded_in(path.relative_to(context[0]).as_posix(), context[1])
+
+
+def _survey(folder: Path, output: _Context, work: _Context, result: Survey) -> None:
     if _in_staging(folder):
         if _staging_alive(folder):
             result.busy.append(folder)
@@ -291,12 +301,14 @@ def _survey(folder: Path, output: tuple[Path, dict[str, Any]] | None, result: Su
     marker = _read_marker(folder)
     if marker is not None and marker["kind"] == "output":
         output = (folder, marker)
+    if marker is not None and marker["kind"] == "workdir":
+        work = (folder, marker)
     entries = sorted(os.scandir(folder), key=lambda e: e.name)
     names = {e.name for e in entries}
     for entry in entries:
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
-            _survey(path, output, result)
+            _survey(path, output, work, result)
             continue
         if _is_bookkeeping(entry.name):
             result.notes.append(path)
@@ -306,14 +318,15 @@ def _survey(folder: Path, output: tuple[Path, dict[str, Any]] | None, result: Su
             own = speaks_for not in names or _recorded_file(folder / speaks_for)
             (result.notes if own else result.foreign).append(path)
             continue
-        own = (marker is not None and _recorded_in(path, folder, entry.name, marker)) or (
-            output is not None
-            and _recorded_in(path, output[0], path.relative_to(output[0]).as_posix(), output[1])
+        own = (
+            (marker is not None and _recorded_in(entry.name, marker))
+            or _owned_by(path, output)
+            or _owned_by(path, work)
         )
         if not own and entry.is_file(follow_symlinks=False):
             own = _recorded_file(path)
         (result.owned if own else result.foreign).append(path)
-    if marker is not None or output is not None:
+    if marker is not None or output is not None or work is not None:
         result.made.append(folder)
 
 
