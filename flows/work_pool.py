@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     worker = worker_class(args.root)(
         name=args.name, work_pool_name=args.pool, limit=args.limit, create_pool_if_not_found=False
     )
-    asyncio.run(worker.start())
+    try:
+        asyncio.run(worker.start())
+    except KeyboardInterrupt:  # SIGTERM from `make stack-down` arrives as SIGINT
+        print(f"worker {args.name!r} stopped", flush=True)
 
 
 if __name__ == "__main__":
