@@ -116,5 +116,5 @@ push: setup ## Push DVC-tracked data and models to the remote (see `dvc remote l
 pull: setup ## Fetch DVC-tracked data and models from the remote.
 	dvc pull
 
-clean: ## Remove stage outputs (not mlruns/ or the pseudonym key).
-	rm -rf data models reports metrics plots
+clean: setup ## Remove the stage outputs radops wrote (other files stay; not mlruns/ or the key).
+	radops clean

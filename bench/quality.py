@@ -234,7 +234,7 @@ def run_variant(variant: str, configs: list[str], work: Path, quick: bool) -> di
     from bench.project import make_project
     from pipeline.io import clear_dir
 
-    vdir = clear_dir(work / variant)
+    vdir = clear_dir(work / variant, "bench", ("*",))  # bench scratch: all of it is radops'
     project = make_project(vdir / "project")
     log = vdir / "dvc.log"
     pristine = (project / "params.yaml").read_text()

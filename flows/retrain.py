@@ -120,10 +120,9 @@ def deployment(root: Path | str, work_pool_name: str | None = None) -> RunnerDep
     extra: dict[str, Any] = {}
     if work_pool_name is not None:
         source = retrain_flow.from_source(str(project), "flows/retrain.py:retrain_flow")
-        extra = {
-            "work_pool_name": work_pool_name,
-            "job_variables": {"env": {ROOT_ENV: str(project)}},
-        }
+        # No job variables: ROOT_ENV, the command and the folder come from the pool's pinned
+        # template, and its workers refuse any run that sets one (flows/work_pool.py).
+        extra = {"work_pool_name": work_pool_name}
     deployed: RunnerDeployment = source.to_deployment(  # type: ignore[assignment]
         name=params.schedule.deployment_name,
         schedules=[Cron(params.schedule.cron, timezone=params.schedule.timezone)],

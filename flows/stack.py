@@ -9,7 +9,8 @@ All on 127.0.0.1, all state under ``.radops/stack/`` (never in git or DVC):
   The password reaches it as ``PGPASSWORD``, never on a command line.
 * Prefect server with radops' auth string and CSRF settings (``flows/server.py``), a
   ``process`` work pool with ``--workers`` workers (one flow run each at a time), and the
-  retraining deployment (cron from ``params.yaml``) deployed to that pool.
+  retraining deployment (cron from ``params.yaml``) deployed to that pool. The pool's job
+  template is pinned and its workers refuse job variables (``flows/work_pool.py``).
 * ``env`` (0600): the client settings (``MLFLOW_TRACKING_URI``, ``RADOPS_OPTUNA_STORAGE``,
   ``PREFECT_API_URL``, ``PREFECT_API_AUTH_STRING``) that radops and the Makefile pick up
   while the stack is up (``pipeline/stack_env.py``).
@@ -192,9 +193,9 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
     ensure_pool(root, prefect_env)
     alive = [p for p in pids.get("workers", []) if pid_alive(p)]
     for i in range(len(alive), workers):
-        command = [
-            *_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-            "--name", f"radops-worker-{i}", "--limit", "1",
+        command = [  # radops' process worker: runs only the pinned template (work_pool.py)
+            sys.executable, "-m", "flows.work_pool", "--root", str(root.resolve()),
+            "--pool", POOL, "--name", f"radops-worker-{i}", "--limit", "1",
         ]  # fmt: skip
         alive.append(_spawn(root, f"worker-{i}", command, _base_env() | prefect_env).pid)
     for extra in alive[workers:]:
@@ -228,23 +229,29 @@ def _with_prefect(prefect_env: dict[str, str]) -> Any:
 
 
 def ensure_pool(root: Path, prefect_env: dict[str, str]) -> None:
-    """The ``process`` work pool, created once with Prefect's default job template."""
+    """The ``process`` work pool, with the project's pinned job template (no job variable a
+    run request may set: ``flows/work_pool.py``); an existing pool's template is reset to it."""
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+
+    from flows.work_pool import pinned_template
+
+    template = pinned_template(root)
 
     async def make() -> None:
         async with get_client() as client:
             try:
-                await client.read_work_pool(POOL)
+                pool = await client.read_work_pool(POOL)
             except ObjectNotFound:
-                template = ProcessWorker.get_default_base_job_template()
                 await client.create_work_pool(
                     WorkPoolCreate(name=POOL, type="process", base_job_template=template)
                 )
+                return
+            if pool.base_job_template != template:
+                await client.update_work_pool(POOL, WorkPoolUpdate(base_job_template=template))
 
     with _with_prefect(prefect_env):
         asyncio.run(make())
@@ -267,7 +274,8 @@ def _ours(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ProcessLookupError):
         return not Path("/proc").is_dir()  # no /proc (not Linux): trust the state file
-    return any(mark in cmdline for mark in ("mlflow", "flows.server", "prefect"))
+    marks = ("mlflow", "flows.server", "flows.work_pool", "prefect")
+    return any(mark in cmdline for mark in marks)
 
 
 def _stop_group(pid: int | None, wait_s: float = 20.0) -> None:

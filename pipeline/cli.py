@@ -213,6 +213,16 @@ def monitor(
     run_stage("monitor", params, set_, input_dir=input, out_dir=out, model_uri=model)
 
 
+@app.command()
+def clean(
+    root: Annotated[Path, typer.Option(help="Project folder.")] = Path("."),
+) -> None:
+    """Remove exactly what radops wrote under data/, models/, reports/ (other files stay)."""
+    from pipeline.ownership import clean as clean_outputs
+
+    typer.echo(clean_outputs(root).summary())
+
+
 def main() -> None:
     """Run the CLI: an explained failure prints ``radops: error: <message>`` (URLs redacted)
     and exits with its code; a usage error (unknown option, bad value) is reported by Click

@@ -27,6 +27,8 @@ FINGERPRINT_FILE = catalog.FINGERPRINT_FILE
 LAST_CKPT = catalog.LAST_CKPT
 # Settings that change neither the arithmetic nor the result (left out of the fingerprint).
 RUNTIME_ONLY = ("num_workers", "num_threads")
+# What Lightning (and the fingerprint) write into a checkpoint folder: radops' files there.
+SCRATCH = ("*.ckpt", FINGERPRINT_FILE)
 
 
 def fingerprint(
@@ -73,7 +75,7 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> tuple[Path | None, str]:
 
     from pipeline.io import claim_dir, clear_dir
 
-    claim_dir(ckpt_dir, "train")  # refuses a non-empty folder radops did not create
+    claim_dir(ckpt_dir, "train", SCRATCH)  # refuses a folder holding files not radops'
     last = ckpt_dir / LAST_CKPT
     stored_file = ckpt_dir / FINGERPRINT_FILE
     stored = (
@@ -90,7 +92,7 @@ def prepare_checkpoints(ckpt_dir: Path, fp: str) -> tuple[Path | None, str]:
         except Exception as exc:
             note = f"checkpoint {last} is unreadable ({type(exc).__name__}); starting fresh"
     if resume is None:
-        clear_dir(ckpt_dir, "train")
+        clear_dir(ckpt_dir, "train", SCRATCH)
         stored_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
     return resume, note
 

@@ -383,10 +383,12 @@ def test_sharded_store_round_trips_exactly(tmp_path: Path) -> None:
 def test_a_crash_leaves_no_output_and_keeps_the_old_one(
     small_cohort: SmallCohort, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.io import claim_dir
+    from pipeline.io import atomic_path
 
-    out = claim_dir(tmp_path / "out", "ingest")  # a previous run's output (marked)
-    (out / "old.txt").write_text("previous run")
+    out = tmp_path / "out"
+    with atomic_path(out, stage="ingest") as staged:  # a previous run's output (marked)
+        staged.mkdir()
+        (staged / "old.txt").write_text("previous run")
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("disk full")

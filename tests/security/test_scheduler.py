@@ -15,6 +15,7 @@ checks that server):
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import socket
@@ -345,3 +346,92 @@ def test_run_request_without_parameters_runs_in_the_deployed_folder(
     _wait("flow run", final_state, scheduler["procs"], 180)
     # Both data stages ran there (the run then stops at promotion: this project has no model).
     assert (project / "ran-here").read_text().split() == ["ran", "ran"]
+
+
+def test_stack_pool_runs_no_command_a_run_request_names(
+    scheduler: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 21 item 4, on the real server: the work pool `make stack` creates refuses a run
+    request's job variables, and radops' worker runs nothing for a run that carries them even
+    when it was created past the server's check (``POST /flow_runs/``)."""
+    import asyncio
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from flows import stack
+    from flows.work_pool import worker_class
+
+    caller: Caller = scheduler["caller"]
+    project: Path = scheduler["project"]
+    prefect_env = {
+        "PREFECT_API_URL": scheduler["url"],
+        "PREFECT_API_AUTH_STRING": scheduler["auth"],
+    }
+    stack.ensure_pool(project, prefect_env)
+    flow_id = caller.http.post("/flows/", json={"name": "radops-retrain"}).json()["id"]
+    created = caller.http.post(
+        "/deployments/",
+        json={
+            "name": "pool-nightly",
+            "flow_id": flow_id,
+            "work_pool_name": stack.POOL,
+            "entrypoint": "flows/retrain.py:retrain_flow",
+            "path": str(project),
+        },
+    )
+    assert created.status_code in (200, 201), created.text
+    deployment_id = created.json()["id"]
+    mark = tmp_path / "owned"
+    attack = {"command": f"touch {mark}", "env": {"PYTHONSTARTUP": str(mark)}}
+
+    refused = caller.http.post(
+        f"/deployments/{deployment_id}/create_flow_run", json={"job_variables": attack}
+    )
+    assert refused.status_code == 422, refused.text  # the pinned schema allows no variable
+
+    direct = caller.http.post(
+        "/flow_runs/",
+        json={
+            "flow_id": flow_id,
+            "deployment_id": deployment_id,
+            "name": "forged",
+            "work_pool_name": stack.POOL,
+            "job_variables": attack,
+            "state": {"type": "SCHEDULED"},
+        },
+    )
+    assert direct.status_code == 201, direct.text
+    run_id = direct.json()["id"]
+    # The control: a run without job variables runs, in the project, with its fixed env.
+    (project / "probe_flow.py").write_text(
+        "import json, os, pathlib\n"
+        "from prefect import flow\n\n\n"
+        "@flow\n"
+        "def probe():\n"
+        "    seen = {'cwd': os.getcwd(), 'root': os.environ.get('RADOPS_PROJECT_ROOT')}\n"
+        "    pathlib.Path('probe.json').write_text(json.dumps(seen))\n"
+    )
+    probe_flow = caller.http.post("/flows/", json={"name": "probe"}).json()["id"]
+    probe = caller.http.post(
+        "/deployments/",
+        json={
+            "name": "probe",
+            "flow_id": probe_flow,
+            "work_pool_name": stack.POOL,
+            "entrypoint": "probe_flow.py:probe",
+        },
+    ).json()["id"]
+    control = caller.http.post(f"/deployments/{probe}/create_flow_run", json={}).json()["id"]
+    worker = worker_class(project)(work_pool_name=stack.POOL, name="test-worker", limit=2)
+    with temporary_settings(
+        updates={PREFECT_API_URL: scheduler["url"], PREFECT_API_AUTH_STRING: scheduler["auth"]}
+    ):
+        asyncio.run(worker.start(run_once=True))
+    state = caller.http.get(f"/flow_runs/{run_id}").json()["state"]
+    assert state["type"] == "CRASHED", state
+    assert "sets job variables" in state["message"]
+    assert not mark.exists()
+    ran = caller.http.get(f"/flow_runs/{control}").json()["state"]
+    assert ran["type"] == "COMPLETED", ran
+    seen = json.loads((project / "probe.json").read_text())
+    assert seen == {"cwd": str(project.resolve()), "root": str(project.resolve())}
