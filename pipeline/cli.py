@@ -58,6 +58,13 @@ STAGE_MODULES = {
 }
 
 
+class OverrideError(ConfigError):
+    """A malformed ``-S`` pair: a usage error, so its one line also says how ``-S`` is used."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}. Usage: radops STAGE -S section.key=value ...")
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` pairs; values are read as YAML (numbers, booleans, lists).
 
@@ -69,12 +76,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or "" in key.strip().split("."):
-            raise ConfigError(f"-S {item!r}: expected section.key=value, e.g. -S train.lr=3e-4")
+            raise OverrideError(f"-S {item!r}: expected section.key=value, e.g. -S train.lr=3e-4")
         try:
             overrides[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             problem = str(getattr(exc, "problem", None) or "not a YAML value")
-            raise ConfigError(
+            raise OverrideError(
                 f"-S {key.strip()}=...: the value cannot be read ({problem}); quote text, "
                 "e.g. -S 'train.name=\"a: b\"'"
             ) from None
