@@ -12,6 +12,9 @@ MLFLOW_PORT ?= $(or $(shell sed -n 's/^ *mlflow_ui_port: *\([0-9]*\).*/\1/p' par
 PREFECT_PORT ?= 4200
 # make stack: Prefect workers in the process work pool; optuna-dashboard's port.
 STACK_WORKERS ?= 2
+# pytest-xdist workers for `make test` (the tests sharing a session fixture stay together:
+# tests/conftest.py groups them); 2 fits the 2-core machine CI runs on.
+TEST_WORKERS ?= 2
 TUNE_UI_PORT ?= 8080
 STACK_ENV := .radops/stack/env
 # While `make stack` is up, recipes get its client settings (MLflow server, PostgreSQL study,
@@ -90,8 +93,8 @@ transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25
 quality: setup ## Model quality study (not in `make test`): test AUC/ECE/Brier/CPU per cohort variant x config -> bench/work/quality/quality.md.
 	nice -n 10 python -m bench.quality $(QUALITY_ARGS)
 
-test: setup stack-deps browser-deps ## Run the test suite (installs PostgreSQL and Chromium if absent).
-	pytest
+test: setup stack-deps browser-deps ## Run the test suite on $(TEST_WORKERS) workers (installs PostgreSQL and Chromium if absent).
+	pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup ## Run the tests not marked slow.
 	pytest -m "not slow"

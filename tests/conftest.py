@@ -199,3 +199,16 @@ def tree_digest(root: Path) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group tests for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers):
+    the tests sharing an expensive session fixture (the PostgreSQL stack, the pipeline flow
+    run) stay on one worker, so it is built once; every other module is its own group,
+    keeping its module-scoped servers and fixtures on one worker."""
+    here = Path(__file__).parent
+    shared = ("running_stack", "flow_project")
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((n for n in shared if n in names), str(Path(str(item.path)).relative_to(here)))
+        item.add_marker(pytest.mark.xdist_group(group))
