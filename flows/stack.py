@@ -39,7 +39,7 @@ from typing import Any
 
 from flows import server
 from flows.stack_postgres import Cluster
-from pipeline import catalog
+from pipeline import catalog, tracking_auth
 from pipeline.errors import ConfigError, RadopsError
 from pipeline.io import pid_alive
 from pipeline.secrets import load_or_create, write_private
@@ -164,16 +164,23 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
     if not (pid_alive(pids.get("mlflow")) and _http_ok(f"{mlflow_url}/health")):
         artifacts = folder / catalog.STACK_ARTIFACTS_DIR
         artifacts.mkdir(exist_ok=True, mode=0o700)
+        # MLflow's basic-auth app, as `make ui` (pipeline/tracking_auth.py): the project's admin
+        # password from .radops/ (0600) reaches the server through its environment only; one
+        # worker, as the first start creates the admin user in the SQLite auth store
         command = [
-            *_bin("mlflow"), "server",
+            *_bin("mlflow"), "server", "--app-name", "basic-auth",
             "--backend-store-uri", cluster.url_without_password("mlflow"),
             "--artifacts-destination", artifacts.as_uri(),
-            "--host", HOST, "--port", str(port.mlflow), "--workers", "2",
+            "--host", HOST, "--port", str(port.mlflow), "--workers", "1",
         ]  # fmt: skip
-        env = _base_env() | {
-            "PGPASSWORD": password,
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        }
+        env = (
+            _base_env()
+            | tracking_auth.server_environment(root.resolve())
+            | {
+                "PGPASSWORD": password,
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            }
+        )
         proc = _spawn(root, "mlflow", command, env)
         pids["mlflow"] = proc.pid
         _save_state(root, state)

@@ -92,9 +92,15 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     from flows import stack
 
     root = bench_project.make_project(tmp_path_factory.mktemp("stack"), STACK_PARAMS).resolve()
-    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    from pipeline import tracking_auth
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", *tracking_auth.CLIENT_ENV)
+    saved = {k: os.environ.pop(k, None) for k in keys}
     try:
         settings = stack.up(root, workers=1)
+        # this process's MLflow clients log in as radops' own clients do (the server refuses
+        # anonymous requests: test_env_file_is_private_and_points_at_the_servers)
+        os.environ.update(tracking_auth.client_credentials(settings["MLFLOW_TRACKING_URI"], root))
         run = _run_deployment(settings, "nightly-retrain", timeout_s=420)
         yield RunningStack(root, settings, run, "nightly-retrain")
     finally:
@@ -102,6 +108,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         pg_pid = int(postmaster.read_text().split()[0]) if postmaster.exists() else None
         stack.down(root)
         for key, value in saved.items():
+            os.environ.pop(key, None)
             if value is not None:
                 os.environ[key] = value
         deadline = time.monotonic() + 30

@@ -33,7 +33,18 @@ def test_env_file_is_private_and_points_at_the_servers(running_stack: RunningSta
         assert settings[key].startswith("http://127.0.0.1:")
     assert settings["RADOPS_OPTUNA_STORAGE"].startswith("postgresql+psycopg2://radops:")
     assert "@127.0.0.1:" in settings["RADOPS_OPTUNA_STORAGE"]
-    # the password is in the 0600 files only, never on a command line
+    # the MLflow server refuses anonymous requests and takes the project's admin login
+    import httpx
+
+    from pipeline import tracking_auth
+
+    search = f"{settings['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search"
+    assert httpx.post(search, json={"max_results": 1}, timeout=30).status_code == 401
+    login = tracking_auth.client_credentials(settings["MLFLOW_TRACKING_URI"], root)
+    auth = (login[tracking_auth.USERNAME_ENV], login[tracking_auth.PASSWORD_ENV])
+    assert httpx.post(search, json={"max_results": 1}, auth=auth, timeout=30).status_code == 200
+    assert stat.S_IMODE((root / catalog.MLFLOW_AUTH_PASSWORD_FILE).stat().st_mode) == 0o600
+    # the passwords are in the 0600 files only, never on a command line
     password = (root / catalog.STACK_DIR / catalog.STACK_PASSWORD_FILE).read_text().strip()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -41,7 +52,7 @@ def test_env_file_is_private_and_points_at_the_servers(running_stack: RunningSta
                 cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            assert password not in cmd
+            assert password not in cmd and auth[1] not in cmd
 
 
 def test_scheduled_deployment_ran_the_pipeline_through_the_work_pool(

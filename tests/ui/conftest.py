@@ -53,8 +53,23 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def page(browser: Any, screenshots: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+def page(
+    browser: Any, screenshots: Path, running_stack: Any, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """A browser page that logs in to the stack's MLflow server (basic auth) as a user would,
+    with the project's admin password (``.radops/mlflow-admin-password``)."""
+    from pipeline import tracking_auth
+
+    login = tracking_auth.client_credentials(
+        running_stack.settings["MLFLOW_TRACKING_URI"], running_stack.root
+    )
+    context = browser.new_context(
+        viewport={"width": 1600, "height": 1000},
+        http_credentials={
+            "username": login[tracking_auth.USERNAME_ENV],
+            "password": login[tracking_auth.PASSWORD_ENV],
+        },
+    )
     page = context.new_page()
     try:
         yield page
