@@ -67,3 +67,19 @@ def test_csv_cells_from_file_names_are_not_formulas(tmp_path: Path) -> None:
     assert all(r["source_file"].startswith("'") for r in rows)
     assert all(float(r["p"]) == -0.5 for r in rows)  # numbers stay numeric
     assert read_csv(out)["source_file"].tolist() == names
+
+
+def test_model_card_data_table_keeps_a_hostile_manufacturer_in_its_cell(tmp_path: Path) -> None:
+    from pipeline import catalog
+    from pipeline.registry.card import _md_table, data_counts
+
+    for split in ("train", "val", "test"):
+        pd.DataFrame(
+            {"site": ["SITE-1", "SITE-2"], "manufacturer": [HOSTILE, "Initech |"],
+             "label": [0, 1]}
+        ).to_parquet(catalog.split_file(tmp_path, split, catalog.INDEX_SUFFIX))  # fmt: skip
+    table, per_split = data_counts(tmp_path, "label")
+    assert per_split == {"train": 2, "val": 2, "test": 2}
+    text = _md_table(table)
+    _tables_are_rectangular(text)
+    assert "\n# head" not in text and "Initech" in text
