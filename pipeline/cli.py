@@ -220,6 +220,29 @@ def monitor(
     run_stage("monitor", params, set_, input_dir=input, out_dir=out, model_uri=model)
 
 
+import_app = typer.Typer(
+    help="Turn a public dataset format into a DICOM export + labels.csv that ingest reads.",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (dicom/ and labels.csv).")]
+
+
+@import_app.command("medmnist")
+def import_medmnist(
+    npz: Annotated[Path, typer.Argument(help="MedMNIST .npz file.")],
+    out: OutOpt,
+    modality: Annotated[str, typer.Option(help="DICOM modality of the images.")] = "US",
+    spacing_mm: Annotated[float, typer.Option(help="Pixel spacing (mm).")] = 0.5,
+    target: Annotated[str, typer.Option(help="Column for the class (label: binary).")] = "label",
+) -> None:
+    """MedMNIST .npz (official split in the split column) -> DICOM export + labels.csv."""
+    from pipeline.data.importers import medmnist
+
+    result = medmnist.run(npz, out, modality=modality, spacing_mm=spacing_mm, target=target)
+    typer.echo(result.summary())
+
+
 @app.command()
 def clean(
     root: Annotated[Path, typer.Option(help="Project folder.")] = Path("."),
