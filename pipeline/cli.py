@@ -243,6 +243,24 @@ def import_medmnist(
     typer.echo(result.summary())
 
 
+@import_app.command("images")
+def import_images(
+    folder: Annotated[Path, typer.Argument(help="Folder of PNG/JPEG/TIFF/GIF images.")],
+    labels: Annotated[Path, typer.Option(help="CSV: image, label, mask, fov, patient_id, split.")],
+    out: OutOpt,
+    modality: Annotated[str, typer.Option(help="DICOM modality of the images.")] = "OT",
+    spacing_mm: Annotated[float, typer.Option(help="Pixel spacing (mm).")] = 1.0,
+    segment: Annotated[str, typer.Option(help="Segment name of the masks.")] = "lesion",
+) -> None:
+    """Images + CSV (masks -> BINARY DICOM SEG) -> DICOM export + labels.csv."""
+    from pipeline.data.importers import images
+
+    result = images.run(
+        folder, labels, out, modality=modality, spacing_mm=spacing_mm, segment=segment
+    )
+    typer.echo(result.summary())
+
+
 @app.command()
 def clean(
     root: Annotated[Path, typer.Option(help="Project folder.")] = Path("."),
