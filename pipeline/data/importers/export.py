@@ -44,12 +44,23 @@ SEG_FOLDER = "SG000001"
 class Item(NamedTuple):
     """One image to write, with its row of ``labels.csv``."""
 
-    pixels: np.ndarray  # rows × cols (uint8 or uint16) or rows × cols × 3 (uint8, RGB)
+    pixels: np.ndarray  # rows × cols (uint8, uint16, int16) or rows × cols × 3 (uint8, RGB)
     patient_id: str
     split: str  # train, val, test or ""
     label: int  # 0 or 1
     targets: tuple[float | int | str, ...] = ()  # values of ``ExportWriter.targets``
     masks: tuple[tuple[str, np.ndarray], ...] = ()  # (segment label, bool rows × cols)
+
+
+class Plane(NamedTuple):
+    """Where a slice of a volume lies (DICOM patient coordinates, mm) and how values scale."""
+
+    position: tuple[float, float, float]  # ImagePositionPatient
+    orientation: tuple[float, ...]  # ImageOrientationPatient (row, then column direction)
+    spacing: tuple[float, float]  # PixelSpacing: between rows, between columns
+    thickness: float
+    rescale: tuple[float, float] = (1.0, 0.0)  # RescaleSlope, RescaleIntercept
+    window: tuple[float, float] | None = None  # WindowCenter, WindowWidth (None: full range)
 
 
 @dataclass(frozen=True)
@@ -139,22 +150,41 @@ class ExportWriter:
         return "2.25." + str(int.from_bytes(h[:16], "big"))
 
     def add(self, item: Item) -> str:
-        """Write one image (and its SEG); return its SOP Instance UID."""
+        """Write one image (and its SEG) as a study of its own; return its SOP Instance UID."""
+        return self.add_series([item])[0]
+
+    def add_series(self, items: list[Item], planes: list[Plane] | None = None) -> list[str]:
+        """Write ``items`` as the slices of one series of one study (``planes``: where each
+        lies; default: one plane at the origin), each with its SEG; return their UIDs."""
+        if not items or len({i.patient_id for i in items}) != 1:
+            raise ValueError("a series holds one patient's images")
+        patient = items[0].patient_id
+        number, seen = self._patients.get(patient, (len(self._patients) + 1, 0))
+        self._patients[patient] = (number, seen + 1)
+        folder = self.dicom_dir / f"PA{number:06d}/ST{seen + 1:06d}"
+        first = self.images  # the series' UIDs derive from its first image's number
+        uids = {k: self._uid(k, first) for k in ("study", "series", "frame", "seg-series")}
+        return [
+            self._write(item, (planes or [None])[k] if planes else None, folder, k, uids)
+            for k, item in enumerate(items)
+        ]
+
+    def _write(
+        self, item: Item, plane: Plane | None, folder: Path, k: int, uids: dict[str, str]
+    ) -> str:
         from pydicom import config as dcm_config
 
-        number, seen = self._patients.get(item.patient_id, (len(self._patients) + 1, 0))
-        self._patients[item.patient_id] = (number, seen + 1)
         n = self.images
-        folder = f"PA{number:06d}/ST{seen + 1:06d}"
+        name = f"{k + 1:06d}.dcm"
         previous = dcm_config.settings.writing_validation_mode
         dcm_config.settings.writing_validation_mode = dcm_config.RAISE
         try:
-            ds = self._dataset(item, n)
-            target = self.dicom_dir / folder / "SE000001" / "IM000001.dcm"
-            target.parent.mkdir(parents=True)
+            ds = self._dataset(item, n, plane, k, uids)
+            target = folder / "SE000001" / f"IM{name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(target, enforce_file_format=True)
             if item.masks:
-                self._seg(ds, item, n, self.dicom_dir / folder / SEG_FOLDER / "SG000001.dcm")
+                self._seg(ds, item, n, folder / SEG_FOLDER / f"SG{name}", uids["seg-series"])
         finally:
             dcm_config.settings.writing_validation_mode = previous
         sop = str(ds.SOPInstanceUID)
@@ -163,7 +193,9 @@ class ExportWriter:
         self.splits[item.split] = self.splits.get(item.split, 0) + 1
         return sop
 
-    def _dataset(self, item: Item, n: int) -> Any:
+    def _dataset(
+        self, item: Item, n: int, plane: Plane | None, k: int, uids: dict[str, str]
+    ) -> Any:
         import numpy as np
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -184,31 +216,41 @@ class ExportWriter:
             "AccessionNumber": "", "Modality": self.modality, "Manufacturer": MANUFACTURER,
             "InstitutionName": MANUFACTURER, "ReferringPhysicianName": "",
             "PatientName": "", "PatientID": item.patient_id, "PatientBirthDate": "",
-            "PatientSex": "", "StudyInstanceUID": self._uid("study", n),
-            "SeriesInstanceUID": self._uid("series", n), "StudyID": "", "SeriesNumber": 1,
-            "InstanceNumber": 1, "FrameOfReferenceUID": self._uid("frame", n),
-            "ImagePositionPatient": [0, 0, 0], "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
-            "PixelSpacing": [self.spacing, self.spacing], "SliceThickness": self.spacing,
+            "PatientSex": "", "StudyInstanceUID": uids["study"],
+            "SeriesInstanceUID": uids["series"], "StudyID": "", "SeriesNumber": 1,
+            "InstanceNumber": k + 1, "FrameOfReferenceUID": uids["frame"],
+            "ImagePositionPatient": [_ds(v) for v in plane.position] if plane else [0, 0, 0],
+            "ImageOrientationPatient": [_ds(v) for v in plane.orientation] if plane
+            else [1, 0, 0, 0, 1, 0],
+            "PixelSpacing": [_ds(v) for v in plane.spacing] if plane
+            else [self.spacing, self.spacing],
+            "SliceThickness": _ds(plane.thickness) if plane else self.spacing,
             "SamplesPerPixel": 3 if colour else 1,
             "PhotometricInterpretation": "RGB" if colour else "MONOCHROME2",
             "Rows": pixels.shape[0], "Columns": pixels.shape[1], "BitsAllocated": bits,
-            "BitsStored": bits, "HighBit": bits - 1, "PixelRepresentation": 0,
+            "BitsStored": bits, "HighBit": bits - 1,
+            "PixelRepresentation": int(pixels.dtype.kind == "i"),
             "BurnedInAnnotation": "NO", "LossyImageCompression": "00",
         }  # fmt: skip
         if sop_class == SECONDARY_CAPTURE:
             attributes["ConversionType"] = "WSD"
         if colour:
             attributes["PlanarConfiguration"] = 0
+        elif plane and plane.window:
+            attributes["WindowCenter"], attributes["WindowWidth"] = map(_ds, plane.window)
         else:
-            attributes["WindowCenter"] = f"{2 ** (bits - 1) - 0.5:g}"
+            low = -(2 ** (bits - 1)) if pixels.dtype.kind == "i" else 0
+            attributes["WindowCenter"] = _ds(low + 2 ** (bits - 1) - 0.5)
             attributes["WindowWidth"] = str(2**bits)
+        if plane and plane.rescale != (1.0, 0.0):
+            attributes["RescaleSlope"], attributes["RescaleIntercept"] = map(_ds, plane.rescale)
         for keyword, value in attributes.items():
             setattr(ds, keyword, value)
         ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
         ds["PixelData"].VR = "OB" if bits == 8 else "OW"
         return ds
 
-    def _seg(self, ds: Any, item: Item, n: int, target: Path) -> None:
+    def _seg(self, ds: Any, item: Item, n: int, target: Path, series_uid: str) -> None:
         import numpy as np
 
         from pipeline.data.seg_io import build_seg
@@ -219,11 +261,17 @@ class ExportWriter:
             ds,
             stack,
             labels,
-            series_uid=self._uid("seg-series", n),
+            series_uid=series_uid,
             sop_uid=self._uid("seg", n),
             manufacturer=MANUFACTURER,
             model="imported mask",
         )
-        target.parent.mkdir(parents=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         seg.save_as(target, enforce_file_format=True)
         self.segs += 1
+
+
+def _ds(value: float) -> str:
+    """A decimal string (DS) of at most 16 characters."""
+    text = f"{value:.10g}"
+    return text if len(text) <= 16 else f"{value:.8g}"
