@@ -261,6 +261,25 @@ def import_images(
     typer.echo(result.summary())
 
 
+@import_app.command("nifti")
+def import_nifti(
+    folder: Annotated[Path, typer.Argument(help="Folder with imagesTr/ and labelsTr/.")],
+    out: OutOpt,
+    images_dir: Annotated[str, typer.Option(help="Volumes' folder in FOLDER.")] = "imagesTr",
+    labels_dir: Annotated[str, typer.Option(help="Label maps' folder in FOLDER.")] = "labelsTr",
+    modality: Annotated[str, typer.Option(help="DICOM modality of the volumes.")] = "MR",
+    segment: Annotated[str, typer.Option(help="Segment name of the label maps.")] = "lesion",
+) -> None:
+    """NIfTI volumes + label maps -> DICOM series + BINARY SEG per slice, and labels.csv."""
+    from pipeline.data.importers import nifti
+
+    result = nifti.run(
+        folder, out, images_dir=images_dir, labels_dir=labels_dir, modality=modality,
+        segment=segment,
+    )  # fmt: skip
+    typer.echo(result.summary())
+
+
 @app.command()
 def clean(
     root: Annotated[Path, typer.Option(help="Project folder.")] = Path("."),

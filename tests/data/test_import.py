@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data import ingest
-from pipeline.data.importers import images, medmnist
+from pipeline.data.importers import images, medmnist, nifti
 from pipeline.data.pixels import load_pixels
 from pipeline.data.seg_ingest import load_mask
 from pipeline.errors import InputError
@@ -249,4 +249,67 @@ def test_images_bad_inputs_are_one_line_errors(problem: str, tmp_path: Path) -> 
     assert problem in text
     for cell in row[:1]:  # names the line and column, never echoes a path
         assert not cell or cell not in text
+    assert not (tmp_path / "export").exists()
+
+
+AFFINE = np.array([[0.8, 0, 0, -10], [0, 0.9, 0, 20], [0, 0, 2.5, -30], [0, 0, 0, 1.0]])
+
+
+def _nifti_set(root: Path, volumes: list[Any], labels: list[Any], affine: Any = AFFINE) -> None:
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for c, (data, label) in enumerate(zip(volumes, labels, strict=True)):
+        nib.save(nib.Nifti1Image(data, affine), root / f"imagesTr/case{c}_0000.nii.gz")
+        if label is not None:
+            nib.save(nib.Nifti1Image(label, affine), root / f"labelsTr/case{c}.nii.gz")
+
+
+def test_nifti_volumes_round_trip_as_series_with_segs(
+    tmp_path: Path, make_params: Callable[..., Params]
+) -> None:
+    rng = np.random.default_rng(9)
+    volumes = [rng.integers(-1000, 2000, (5, 4, 3)).astype(np.int16) for _ in range(2)]
+    volumes.append(rng.normal(0, 1, (5, 4, 3)).astype(np.float32))  # rescaled to 16 bits
+    labels = [np.zeros((5, 4, 3), np.uint8) for _ in range(3)]
+    labels[0][1:3, 1:3, 1] = 1
+    labels[1][0, 0, 2] = 1
+    _nifti_set(tmp_path / "nii", volumes, labels)
+    result = nifti.run(tmp_path / "nii", tmp_path / "export", modality="CT")
+    assert (result.images, result.patients, result.segs) == (9, 3, 2)
+    manifest, segments, out = _ingest(make_params, tmp_path, tmp_path / "export")
+    number = manifest["src"].str.extract(r"PA(\d+)/ST000001/SE000001/IM(\d+)\.dcm").astype(int)
+    manifest["volume"], manifest["slice"] = number[0] - 1, number[1] - 1
+    assert manifest["patient_id"].nunique() == 3 and set(manifest["modality"]) == {"CT"}
+    for _, row in manifest.iterrows():
+        v, k = int(row["volume"]), int(row["slice"])
+        want = volumes[v][:, :, k].T  # DICOM rows run along the volume's second axis
+        got = np.asarray(load_pixels(out, row))
+        step = (float(volumes[v].max()) - float(volumes[v].min())) / 65535
+        np.testing.assert_allclose(got, want, atol=0 if v < 2 else step)
+        assert row["label"] == int(labels[v][:, :, k].any())
+        assert (row["pixel_spacing_row"], row["pixel_spacing_col"]) == (0.9, 0.8)
+        assert (row["ipp_x"], row["ipp_y"], row["ipp_z"]) == (10.0, -20.0, -30.0 + 2.5 * k)
+        mine = segments[segments["image_id"] == row["image_id"]]
+        if row["label"]:
+            np.testing.assert_array_equal(load_mask(out, mine.iloc[0]), labels[v][:, :, k].T > 0)
+        else:
+            assert mine.empty
+
+
+def test_nifti_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    volume = np.zeros((4, 4, 2), np.int16)
+    cases = {
+        "have no label map": ([volume], [None]),
+        "differs from the volume's": ([volume], [np.zeros((4, 4, 3), np.uint8)]),
+        "only 3-D volumes": ([np.zeros((4, 4, 2, 2), np.int16)], [np.zeros((4, 4, 2), np.uint8)]),
+        "whole numbers": ([volume], [np.full((4, 4, 2), 0.5, np.float32)]),
+    }
+    for i, (problem, (volumes, labels)) in enumerate(cases.items()):
+        _nifti_set(tmp_path / f"in{i}", volumes, labels)
+        with pytest.raises(InputError) as exc:
+            nifti.run(tmp_path / f"in{i}", tmp_path / "export")
+        assert problem in _one_line(exc)
+        assert "case0" not in str(exc.value)  # volumes by position, never by file name
     assert not (tmp_path / "export").exists()
