@@ -1,9 +1,10 @@
 """The output every importer writes: ``OUT/dicom/`` and ``OUT/labels.csv``, as a PACS export would.
 
 One DICOM file per image (``dicom/PA<patient>/ST<n>/SE000001/IM000001.dcm``: one study and
-series per image), grey-scale (``MONOCHROME2``, 8 or 16 bits as the source) or colour (``RGB``,
-8 bits), Explicit VR Little Endian, written in pydicom's RAISE validation mode as synth writes
-its cohort. The SOP class is Ultrasound Image Storage for ``US`` and Secondary Capture for every
+series per 2-D image; a volume's slices are ``IM000001.dcm``, ``IM000002.dcm``… of one series,
+with their planes' geometry), grey-scale (``MONOCHROME2``, 8 or 16 bits, unsigned or signed,
+as the source) or colour (``RGB``, 8 bits), Explicit VR Little Endian, written in pydicom's
+RAISE validation mode as synth writes its cohort. The SOP class is Ultrasound Image Storage for ``US`` and Secondary Capture for every
 other modality (``ConversionType`` WSD: converted from another format). The header says only
 what the source says plus what the user gave: the modality, the pixel spacing, a pseudonymous
 patient (``IMP0000001``… unless the source names patients), ``Manufacturer`` and
@@ -12,7 +13,7 @@ window (``WindowCenter``/``WindowWidth``) is written for grey images: the source
 and its full range is how it was meant to be seen.
 
 Masks become one ``BINARY`` DICOM SEG per image (``seg_io.build_seg``, as synth writes its
-SEGs) beside the image series (``ST<n>/SG000001/SG000001.dcm``), one segment per mask.
+SEGs) beside the image series (``ST<n>/SG000001/SG<slice>.dcm``), one segment per mask.
 
 UIDs are derived from a digest of the source (``seed``) and the image's position, so the same
 input gives the same image files. ``labels.csv`` has the columns ingest reads
@@ -164,8 +165,10 @@ class ExportWriter:
         folder = self.dicom_dir / f"PA{number:06d}/ST{seen + 1:06d}"
         first = self.images  # the series' UIDs derive from its first image's number
         uids = {k: self._uid(k, first) for k in ("study", "series", "frame", "seg-series")}
+        if planes is not None and len(planes) != len(items):
+            raise ValueError("one plane per slice")
         return [
-            self._write(item, (planes or [None])[k] if planes else None, folder, k, uids)
+            self._write(item, planes[k] if planes else None, folder, k, uids)
             for k, item in enumerate(items)
         ]
 
