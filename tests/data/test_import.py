@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from PIL import Image
 
@@ -203,6 +204,9 @@ def test_images_round_trip_with_masks_fov_patients_and_splits(
         np.testing.assert_array_equal(load_mask(out, mine.loc["fov"]), fov)
     np.testing.assert_array_equal(np.asarray(load_pixels(out, manifest.loc[2])), made["other"])
     assert manifest.loc[2, "image_id"] not in set(segments["image_id"])
+    seg = pydicom.dcmread(next((tmp_path / "export/dicom").rglob("SG000001.dcm")))
+    coded = [s.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for s in seg.SegmentSequence]
+    assert (seg.SegmentationType, coded) == ("BINARY", ["Blood Vessel", "Area of defined region"])
 
 
 def test_cli_import_prints_the_params_lines(tmp_path: Path) -> None:

@@ -97,7 +97,7 @@ def run(
     arrays = _load(npz)
     splits = _splits(npz, arrays)
     width = splits[0][2].shape[1]
-    top = max(int(labels.max()) for _, _, labels in splits if labels.size)
+    top = max((int(labels.max()) for _, _, labels in splits if labels.size), default=0)
     if width > 1:
         if top > 1:
             raise InputError(f"{npz}: multi-label arrays must hold 0 or 1")
