@@ -36,6 +36,25 @@ def modality_note(modality: str) -> str:
     return f"validate.allowed_modalities must admit {modality}: [{', '.join([*allowed, modality])}]"
 
 
+def _size_notes(sides: tuple[int, int] | None) -> list[str]:
+    """Notes when the default ``validate.min_size``/``max_size`` would refuse the images."""
+    from pipeline.config import Params
+
+    cfg = Params().validate_
+    if sides is None:
+        return []
+    notes = []
+    if sides[0] < cfg.min_size:
+        notes.append(
+            f"images are {sides[0]} px on their smallest side: validate.min_size: {sides[0]}"
+        )
+    if sides[1] > cfg.max_size:
+        notes.append(
+            f"images are {sides[1]} px on their largest side: validate.max_size: {sides[1]}"
+        )
+    return notes
+
+
 def write_export(
     out_dir: Path,
     inputs: Iterable[Path],
@@ -62,6 +81,7 @@ def write_export(
             write(writer)
             if not writer.images:
                 raise InputError("nothing to import: the input holds no images")
+    notes = (*notes, *_size_notes(writer.sides))
     return ImportResult(
         out_dir, writer.images, writer.patients, writer.segs, dict(writer.splits),
         time.perf_counter() - start, notes, targets,

@@ -129,6 +129,7 @@ class ExportWriter:
         self.seed = seed
         self.targets = targets
         self.images = self.segs = 0
+        self.sides: tuple[int, int] | None = None  # smallest and largest image side
         self.splits: dict[str, int] = {}
         self._patients: dict[str, tuple[int, int]] = {}  # id -> (folder number, images so far)
         self.dicom_dir.mkdir(parents=True)
@@ -191,6 +192,8 @@ class ExportWriter:
         finally:
             dcm_config.settings.writing_validation_mode = previous
         sop = str(ds.SOPInstanceUID)
+        lo, hi = min(item.pixels.shape[:2]), max(item.pixels.shape[:2])
+        self.sides = (min(lo, self.sides[0]), max(hi, self.sides[1])) if self.sides else (lo, hi)
         self._csv.writerow((sop, item.patient_id, item.label, item.split, *item.targets))
         self.images += 1
         self.splits[item.split] = self.splits.get(item.split, 0) + 1
