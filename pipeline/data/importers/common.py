@@ -82,6 +82,11 @@ def write_export(
             if not writer.images:
                 raise InputError("nothing to import: the input holds no images")
     notes = (*notes, *_size_notes(writer.sides))
+    if writer.positives in (0, writer.images):
+        notes = (*notes, f"every image has label {int(writer.positives > 0)}: validate's class "
+                 "balance and split's stratification need both classes")  # fmt: skip
+    if writer.splits.get("train") and not writer.splits.get("val") and not writer.splits.get(""):
+        notes = (*notes, "the official split has no val images: mark some train images val")
     return ImportResult(
         out_dir, writer.images, writer.patients, writer.segs, dict(writer.splits),
         time.perf_counter() - start, notes, targets,

@@ -130,6 +130,7 @@ class ExportWriter:
         self.targets = targets
         self.images = self.segs = 0
         self.sides: tuple[int, int] | None = None  # smallest and largest image side
+        self.positives = 0
         self.splits: dict[str, int] = {}
         self._patients: dict[str, tuple[int, int]] = {}  # id -> (folder number, images so far)
         self.dicom_dir.mkdir(parents=True)
@@ -196,6 +197,7 @@ class ExportWriter:
         self.sides = (min(lo, self.sides[0]), max(hi, self.sides[1])) if self.sides else (lo, hi)
         self._csv.writerow((sop, item.patient_id, item.label, item.split, *item.targets))
         self.images += 1
+        self.positives += item.label
         self.splits[item.split] = self.splits.get(item.split, 0) + 1
         return sop
 
