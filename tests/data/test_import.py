@@ -224,6 +224,26 @@ def test_cli_import_prints_the_params_lines(tmp_path: Path) -> None:
     assert got.exit_code == 0, got.output
     assert f"data.dicom_dir: {out.resolve() / 'dicom'}" in got.output
     assert f"data.labels_csv: {out.resolve() / 'labels.csv'}" in got.output
+    assert "every image has label 1" in got.output  # one vessel image: one class only
+    assert "no val images" in got.output
+
+
+def test_export_headers_hold_no_names_or_dates_and_outputs_stay_out_of_the_input(
+    tmp_path: Path,
+) -> None:
+    from pipeline.errors import UnsafeOutputError
+
+    _drive_like(tmp_path / "drive")
+    labels = _write_csv(tmp_path / "drive.csv", DRIVE_ROWS)
+    images.run(tmp_path / "drive", labels, tmp_path / "export")
+    for path in (tmp_path / "export/dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        assert str(ds.PatientName) == "" and ds.get("PatientBirthDate", "") == ""
+        assert all(ds.get(k, "") == "" for k in ("StudyDate", "AccessionNumber"))
+        assert ds.Manufacturer == "radops import"
+    with pytest.raises(UnsafeOutputError):  # never inside (or over) the input folder
+        images.run(tmp_path / "drive", labels, tmp_path / "drive/export")
+    assert not (tmp_path / "drive/export").exists()
 
 
 BAD_ROWS = {
