@@ -337,3 +337,13 @@ def test_nifti_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         assert problem in _one_line(exc)
         assert "case0" not in str(exc.value)  # volumes by position, never by file name
     assert not (tmp_path / "export").exists()
+
+
+def test_same_input_same_image_files(tmp_path: Path) -> None:
+    from tests.conftest import tree_digest
+
+    _npz(tmp_path / "set.npz", colour=True, classes=2)
+    medmnist.run(tmp_path / "set.npz", tmp_path / "a")
+    medmnist.run(tmp_path / "set.npz", tmp_path / "b")
+    assert tree_digest(tmp_path / "a/dicom") == tree_digest(tmp_path / "b/dicom")
+    assert (tmp_path / "a/labels.csv").read_bytes() == (tmp_path / "b/labels.csv").read_bytes()
