@@ -215,7 +215,7 @@ def run(
     if targets:
         declared = ", ".join(f"{t}: [null, null]" for t in targets)
         notes.append(f"ingest keeps a target column only if declared: validate.target_ranges: {{{declared}}}")  # fmt: skip
-    if "mask" in names and segment.lower() != "lesion":
+    if "mask" in names:
         notes.append(
             f"to learn the mask: task.kind: segmentation, task.segments: [{segment.lower()}]"
         )

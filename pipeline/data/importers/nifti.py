@@ -165,8 +165,7 @@ def run(
     names = [segment] if ordered in ([], [1]) else [f"{segment}_{v}" for v in ordered]
     seed = digest("nifti", *(f"{p.name}:{p.stat().st_size}:{q.stat().st_size}" for p, q in pairs))
     notes = [modality_note(modality)]
-    if names != ["lesion"]:
-        notes.append(f"to learn the masks: task.kind: segmentation, task.segments: [{', '.join(names)}]")  # fmt: skip
+    notes.append(f"to learn the masks: task.kind: segmentation, task.segments: [{', '.join(names)}]")  # fmt: skip
 
     def write(writer: ExportWriter) -> None:
         for n, (volume_path, label_path) in enumerate(pairs, start=1):
