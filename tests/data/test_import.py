@@ -259,7 +259,11 @@ BAD_ROWS = {
 }
 
 
-@pytest.mark.parametrize("problem", list(BAD_ROWS))
+BAD_IDS = ["mask-size", "mask-without-image", "unreadable", "no-image-column", "dotdot",
+           "absolute", "missing-file", "bad-label", "bad-split"]  # fmt: skip
+
+
+@pytest.mark.parametrize("problem", list(BAD_ROWS), ids=BAD_IDS)
 def test_images_bad_inputs_are_one_line_errors(problem: str, tmp_path: Path) -> None:
     _drive_like(tmp_path / "drive")
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "drive/small.png")
