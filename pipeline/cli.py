@@ -220,6 +220,66 @@ def monitor(
     run_stage("monitor", params, set_, input_dir=input, out_dir=out, model_uri=model)
 
 
+import_app = typer.Typer(
+    help="Turn a public dataset format into a DICOM export + labels.csv that ingest reads.",
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (dicom/ and labels.csv).")]
+
+
+@import_app.command("medmnist")
+def import_medmnist(
+    npz: Annotated[Path, typer.Argument(help="MedMNIST .npz file.")],
+    out: OutOpt,
+    modality: Annotated[str, typer.Option(help="DICOM modality of the images.")] = "US",
+    spacing_mm: Annotated[float, typer.Option(help="Pixel spacing (mm).")] = 0.5,
+    target: Annotated[str, typer.Option(help="Column for the class (label: binary).")] = "label",
+) -> None:
+    """MedMNIST .npz (official split in the split column) -> DICOM export + labels.csv."""
+    from pipeline.data.importers import medmnist
+
+    result = medmnist.run(npz, out, modality=modality, spacing_mm=spacing_mm, target=target)
+    typer.echo(result.summary())
+
+
+@import_app.command("images")
+def import_images(
+    folder: Annotated[Path, typer.Argument(help="Folder of PNG/JPEG/TIFF/GIF images.")],
+    labels: Annotated[Path, typer.Option(help="CSV: image, label, mask, fov, patient_id, split.")],
+    out: OutOpt,
+    modality: Annotated[str, typer.Option(help="DICOM modality of the images.")] = "OT",
+    spacing_mm: Annotated[float, typer.Option(help="Pixel spacing (mm).")] = 1.0,
+    segment: Annotated[str, typer.Option(help="Segment name of the masks.")] = "lesion",
+) -> None:
+    """Images + CSV (masks -> BINARY DICOM SEG) -> DICOM export + labels.csv."""
+    from pipeline.data.importers import images
+
+    result = images.run(
+        folder, labels, out, modality=modality, spacing_mm=spacing_mm, segment=segment
+    )
+    typer.echo(result.summary())
+
+
+@import_app.command("nifti")
+def import_nifti(
+    folder: Annotated[Path, typer.Argument(help="Folder with imagesTr/ and labelsTr/.")],
+    out: OutOpt,
+    images_dir: Annotated[str, typer.Option(help="Volumes' folder in FOLDER.")] = "imagesTr",
+    labels_dir: Annotated[str, typer.Option(help="Label maps' folder in FOLDER.")] = "labelsTr",
+    modality: Annotated[str, typer.Option(help="DICOM modality of the volumes.")] = "MR",
+    segment: Annotated[str, typer.Option(help="Segment name of the label maps.")] = "lesion",
+) -> None:
+    """NIfTI volumes + label maps -> DICOM series + BINARY SEG per slice, and labels.csv."""
+    from pipeline.data.importers import nifti
+
+    result = nifti.run(
+        folder, out, images_dir=images_dir, labels_dir=labels_dir, modality=modality,
+        segment=segment,
+    )  # fmt: skip
+    typer.echo(result.summary())
+
+
 @app.command()
 def clean(
     root: Annotated[Path, typer.Option(help="Project folder.")] = Path("."),

@@ -54,6 +54,8 @@ PENDING = "segmentation (SEG): paired after the images"
 SEGMENT_CODES = {
     "lesion": ("MorphologicallyAbnormalStructure", "Nodule"),
     "lung": ("AnatomicalStructure", "Lung"),
+    "vessel": ("AnatomicalStructure", "BloodVessel"),  # radops import images --segment vessel
+    "fov": ("SpatialAndRelationalConcept", "AreaOfDefinedRegion"),  # field of view (import)
 }
 
 
