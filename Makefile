@@ -19,7 +19,7 @@ TUNE_UI_PORT ?= 8080
 STACK_ENV := .radops/stack/env
 # While `make stack` is up, recipes get its client settings (MLflow server, PostgreSQL study,
 # Prefect API); otherwise the embedded defaults (SQLite, an ephemeral Prefect server).
-WITH_STACK = if python -m flows.stack check; then set -a; . ./$(STACK_ENV); set +a; fi;
+WITH_STACK = if python -m ops.stack check; then set -a; . ./$(STACK_ENV); set +a; fi;
 # apt-get needs root; others get sudo.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -59,18 +59,18 @@ tune-ui: setup ## optuna-dashboard over the study storage (SQLite, journal or th
 
 server: setup ## Prefect server + UI on http://127.0.0.1:4200: loopback, CSRF on, auth string in .radops/prefect-api-auth.
 	mkdir -p "$(PREFECT_HOME)"
-	python -m flows.server --port $(PREFECT_PORT)
+	python -m ops.prefect_server --port $(PREFECT_PORT)
 
 schedule: setup ## Serve nightly retraining of this folder (cron from params.yaml; runs take no parameters).
 	mkdir -p "$(PREFECT_HOME)"
-	@if python -m flows.stack check; then python -m flows.stack deploy; \
+	@if python -m ops.stack check; then python -m ops.stack deploy; \
 	else PREFECT_PORT=$(PREFECT_PORT) python -m flows.retrain; fi
 
 stack: setup stack-deps ## PostgreSQL, MLflow server, Prefect server + STACK_WORKERS workers on 127.0.0.1 (state in .radops/stack).
-	python -m flows.stack up --workers $(STACK_WORKERS)
+	python -m ops.stack up --workers $(STACK_WORKERS)
 
 stack-down: setup ## Stop everything `make stack` started (databases kept; rm -rf .radops/stack forgets them).
-	python -m flows.stack down
+	python -m ops.stack down
 
 stack-deps: ## Install PostgreSQL from the system's packages if initdb/pg_ctl are absent (Debian/Ubuntu).
 	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
@@ -100,8 +100,8 @@ test-fast: setup ## Run the tests not marked slow.
 	pytest -m "not slow"
 
 lint: setup ## ruff, mypy, the import layers (lint-imports) and the documentation site (mkdocs --strict: broken links fail).
-	ruff check pipeline flows tests
-	ruff format --check pipeline flows tests
+	ruff check pipeline flows ops tests
+	ruff format --check pipeline flows ops tests
 	mypy
 	lint-imports
 	mkdocs build --strict --quiet --site-dir site
@@ -110,8 +110,8 @@ docs: setup ## Build the documentation site from docs/ into site/ (mkdocs --stri
 	mkdocs build --strict --site-dir site
 
 format: setup ## Apply ruff's formatting and safe fixes.
-	ruff check --fix pipeline flows tests
-	ruff format pipeline flows tests
+	ruff check --fix pipeline flows ops tests
+	ruff format pipeline flows ops tests
 
 push: setup ## Push DVC-tracked data and models to the remote (see `dvc remote list`).
 	dvc push

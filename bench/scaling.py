@@ -98,7 +98,7 @@ def _train(ctx: Ctx, name: str, extra: dict[str, Any], env: dict[str, str] | Non
 
 def fig_tracking_server(ctx: Ctx) -> list[Figure]:
     ensure_data(ctx)
-    from flows import stack
+    from ops import stack
 
     local_proc, _ = _train(ctx, "sqlite", {"base.tracking_uri": f"sqlite:///{ctx.tmp / 'ml.db'}"})
     settings = stack.up(ctx.project, workers=0)

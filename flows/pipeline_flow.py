@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     from prefect.settings import temporary_settings
 
-    from flows.server import temporary_server_settings
+    from ops.prefect_server import temporary_server_settings
 
     with temporary_settings(updates=temporary_server_settings()):  # type: ignore[arg-type]
         pipeline_flow(args.params, overrides or None, not args.no_promote)

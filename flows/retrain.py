@@ -2,7 +2,7 @@
 
 ``make schedule`` (``python -m flows.retrain``) serves this flow as a deployment with the cron
 schedule from ``params.yaml`` (``schedule.cron``/``schedule.timezone``) against radops' secured
-local Prefect server (``flows/server.py``), started if none runs, or against ``PREFECT_API_URL``.
+local Prefect server (``ops/prefect_server.py``), started if none runs, or against ``PREFECT_API_URL``.
 
 The project folder and its ``params.yaml`` are fixed when the flow is deployed: the serving
 process passes its folder to its flow runs, and the flow takes no parameters at all. The
@@ -121,7 +121,7 @@ def deployment(root: Path | str, work_pool_name: str | None = None) -> RunnerDep
     if work_pool_name is not None:
         source = retrain_flow.from_source(str(project), "flows/retrain.py:retrain_flow")
         # No job variables: ROOT_ENV, the command and the folder come from the pool's pinned
-        # template, and its workers refuse any run that sets one (flows/work_pool.py).
+        # template, and its workers refuse any run that sets one (ops/work_pool.py).
         extra = {"work_pool_name": work_pool_name}
     deployed: RunnerDeployment = source.to_deployment(  # type: ignore[assignment]
         name=params.schedule.deployment_name,
@@ -149,7 +149,7 @@ def main() -> None:
     from prefect import serve
     from prefect.settings import temporary_settings
 
-    from flows import server
+    from ops import prefect_server as server
 
     root = Path.cwd()
     try:

@@ -1,6 +1,6 @@
 """The client settings of ``make stack`` (``.radops/stack/env``), read only while it is up.
 
-``flows/stack.py`` writes the file (mode 0600: it holds the PostgreSQL password and the Prefect
+``ops/stack.py`` writes the file (mode 0600: it holds the PostgreSQL password and the Prefect
 API auth string) when the stack is up and removes it on ``make stack-down``. radops' own
 settings (``pipeline/credentials.py``) fall back to it after the environment and the
 ``.radops/`` files, so ``radops``, ``dvc repro`` and the flows use the stack when it runs and

@@ -1,7 +1,7 @@
 """Issue 8 §1: the scheduler runs only what was deployed, and only for radops' own clients.
 
 Against a REAL Prefect server started exactly as ``make server`` starts it
-(``python -m flows.server``, free port, temporary PREFECT_HOME) and the retraining deployment
+(``python -m ops.prefect_server``, free port, temporary PREFECT_HOME) and the retraining deployment
 served exactly as ``make schedule`` serves it (``python -m flows.retrain``, which finds and
 checks that server):
 
@@ -129,7 +129,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         with logs["server"].open("wb") as out:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "flows.server", "--port", str(port)],
+                    [sys.executable, "-m", "ops.prefect_server", "--port", str(port)],
                     cwd=project,
                     env=env,
                     stdout=out,
@@ -311,7 +311,7 @@ def test_run_naming_another_folder_runs_nothing_even_unenforced(
 
 
 def test_schedule_refuses_a_server_with_another_auth_string(scheduler: dict[str, Any]) -> None:
-    from flows.server import check_server
+    from ops.prefect_server import check_server
     from pipeline.errors import ConfigError
 
     assert check_server(scheduler["port"], scheduler["auth"]) is True
@@ -358,8 +358,8 @@ def test_stack_pool_runs_no_command_a_run_request_names(
 
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows import stack
-    from flows.work_pool import worker_class
+    from ops import stack
+    from ops.work_pool import worker_class
 
     caller: Caller = scheduler["caller"]
     project: Path = scheduler["project"]

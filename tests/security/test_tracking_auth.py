@@ -47,7 +47,7 @@ def _status(url: str, password: str | None = None) -> int:
 
 
 def _free_port() -> int:
-    from flows.stack import free_port
+    from ops.stack import free_port
 
     return free_port()
 

@@ -19,7 +19,7 @@ from prefect.client.schemas.objects import Flow, FlowRun, WorkPool
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
 from flows.retrain import ROOT_ENV
-from flows.work_pool import pinned_template, worker_class
+from ops.work_pool import pinned_template, worker_class
 from pipeline.errors import ConfigError
 
 ATTACKS: list[dict[str, Any]] = [

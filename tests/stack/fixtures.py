@@ -89,7 +89,7 @@ def _run_deployment(settings: dict[str, str], name: str, timeout_s: float) -> An
 
 @pytest.fixture(scope="session")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    from flows import stack
+    from ops import stack
 
     root = bench_project.make_project(tmp_path_factory.mktemp("stack"), STACK_PARAMS).resolve()
     from pipeline import tracking_auth

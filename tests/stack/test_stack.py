@@ -161,7 +161,7 @@ def test_killed_workers_trial_is_failed_by_heartbeat_and_retried(
 
 
 def test_stack_up_again_is_idempotent(running_stack: RunningStack) -> None:
-    from flows import stack
+    from ops import stack
 
     root = running_stack.root
     state = json.loads((root / catalog.STACK_DIR / catalog.STACK_STATE_FILE).read_text())

@@ -7,7 +7,7 @@ radops' own clients receive it through Prefect's settings (``PREFECT_SERVER_API_
 ``PREFECT_API_AUTH_STRING``), set here in Python so it never appears on a command line. The UI
 asks for it once per browser: paste the file's content.
 
-``python -m flows.server [--port N]`` runs the server in the foreground.
+``python -m ops.prefect_server [--port N]`` runs the server in the foreground.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def ensure_server(root: Path, port: int, wait_s: float = 90.0) -> str:
     print(f"no Prefect server on {origin(port)}: starting one (log: {LOG_FILE})", flush=True)
     with log.open("ab") as out:
         subprocess.Popen(
-            [sys.executable, "-m", "flows.server", "--port", str(port)],
+            [sys.executable, "-m", "ops.prefect_server", "--port", str(port)],
             cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -191,6 +191,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from flows.server import main as _main
+    from ops.prefect_server import main as _main
 
     _main()

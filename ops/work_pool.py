@@ -10,7 +10,7 @@ through its environment (``PYTHONPATH``, ``LD_PRELOAD``). radops closes both end
   retraining flow reads, ``RADOPS_PROJECT_ROOT``) and a variables schema with no properties
   and no others allowed, so the server refuses a run request that names any job variable.
 * The workers ``make stack`` starts are :class:`PinnedProcessWorker` (``python -m
-  flows.work_pool``): they build every run's configuration from the pinned template of their
+  ops.work_pool``): they build every run's configuration from the pinned template of their
   project, not from the template the server holds (which an auth-string holder could edit),
   and refuse, before anything starts, a flow run whose deployment or run request carries any
   job variable (Prefect merges a run's ``env`` even over fixed values).
@@ -110,10 +110,10 @@ def worker_class(root: Path | str) -> type[ProcessWorker]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m flows.work_pool --root DIR --pool NAME --name NAME --limit N``."""
+    """``python -m ops.work_pool --root DIR --pool NAME --name NAME --limit N``."""
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
-    parser = argparse.ArgumentParser(prog="python -m flows.work_pool")
+    parser = argparse.ArgumentParser(prog="python -m ops.work_pool")
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--pool", required=True)
     parser.add_argument("--name", required=True)

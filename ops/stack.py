@@ -2,15 +2,15 @@
 
 All on 127.0.0.1, all state under ``.radops/stack/`` (never in git or DVC):
 
-* PostgreSQL (``flows/stack_postgres.py``): databases ``mlflow`` and ``optuna``, role
+* PostgreSQL (``ops/postgres.py``): databases ``mlflow`` and ``optuna``, role
   ``radops`` with a generated password in ``pg-password`` (0600).
 * MLflow tracking server on the ``mlflow`` database, artifacts proxied by the server into
   ``artifacts/`` (``--artifacts-destination``): clients never write the artifact store.
   The password reaches it as ``PGPASSWORD``, never on a command line.
-* Prefect server with radops' auth string and CSRF settings (``flows/server.py``), a
+* Prefect server with radops' auth string and CSRF settings (``ops/prefect_server.py``), a
   ``process`` work pool with ``--workers`` workers (one flow run each at a time), and the
   retraining deployment (cron from ``params.yaml``) deployed to that pool. The pool's job
-  template is pinned and its workers refuse job variables (``flows/work_pool.py``).
+  template is pinned and its workers refuse job variables (``ops/work_pool.py``).
 * ``env`` (0600): the client settings (``MLFLOW_TRACKING_URI``, ``RADOPS_OPTUNA_STORAGE``,
   ``PREFECT_API_URL``, ``PREFECT_API_AUTH_STRING``) that radops and the Makefile pick up
   while the stack is up (``pipeline/stack_env.py``).
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows import server
-from flows.stack_postgres import Cluster
+from ops import prefect_server as server
+from ops.postgres import Cluster
 from pipeline import catalog, tracking_auth
 from pipeline.errors import ConfigError, RadopsError
 from pipeline.io import pid_alive
@@ -192,7 +192,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
     if not (pid_alive(pids.get("prefect")) and server.check_server(port.prefect, auth)):
         Path(prefect_env["PREFECT_HOME"]).mkdir(exist_ok=True, mode=0o700)
         env = _base_env() | {"PREFECT_HOME": prefect_env["PREFECT_HOME"]}
-        command = [sys.executable, "-m", "flows.server", "--port", str(port.prefect)]
+        command = [sys.executable, "-m", "ops.prefect_server", "--port", str(port.prefect)]
         proc = _spawn(root, "prefect", command, env)
         pids["prefect"] = proc.pid
         _save_state(root, state)
@@ -201,7 +201,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
     alive = [p for p in pids.get("workers", []) if pid_alive(p)]
     for i in range(len(alive), workers):
         command = [  # radops' process worker: runs only the pinned template (work_pool.py)
-            sys.executable, "-m", "flows.work_pool", "--root", str(root.resolve()),
+            sys.executable, "-m", "ops.work_pool", "--root", str(root.resolve()),
             "--pool", POOL, "--name", f"radops-worker-{i}", "--limit", "1",
         ]  # fmt: skip
         alive.append(_spawn(root, f"worker-{i}", command, _base_env() | prefect_env).pid)
@@ -218,7 +218,7 @@ def up(root: Path, workers: int = 2, ports: dict[str, int] | None = None) -> dic
         "PREFECT_API_AUTH_STRING": auth,
         "RADOPS_STACK_WORK_POOL": POOL,
     }
-    text = "# written by `make stack` (flows/stack.py); removed by `make stack-down`\n"
+    text = "# written by `make stack` (ops/stack.py); removed by `make stack-down`\n"
     text += "".join(f"{k}={v}\n" for k, v in settings.items())
     write_private(root / catalog.STACK_ENV_FILE, text.encode())
     return settings
@@ -237,14 +237,14 @@ def _with_prefect(prefect_env: dict[str, str]) -> Any:
 
 def ensure_pool(root: Path, prefect_env: dict[str, str]) -> None:
     """The ``process`` work pool, with the project's pinned job template (no job variable a
-    run request may set: ``flows/work_pool.py``); an existing pool's template is reset to it."""
+    run request may set: ``ops/work_pool.py``); an existing pool's template is reset to it."""
     import asyncio
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    from flows.work_pool import pinned_template
+    from ops.work_pool import pinned_template
 
     template = pinned_template(root)
 
@@ -274,14 +274,14 @@ def deploy(root: Path, prefect_env: dict[str, str]) -> str:
 
 def _ours(pid: int) -> bool:
     """``pid`` still leads the process group of a server this stack started (not a reused pid
-    after a reboot): a session leader running mlflow, flows.server or a prefect worker."""
+    after a reboot): a session leader running mlflow, ops.prefect_server or a prefect worker."""
     try:
         if os.getpgid(pid) != pid:
             return False
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (OSError, ProcessLookupError):
         return not Path("/proc").is_dir()  # no /proc (not Linux): trust the state file
-    marks = ("mlflow", "flows.server", "flows.work_pool", "prefect")
+    marks = ("mlflow", "ops.prefect_server", "ops.work_pool", "prefect")
     return any(mark in cmdline for mark in marks)
 
 
@@ -378,6 +378,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from flows.stack import main as _main
+    from ops.stack import main as _main
 
     _main()
