@@ -126,6 +126,19 @@ class PreprocessSection(Section):
     # mm per pixel after resampling (field of view image_size * spacing_mm, centre-cropped or
     # zero-padded); 0 = resize the whole image to image_size x image_size, whatever its spacing.
     spacing_mm: float = Field(0.0, ge=0)
+    # auto: the window for CT, a train-split percentile clip for every other modality
+    # (pipeline/data/intensity.py); window | percentile: always that.
+    intensity: Literal["auto", "window", "percentile"] = "auto"
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    @model_validator(mode="after")
+    def _percentiles_ordered(self) -> PreprocessSection:
+        lo, hi = self.intensity_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(
+                f"intensity_percentiles must be 0 <= low < high <= 100, got {lo}, {hi}"
+            )
+        return self
 
 
 class AugmentationSection(Section):
