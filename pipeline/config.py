@@ -118,7 +118,8 @@ class PreprocessSection(Section):
     out_dir: Path = Path("data/preprocessed")
     window_center: float = 40.0
     window_width: float = Field(400.0, gt=0)
-    image_size: int = Field(64, ge=8, le=1024)
+    # auto: from the training images' median shape (the plan stage, plan.*_image_size)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = 64
     denoise: Literal["none", "gaussian", "median"] = "none"
     denoise_sigma: float = Field(0.7, gt=0)
     normalization: Literal["zscore", "minmax"] = "zscore"
@@ -139,6 +140,15 @@ class PreprocessSection(Section):
                 f"intensity_percentiles must be 0 <= low < high <= 100, got {lo}, {hi}"
             )
         return self
+
+
+class PlanSection(Section):
+    """Stage ``plan`` (pipeline/data/plan.py): the fingerprint and the resolved auto values."""
+
+    out_dir: Path = Path("data/plan")
+    # preprocess.image_size auto: the median shorter side, kept within these bounds (CPU budget)
+    min_image_size: int = Field(32, ge=8, le=1024)
+    max_image_size: int = Field(128, ge=8, le=1024)
 
 
 class AugmentationSection(Section):
@@ -482,6 +492,7 @@ class Params(Section):
     ingest: IngestSection = IngestSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     split: SplitSection = SplitSection()
+    plan: PlanSection = PlanSection()
     preprocess: PreprocessSection = PreprocessSection()
     task: TaskSection = TaskSection()
     series: SeriesSection = SeriesSection()

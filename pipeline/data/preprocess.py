@@ -44,6 +44,7 @@ from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
 from pipeline.data.geometry import resample_to_mm
+from pipeline.data.plan import current_plan, preprocess_settings
 from pipeline.data.seg_masks import write_split_masks
 from pipeline.errors import InputError
 
@@ -60,11 +61,17 @@ class Paths:
     ingest_dir: Path
     split_dir: Path
     out_dir: Path
+    plan_dir: Path | None = None  # the plan stage's plan.json (the auto values)
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(ingest_dir=cat.ingest_dir, split_dir=cat.split_dir, out_dir=cat.preprocess_dir)
+        return cls(
+            ingest_dir=cat.ingest_dir,
+            split_dir=cat.split_dir,
+            out_dir=cat.preprocess_dir,
+            plan_dir=cat.plan_dir,
+        )
 
 
 @dataclass
@@ -106,7 +113,7 @@ def stats_from_params(params: Params) -> dict[str, Any]:
     return {
         "window_center": float(cfg.window_center),
         "window_width": float(cfg.window_width),
-        "image_size": int(cfg.image_size),
+        "image_size": 0 if cfg.image_size == "auto" else int(cfg.image_size),  # 0: by the plan
         "denoise": cfg.denoise,
         "denoise_sigma": float(cfg.denoise_sigma),
         "normalization": cfg.normalization,
@@ -265,7 +272,9 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     if unknown:
         raise InputError(f"unknown split name(s) {unknown} in {splits_path}")
     located = _pixel_locations(paths.ingest_dir)
-    stats = stats_from_params(params) | resolve_intensity(params, splits, located, paths)
+    applied = current_plan(params, paths.ingest_dir, paths.split_dir, paths.plan_dir)
+    stats = stats_from_params(params) | preprocess_settings(applied, params)
+    log.info("preprocess intensity: %s", stats["intensity_reason"])
     counts: dict[str, int] = {}
     with atomic_path(paths.out_dir, stage="preprocess") as staged:
         staged.mkdir(parents=True)
@@ -298,28 +307,8 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
             x.flush()
         arrays.clear()  # close the memmaps before the folder is renamed into place
         write_json(staged / catalog.STATS_FILE, {k: stats[k] for k in STATS_KEYS})
+        write_json(staged / catalog.PLAN_FILE, applied)  # the plan these arrays were made by
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
-
-
-def resolve_intensity(
-    params: Params, splits: pd.DataFrame, located: pd.DataFrame, paths: Paths
-) -> dict[str, Any]:
-    """The intensity entries of ``stats.json``, resolved from the training split."""
-    from collections import Counter
-
-    from pipeline.data.intensity import choose_intensity, intensity_stats, pixel_percentiles
-
-    cfg = params.preprocess
-    train = splits[splits["split"] == "train"]
-    choice = choose_intensity(cfg.intensity, Counter(train["modality"].astype(str)))
-    percentiles = None
-    if choice.mode == "percentile":
-        rows = located[located.index.isin(train["image_id"])]
-        percentiles = pixel_percentiles(paths.ingest_dir, rows, cfg.intensity_percentiles)
-    log.info("preprocess intensity: %s", choice.reason)
-    return intensity_stats(
-        choice, percentiles, cfg.intensity_percentiles, (cfg.window_center, cfg.window_width)
-    )
 
 
 def candidate_targets(splits: pd.DataFrame) -> list[str]:
