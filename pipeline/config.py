@@ -79,9 +79,19 @@ class IngestSection(Section):
     max_header_mb: float = Field(64.0, gt=0)
 
 
+# DICOM modalities (PS3.3 C.7.3.1.1.1) whose objects radops reads as images: CT, radiography
+# (CR, DX, RG), MR, secondary capture (OT), ultrasound, mammography, angiography and
+# fluoroscopy (XA, RF), nuclear medicine (PT, NM), dental (IO, PX), endoscopy (ES),
+# photography (XC, OP, GM), ophthalmic tomography (OPT), slide microscopy (SM), bone density.
+IMAGING_MODALITIES: tuple[str, ...] = (
+    "CT", "CR", "DX", "MR", "OT", "US", "MG", "XA", "RF", "PT", "NM", "RG", "IO", "PX", "ES",
+    "XC", "OP", "GM", "OPT", "SM", "BMD",
+)  # fmt: skip
+
+
 class ValidateSection(Section):
     out_dir: Path = Path("data/validation")
-    allowed_modalities: list[str] = ["CT", "CR", "DX", "MR", "OT"]
+    allowed_modalities: list[str] = list(IMAGING_MODALITIES)
     min_size: int = 32
     max_size: int = 4096
     min_spacing_mm: float = 0.05

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -32,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline import catalog
-from pipeline.config import Params
-from pipeline.data.contracts import SPLIT_NAMES
+from pipeline.config import IMAGING_MODALITIES, Params
+from pipeline.data.contracts import PHOTOMETRIC, SPLIT_NAMES
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -129,8 +130,11 @@ def _spread(values: Any) -> dict[str, float] | None:
             "min": float(v.min()), "max": float(v.max())}  # fmt: skip
 
 
-def _counts(values: Any) -> dict[str, int]:
-    return {str(k): int(v) for k, v in sorted(Counter(map(str, values)).items())}
+def _counts(values: Any, known: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Value counts; with ``known``, any other value counts as ``other`` (header text that is
+    not a defined term is never echoed: it could be free text)."""
+    names = (str(v) if known is None or str(v) in known else "other" for v in values)
+    return {str(k): int(v) for k, v in sorted(Counter(names).items())}
 
 
 def fingerprint(
@@ -152,9 +156,9 @@ def fingerprint(
     return {
         "images": {"all": len(splits)}
         | {name: int((splits["split"] == name).sum()) for name in SPLIT_NAMES},
-        "modality": _counts(column("modality")),
+        "modality": _counts(column("modality"), IMAGING_MODALITIES),
         "bits_stored": _counts(column("bits_stored")),
-        "photometric": _counts(column("photometric")),
+        "photometric": _counts(column("photometric"), PHOTOMETRIC),
         "colour_images": int((channels.astype(int) == 3).sum()),
         "grey_images": int((channels.astype(int) != 3).sum()),
         "class_balance": labels,
@@ -185,7 +189,7 @@ def resolve_image_size(params: Params, fp: Mapping[str, Any]) -> dict[str, Any]:
     lo, hi = params.plan.min_image_size, params.plan.max_image_size
     rows, cols = fp["shape"]["median"]
     side = min(rows, cols) or lo
-    value = int(min(max(SIZE_STEP * round(side / SIZE_STEP), lo), hi))
+    value = int(min(max(SIZE_STEP * math.floor(side / SIZE_STEP + 0.5), lo), hi))
     return {
         "setting": "auto",
         "value": value,
