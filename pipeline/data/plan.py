@@ -69,8 +69,8 @@ class PlanResult:
         fp = self.plan["fingerprint"]
         mods = ", ".join(f"{k} {v}" for k, v in fp["modality"].items())
         lines = [
-            f"plan: {fp['images']['all']} images ({mods}; {fp['colour_images']} colour), "
-            f"train median shape {fp['shape']['median']} in {self.seconds:.1f}s"
+            f"plan: {fp['images']['all']} images; train: {mods}, {fp['colour_images']} colour, "
+            f"median shape {fp['shape']['median']}; in {self.seconds:.1f}s"
         ]
         for key, entry in self.plan["resolved"].items():
             lines.append(f"  {key} = {entry['value']}: {entry['reason']}")
