@@ -104,3 +104,23 @@ def test_colour_is_clipped_per_channel(tmp_path: Path, fake_params: Callable) ->
 )
 def test_choose_intensity(setting: str, modalities: dict, mode: str) -> None:
     assert choose_intensity(setting, modalities).mode == mode
+
+
+@pytest.mark.parametrize("modality", ["DX", "OP"])
+def test_prediction_repeats_the_percentile_transform(
+    tmp_path: Path, fake_params: Callable, modality: str
+) -> None:
+    """`radops predict` and the served model call transform_image with stats.json: the same
+    model input as the preprocessed split, for a percentile clip (grey and per channel)."""
+    colour = modality == "OP"
+    build_cohort(tmp_path / "ingested", modality, fundus_rgb if colour else xray_8bit,
+                 photometric="RGB" if colour else "MONOCHROME2")  # fmt: skip
+    stats = _run(tmp_path, fake_params, color="rgb" if colour else "luminance")
+    assert stats["intensity"] == "percentile"
+    out = tmp_path / "preprocessed"
+    index = pd.read_parquet(out / "test_index.parquet")
+    manifest = pd.read_parquet(tmp_path / "ingested" / "manifest.parquet").set_index("image_id")
+    x = np.load(out / "test_x.npy", mmap_mode="r")
+    for i, image_id in enumerate(index["image_id"]):
+        raw = load_pixels(tmp_path / "ingested", manifest.loc[image_id])
+        np.testing.assert_array_equal(preprocess.transform_image(raw, stats), x[i])
