@@ -128,3 +128,19 @@ def test_header_text_that_is_not_a_defined_term_is_not_echoed(
     plan.run(params, plan.Paths.from_params(params))
     text = (params.plan.out_dir / catalog.PLAN_FILE).read_text()
     assert "DOE" not in text and '"other"' in text
+
+
+def test_radops_plan_runs_the_stage_and_explains_missing_inputs(
+    tmp_path: Path, fake_params: Callable
+) -> None:
+    from pipeline.cli import run_stage
+    from pipeline.errors import InputError
+
+    build_cohort(tmp_path / "ingested", "DX", xray_8bit)
+    path, params = fake_params(split={"use_labels_split": False})
+    with pytest.raises(InputError, match="run `radops split` first"):
+        run_stage("plan", path, None)
+    split.run(params, split.Paths.from_params(params))
+    result = run_stage("plan", path, None)
+    assert result.plan["resolved"]["preprocess.intensity"]["value"] == "percentile"
+    assert (params.plan.out_dir / catalog.PLAN_FILE).is_file()
