@@ -4,7 +4,8 @@ Between ``split`` and ``preprocess``, as nnU-Net plans a dataset: ``plan.json`` 
 
 - ``fingerprint``: image count (per split), modality, bit depth, photometric interpretation,
   colour, class balance (per split), the training images' shape and pixel spacing (median and
-  p10-p90 spread) and intensity percentiles (grey-scale values, and per channel for colour);
+  p10-p90 spread) and intensity percentiles (grey-scale values, and per channel for colour),
+  and, where ingest found DICOM SEG masks, object size per segment (area fraction, diameter);
   everything a decision rests on comes from the TRAINING split only;
 - ``resolved``: for each ``auto`` key the value and the reason, e.g.
   ``"preprocess.intensity": {"setting": "auto", "value": "percentile", "reason": "..."}``
@@ -173,7 +174,50 @@ def fingerprint(
         },
         "pixel_range": {"min": _spread(column("pixel_min")), "max": _spread(column("pixel_max"))},
         "intensity_percentiles": pixel_percentiles(ingest_dir, train, qs),
+        "objects": objects(ingest_dir, train, params.task.segments),
     }
+
+
+def objects(
+    ingest_dir: Path, train: pd.DataFrame, segments: list[str]
+) -> dict[str, dict[str, Any]] | None:
+    """Object size per segment of the training images' SEG masks (None without masks): images
+    with a mask plane, how many are empty, and the foreground's area fraction and equivalent
+    diameter (mm, from the pixel spacing) over the non-empty ones. Segment labels other than
+    ``task.segments`` are counted as ``other`` (a SEG label is free text)."""
+    import numpy as np
+    import pandas as pd
+
+    path = ingest_dir / catalog.SEGMENTS_FILE
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path)
+    table = table[table["image_id"].isin(train.index)]
+    if table.empty:
+        return None
+    wanted = {s.lower(): s for s in segments}
+    names = table["segment"].astype(str).str.lower().map(wanted).fillna("other")
+    area = table["mask_pixels"].astype(float)
+    fraction = area / (table["rows"].astype(float) * table["columns"].astype(float))
+    spacing = train.reindex(table["image_id"])
+    mm2 = (
+        spacing["pixel_spacing_row"].astype(float).to_numpy()
+        * spacing["pixel_spacing_col"].astype(float).to_numpy()
+        if {"pixel_spacing_row", "pixel_spacing_col"} <= set(spacing.columns)
+        else np.full(len(table), np.nan)
+    )
+    diameter = 2 * np.sqrt(area.to_numpy() * mm2 / np.pi)
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(names)):
+        here = (names == name).to_numpy()
+        filled = here & (area.to_numpy() > 0)
+        out[name] = {
+            "images": int(table.loc[here, "image_id"].nunique()),
+            "empty": int((here & ~filled).sum()),
+            "area_fraction": _spread(fraction.to_numpy()[filled]),
+            "diameter_mm": _spread(diameter[filled]),
+        }
+    return out
 
 
 def _median(values: Any) -> int:

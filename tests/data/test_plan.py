@@ -144,3 +144,23 @@ def test_radops_plan_runs_the_stage_and_explains_missing_inputs(
     result = run_stage("plan", path, None)
     assert result.plan["resolved"]["preprocess.intensity"]["value"] == "percentile"
     assert (params.plan.out_dir / catalog.PLAN_FILE).is_file()
+
+
+def test_object_size_from_the_training_masks(tmp_path: Path, fake_params: Callable) -> None:
+    build_cohort(tmp_path / "ingested", "US", xray_8bit)
+    _, params = fake_params(split={"use_labels_split": False})
+    split.run(params, split.Paths.from_params(params))
+    splits = pd.read_parquet(params.split.out_dir / catalog.SPLITS_FILE)
+    ids = splits["image_id"].tolist()
+    train = splits.loc[splits["split"] == "train", "image_id"].tolist()
+    # 40 x 40 images at 0.2 mm: 16 pixels are 0.64 mm², a disc of 0.903 mm diameter.
+    pixels = [16 if i in train[:4] else 0 for i in ids]
+    pd.DataFrame({
+        "image_id": ids, "segment": ["Lesion"] * len(ids), "rows": 40, "columns": 40,
+        "mask_pixels": [p if i in train else 400 for p, i in zip(pixels, ids, strict=True)],
+    }).to_parquet(tmp_path / "ingested" / catalog.SEGMENTS_FILE)  # fmt: skip
+    fp = plan.build_plan(params, params.ingest.out_dir, params.split.out_dir)["fingerprint"]
+    lesion = fp["objects"]["lesion"]
+    assert (lesion["images"], lesion["empty"]) == (len(train), len(train) - 4)  # train only
+    assert lesion["area_fraction"]["median"] == pytest.approx(16 / 1600)
+    assert lesion["diameter_mm"]["median"] == pytest.approx(2 * np.sqrt(16 * 0.04 / np.pi))
