@@ -155,11 +155,14 @@ def test_object_size_from_the_training_masks(tmp_path: Path, fake_params: Callab
     train = splits.loc[splits["split"] == "train", "image_id"].tolist()
     # 40 x 40 images at 0.2 mm: 16 pixels are 0.64 mm², a disc of 0.903 mm diameter.
     pixels = [16 if i in train[:4] else 0 for i in ids]
-    pd.DataFrame({
+    lesions = pd.DataFrame({
         "image_id": ids, "segment": ["Lesion"] * len(ids), "rows": 40, "columns": 40,
         "mask_pixels": [p if i in train else 400 for p, i in zip(pixels, ids, strict=True)],
-    }).to_parquet(tmp_path / "ingested" / catalog.SEGMENTS_FILE)  # fmt: skip
+    })  # fmt: skip
+    free_text = lesions[lesions["image_id"].isin(train)].head(3).assign(segment="Jane Doe's lump")
+    pd.concat([lesions, free_text]).to_parquet(tmp_path / "ingested" / catalog.SEGMENTS_FILE)
     fp = plan.build_plan(params, params.ingest.out_dir, params.split.out_dir)["fingerprint"]
+    assert "Jane" not in json.dumps(fp) and "other" in fp["objects"]
     lesion = fp["objects"]["lesion"]
     assert (lesion["images"], lesion["empty"]) == (len(train), len(train) - 4)  # train only
     assert lesion["area_fraction"]["median"] == pytest.approx(16 / 1600)
