@@ -72,6 +72,9 @@ DATA_DOCS_INDEX = "index.html"
 # ---------------------------------------------------------------- split
 SPLITS_FILE = "splits.parquet"
 
+# ---------------------------------------------------------------- plan
+PLAN_FILE = "plan.json"  # the fingerprint and the resolved auto values (also in preprocess)
+
 # ---------------------------------------------------------------- preprocess
 STATS_FILE = "stats.json"
 IMAGES_SUFFIX = "x.npy"
@@ -233,6 +236,10 @@ class Catalog:
         return self.params.split.out_dir
 
     @property
+    def plan_dir(self) -> Path:
+        return self.params.plan.out_dir
+
+    @property
     def preprocess_dir(self) -> Path:
         return self.params.preprocess.out_dir
 
@@ -306,6 +313,10 @@ class Catalog:
         return self.split_dir / SPLITS_FILE
 
     @property
+    def plan(self) -> Path:
+        return self.plan_dir / PLAN_FILE
+
+    @property
     def stats(self) -> Path:
         return self.preprocess_dir / STATS_FILE
 
@@ -346,7 +357,8 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ingest": (("input_dir", "labels_csv", "key_path"), ("out_dir",)),
     "validate": (("ingest_dir",), ("out_dir",)),
     "split": (("ingest_dir",), ("out_dir",)),
-    "preprocess": (("ingest_dir", "split_dir"), ("out_dir",)),
+    "plan": (("ingest_dir", "split_dir"), ("out_dir",)),
+    "preprocess": (("ingest_dir", "split_dir", "plan_dir"), ("out_dir",)),
     "series": (("input_dir", "labels_csv"), ("out_dir",)),
     "tune": (("data_dir",), ("out_dir",)),
     "train": (("data_dir", "best_params"), ("out_dir", "checkpoint_dir")),

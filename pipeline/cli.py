@@ -44,6 +44,7 @@ STAGE_MODULES = {
     "ingest": "pipeline.data.ingest",
     "validate": "pipeline.data.validate",
     "split": "pipeline.data.split",
+    "plan": "pipeline.data.plan",
     "preprocess": "pipeline.data.preprocess",
     "series": "pipeline.data.series_stage",
     "tune": "pipeline.training.tune",
@@ -167,6 +168,7 @@ def _simple_stage(stage: str, doc: str) -> None:
 for _stage, _doc in [
     ("validate", "Check the data contracts (Great Expectations); non-zero exit on failure."),
     ("split", "Patient-grouped, label-stratified train/val/test split with a leakage check."),
+    ("plan", "Fingerprint the dataset; resolve every auto parameter with its reason."),
     ("preprocess", "Window, resize, denoise and normalise (statistics from train only)."),
     ("qa", "Data QA: PCA, k-means and isolation-forest outliers; report or exclude odd images."),
     ("series", "Assemble, split and preprocess CT series (task.kind series_classification)."),

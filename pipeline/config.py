@@ -79,9 +79,19 @@ class IngestSection(Section):
     max_header_mb: float = Field(64.0, gt=0)
 
 
+# DICOM modalities (PS3.3 C.7.3.1.1.1) whose objects radops reads as images: CT, radiography
+# (CR, DX, RG), MR, secondary capture (OT), ultrasound, mammography, angiography and
+# fluoroscopy (XA, RF), nuclear medicine (PT, NM), dental (IO, PX), endoscopy (ES),
+# photography (XC, OP, GM), ophthalmic tomography (OPT), slide microscopy (SM), bone density.
+IMAGING_MODALITIES: tuple[str, ...] = (
+    "CT", "CR", "DX", "MR", "OT", "US", "MG", "XA", "RF", "PT", "NM", "RG", "IO", "PX", "ES",
+    "XC", "OP", "GM", "OPT", "SM", "BMD",
+)  # fmt: skip
+
+
 class ValidateSection(Section):
     out_dir: Path = Path("data/validation")
-    allowed_modalities: list[str] = ["CT", "CR", "DX", "MR", "OT"]
+    allowed_modalities: list[str] = list(IMAGING_MODALITIES)
     min_size: int = 32
     max_size: int = 4096
     min_spacing_mm: float = 0.05
@@ -118,7 +128,8 @@ class PreprocessSection(Section):
     out_dir: Path = Path("data/preprocessed")
     window_center: float = 40.0
     window_width: float = Field(400.0, gt=0)
-    image_size: int = Field(64, ge=8, le=1024)
+    # auto: from the training images' median shape (the plan stage, plan.*_image_size)
+    image_size: Annotated[int, Field(ge=8, le=1024)] | Literal["auto"] = 64
     denoise: Literal["none", "gaussian", "median"] = "none"
     denoise_sigma: float = Field(0.7, gt=0)
     normalization: Literal["zscore", "minmax"] = "zscore"
@@ -126,6 +137,28 @@ class PreprocessSection(Section):
     # mm per pixel after resampling (field of view image_size * spacing_mm, centre-cropped or
     # zero-padded); 0 = resize the whole image to image_size x image_size, whatever its spacing.
     spacing_mm: float = Field(0.0, ge=0)
+    # auto: the window for CT, a train-split percentile clip for every other modality
+    # (pipeline/data/intensity.py); window | percentile: always that.
+    intensity: Literal["auto", "window", "percentile"] = "auto"
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+
+    @model_validator(mode="after")
+    def _percentiles_ordered(self) -> PreprocessSection:
+        lo, hi = self.intensity_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(
+                f"intensity_percentiles must be 0 <= low < high <= 100, got {lo}, {hi}"
+            )
+        return self
+
+
+class PlanSection(Section):
+    """Stage ``plan`` (pipeline/data/plan.py): the fingerprint and the resolved auto values."""
+
+    out_dir: Path = Path("data/plan")
+    # preprocess.image_size auto: the median shorter side, kept within these bounds (CPU budget)
+    min_image_size: int = Field(32, ge=8, le=1024)
+    max_image_size: int = Field(128, ge=8, le=1024)
 
 
 class AugmentationSection(Section):
@@ -469,6 +502,7 @@ class Params(Section):
     ingest: IngestSection = IngestSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     split: SplitSection = SplitSection()
+    plan: PlanSection = PlanSection()
     preprocess: PreprocessSection = PreprocessSection()
     task: TaskSection = TaskSection()
     series: SeriesSection = SeriesSection()

@@ -33,6 +33,7 @@ _PATH_FIELDS: dict[str, dict[str, str]] = {
     "ingest": {"out_dir": "data/ingested"},
     "validate": {"out_dir": "data/validation"},
     "split": {"out_dir": "data/split"},
+    "plan": {"out_dir": "data/plan"},
     "preprocess": {"out_dir": "data/preprocessed"},
     "series": {
         "out_dir": "data/series",

@@ -91,6 +91,9 @@ STATS_KEYS: tuple[str, ...] = (
     "max",
     "channels",
     "spacing_mm",
+    "intensity",
+    "intensity_reason",
+    "channel_range",
 )
 
 PATIENT_ID_REGEX = r"^P-[0-9a-f]{16}$"

@@ -8,6 +8,13 @@ preprocessed exactly like a training one.
 Order: windowing (clip to [c - w/2, c + w/2], scale to [0, 1]) -> resize to S x S (bilinear,
 anti-aliased) -> optional denoising -> normalisation (z-score or min-max).
 
+Intensity (``preprocess.intensity``; ``stats["intensity"]``, ``stats["intensity_reason"]``;
+pipeline/data/intensity.py): ``window`` uses the configured HU window; ``percentile`` clips to
+the 0.5-99.5 % of the training pixels (for grey-scale images written as the equivalent
+window, for colour images per channel as ``stats["channel_range"]``); ``auto`` takes the
+window only when every training image is CT. Stats without ``intensity`` (older models) are
+the window.
+
 Common spacing (``preprocess.spacing_mm``; ``stats["spacing_mm"]``): 0 resizes the whole image
 to S x S, whatever its pixel spacing (so one pixel is a different size at each site). Above 0,
 each image is instead resampled so one pixel is ``spacing_mm`` mm in both directions (from the
@@ -37,6 +44,7 @@ from pipeline import catalog
 from pipeline.config import Params
 from pipeline.data.contracts import INDEX_COLUMNS, SPLIT_NAMES, SPLITS_COLUMNS, STATS_KEYS
 from pipeline.data.geometry import resample_to_mm
+from pipeline.data.plan import current_plan, preprocess_settings
 from pipeline.data.seg_masks import write_split_masks
 from pipeline.errors import InputError
 
@@ -53,11 +61,17 @@ class Paths:
     ingest_dir: Path
     split_dir: Path
     out_dir: Path
+    plan_dir: Path | None = None  # the plan stage's plan.json (the auto values)
 
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(ingest_dir=cat.ingest_dir, split_dir=cat.split_dir, out_dir=cat.preprocess_dir)
+        return cls(
+            ingest_dir=cat.ingest_dir,
+            split_dir=cat.split_dir,
+            out_dir=cat.preprocess_dir,
+            plan_dir=cat.plan_dir,
+        )
 
 
 @dataclass
@@ -74,10 +88,12 @@ class PreprocessResult:
         fitted = " ".join(f"{k} {_fmt(s[k])}" for k in keys)
         rgb = "3x" if s.get("channels", 1) == 3 else ""
         mm = f" at {s['spacing_mm']:g} mm" if s.get("spacing_mm", 0) else ""
+        how = s.get("intensity", "window")
         return (
             f"preprocess: {sizes} images -> {rgb}{s['image_size']}x{s['image_size']}{mm} "
-            f"(window {s['window_center']:g}/{s['window_width']:g}, denoise {s['denoise']}, "
+            f"({how} {s['window_center']:g}/{s['window_width']:g}, denoise {s['denoise']}, "
             f"{s['normalization']} fitted on train: {fitted}) in {self.seconds:.1f}s\n"
+            f"  intensity: {s.get('intensity_reason', '')}\n"
             f"  -> {self.out_dir}"
         )
 
@@ -97,7 +113,7 @@ def stats_from_params(params: Params) -> dict[str, Any]:
     return {
         "window_center": float(cfg.window_center),
         "window_width": float(cfg.window_width),
-        "image_size": int(cfg.image_size),
+        "image_size": 0 if cfg.image_size == "auto" else int(cfg.image_size),  # 0: by the plan
         "denoise": cfg.denoise,
         "denoise_sigma": float(cfg.denoise_sigma),
         "normalization": cfg.normalization,
@@ -107,6 +123,10 @@ def stats_from_params(params: Params) -> dict[str, Any]:
         "max": 1.0,
         "channels": 1 if cfg.color == "luminance" else 3,
         "spacing_mm": float(cfg.spacing_mm),
+        # resolved from the data by preprocess.run (pipeline/data/intensity.py)
+        "intensity": "window",
+        "intensity_reason": "the configured window (not resolved from data)",
+        "channel_range": None,
     }
 
 
@@ -155,6 +175,9 @@ def prepare_image(
     if pixels.ndim != 3 or pixels.shape[0] != 3:
         raise InputError(f"expected a 2-D or a 3 x H x W image, got shape {pixels.shape}")
     rgb = np.clip(np.nan_to_num(np.asarray(pixels, dtype=np.float32), nan=0.0), 0, 1)
+    if stats.get("channel_range"):  # percentile clip per channel, fitted on train
+        lo, hi = (np.asarray(v, dtype=np.float32)[:, None, None] for v in stats["channel_range"])
+        rgb = (np.clip(rgb, lo, hi) - lo) / np.maximum(hi - lo, np.float32(1e-6))
     if channels == 1:
         luma = sum(np.float32(w) * rgb[c] for c, w in enumerate(LUMA))
         return _finish(np.asarray(luma, dtype=np.float32), stats, mm)
@@ -249,7 +272,9 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
     if unknown:
         raise InputError(f"unknown split name(s) {unknown} in {splits_path}")
     located = _pixel_locations(paths.ingest_dir)
-    stats = stats_from_params(params)
+    applied = current_plan(params, paths.ingest_dir, paths.split_dir, paths.plan_dir)
+    stats = stats_from_params(params) | preprocess_settings(applied, params)
+    log.info("preprocess intensity: %s", stats["intensity_reason"])
     counts: dict[str, int] = {}
     with atomic_path(paths.out_dir, stage="preprocess") as staged:
         staged.mkdir(parents=True)
@@ -282,6 +307,7 @@ def run(params: Params, paths: Paths) -> PreprocessResult:
             x.flush()
         arrays.clear()  # close the memmaps before the folder is renamed into place
         write_json(staged / catalog.STATS_FILE, {k: stats[k] for k in STATS_KEYS})
+        write_json(staged / catalog.PLAN_FILE, applied)  # the plan these arrays were made by
     return PreprocessResult(paths.out_dir, counts, stats, time.perf_counter() - start)
 
 

@@ -105,7 +105,8 @@ def claim_checklist(params: Params, meta: dict[str, Any], has_qa: bool) -> list[
         ("De-identification", AUTO, "pseudonymous ids (keyed HMAC), PHI tags removed at ingest"),
         ("Missing data / unusable files", AUTO, "quarantined at ingest with a reason"),
         ("Data preprocessing", AUTO,
-         f"window {pre.get('window_center')}/{pre.get('window_width')}, "
+         f"{pre.get('intensity', 'window')} {pre.get('window_center')}/{pre.get('window_width')}"
+         f" ({pre.get('intensity_reason', 'the configured window')}), "
          f"{pre.get('image_size')} px, {pre.get('normalization')} fitted on train"),
         ("Data quality screening / exclusions", AUTO if has_qa else HUMAN,
          "QA stage (PCA, k-means, isolation forest)" if has_qa else "no QA output found"),

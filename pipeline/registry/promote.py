@@ -41,7 +41,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_PREFIX = "radops.promotion."
 # Preprocessing choices that change what the pixels mean; fitted statistics may differ.
-PREPROCESSING_KEYS = ("window_center", "window_width", "normalization", "denoise")
+PREPROCESSING_KEYS = ("window_center", "window_width", "normalization", "denoise", "intensity")
+# With ``intensity: percentile`` the window is a fitted statistic (train-split percentiles).
+FITTED_WHEN_PERCENTILE = ("window_center", "window_width")
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,16 @@ def _incomparable(champion_meta: dict[str, Any], new_meta: dict[str, Any], size:
         )
     old = champion_meta.get("preprocessing") or {}
     new = new_meta.get("preprocessing") or {}
-    differs = [k for k in PREPROCESSING_KEYS if k in old and k in new and old[k] != new[k]]
+    fitted = (
+        FITTED_WHEN_PERCENTILE
+        if "percentile" in (old.get("intensity"), new.get("intensity"))
+        else ()
+    )
+    differs = [
+        k
+        for k in PREPROCESSING_KEYS
+        if k in old and k in new and old[k] != new[k] and k not in fitted
+    ]
     if differs:
         return f"champion was trained with different preprocessing ({', '.join(differs)}): not comparable"
     from pipeline.tasks import task_from_meta

@@ -336,6 +336,8 @@ def run(params: Params, paths: Paths) -> TrainResult:
             write_json(staged / catalog.TRAIN_METRICS_FILE, outcome)
             mlflow.log_artifact(str(staged / catalog.HISTORY_FILE))
             mlflow.log_artifact(str(staged / catalog.TRAIN_METRICS_FILE))
+            if (paths.data_dir / catalog.PLAN_FILE).is_file():  # the plan preprocess applied
+                mlflow.log_artifact(str(paths.data_dir / catalog.PLAN_FILE))
             val_set = data.val_set
             assert val_set is not None
             sample = np.array(val_set.images(list(range(min(2, len(val_set))))))

@@ -169,6 +169,7 @@ def write_params(tmp_path: Path, **sections: dict[str, Any]) -> Path:
         "ingest": {"out_dir": str(tmp_path / "ingested")},
         "validate": {"out_dir": str(tmp_path / "validation")},
         "split": {"out_dir": str(tmp_path / "split"), "use_labels_split": True},
+        "plan": {"out_dir": str(tmp_path / "plan")},
         "preprocess": {"out_dir": str(tmp_path / "preprocessed"), "image_size": 32},
     }
     for name, updates in sections.items():

@@ -46,7 +46,7 @@ def test_passes_on_good_manifest(fake_ingest: Callable, fake_params: Callable, l
 
 
 def _bad_modality(m: pd.DataFrame, _: Path) -> None:
-    m.loc[3, "modality"] = "XA"
+    m.loc[3, "modality"] = "SR"  # a structured report: not an image modality
 
 
 def _duplicate_sop(m: pd.DataFrame, _: Path) -> None:

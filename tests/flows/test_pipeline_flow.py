@@ -27,6 +27,7 @@ def test_first_run_covers_every_stage_and_crowns_a_champion(flow_project: dict[s
         "ingest",
         "validate",
         "split",
+        "plan",
         "preprocess",
         "tune",
         "train",
