@@ -26,6 +26,25 @@ def test_sqlite_becomes_a_journal_beside_it_and_threads_split_the_cores() -> Non
     assert threads_per_worker(1, 1) == 1
 
 
+def test_each_worker_samples_its_own_start_up_points_with_a_constant_liar() -> None:
+    """Two workers on one study, both seeded ``base.seed``, proposed the same random start-up
+    trials (the same configuration trained twice); a worker now draws from ``seed + i`` and
+    treats the other worker's running trial as a bad result (TPE's constant liar)."""
+    from pipeline.training.search import make_sampler
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    study = optuna.create_study()
+    first = [optuna.create_study(sampler=make_sampler(7, 2, worker=i)).sampler for i in range(2)]
+    proposed = []
+    for sampler in first:
+        study.sampler = sampler
+        proposed.append(study.ask(space).params["lr"])  # both RUNNING: the other worker's
+    assert proposed[0] != proposed[1]
+    alone = optuna.create_study(sampler=make_sampler(7, 2)).ask(space).params["lr"]
+    assert alone == proposed[0], "one worker samples as before: the seed itself"
+    assert all(s._constant_liar for s in first)  # type: ignore[attr-defined]
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study_with_trials_nested_under_one_parent(
     make_params: Any, tiny_data: Path
