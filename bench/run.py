@@ -312,12 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     ctx = prepare(args.work.resolve(), args.quick)
     figures: list[Figure] = []
     # The scaling rows start servers and worker processes; tests/stack and the DDP and
-    # parallel-tuning tests cover their code paths, so the quick smoke run leaves them out.
+    # parallel-tuning tests cover their code paths, so the quick smoke run leaves them out
+    # (unless named with --only: `--quick --only 'parallel tuning'` is their quick check).
     chosen = [
         (label, fn)
         for label, fn in FIGURES
-        if (not args.only or label in args.only)
-        and not (args.quick and fn.__module__ == scaling.__name__)
+        if (label in args.only)
+        or (not args.only and not (args.quick and fn.__module__ == scaling.__name__))
     ]
     for label, fn in chosen:
         t0 = time.perf_counter()
