@@ -462,6 +462,8 @@ def summarize(study: optuna.Study, epochs_run: list[int], monitor: str = "value"
 
 def run(params: Params, paths: Paths) -> TuneResult:
     """Run (or resume) the study under an MLflow parent run; write ``best_params.json``."""
+    if params.tune.workers > 1:
+        warm_up()  # first: the workers' imports, once, while this process sets up the run
     import mlflow
 
     from pipeline.io import write_json
@@ -471,8 +473,6 @@ def run(params: Params, paths: Paths) -> TuneResult:
 
     tune = params.tune
     deadline = deadline_for(tune)  # the budget starts with the stage, for all workers
-    if tune.workers > 1:
-        warm_up()  # the workers' imports, once, while the parent sets up
     with tracked_run(params, "tune", run_name="tune", tags=get_task(params).tags()) as parent:
         settings = tune.model_dump(mode="json", exclude={"out_dir", "search_space", "storage"})
         from pipeline.credentials import optuna_storage
