@@ -144,7 +144,7 @@ def fig_ingest(ctx: Ctx) -> list[Figure]:
         note["note"] = f"the machine ran only {capacity:.2f} busy loops side by side at full speed"
     return [
         Figure.check(
-            "ingest 1 worker / bare dcmread loop (de-identification, hashing, every check)",
+            "ingest 1 worker (de-id, hashes, every check) / bare dcmread loop",
             ratio,
             ">=",
             0.95,
@@ -223,7 +223,7 @@ def fig_loop(ctx: Ctx) -> list[Figure]:
     detail |= {"plain_images_per_s": round(images / r["plain_s"], 1)}
     return [
         Figure.check(
-            "training loop: images/s radops (make_trainer + callbacks) / plain PyTorch loop",
+            "training loop: images/s radops (Lightning) / plain PyTorch loop",
             r["plain_s"] / r["lightning_s"],
             ">=",
             0.95,
