@@ -68,7 +68,7 @@ def held_out_auc(module: Any, data_dir: Path, params: Any, level: float = 0.95) 
     targets, x, index = load_targets(module.task, data_dir, "test")
     net = module.cpu().eval()
     with torch.inference_mode():
-        logits = [net(torch.from_numpy(np.asarray(b, dtype=np.float32))) for b in _chunks(x)]
+        logits = [net(torch.from_numpy(np.array(b, dtype=np.float32))) for b in _chunks(x)]
     prob = torch.sigmoid(torch.cat(logits).float().ravel()).numpy()
     groups = index["patient_id"].to_numpy() if "patient_id" in index else None
     n_iter = max(100, params.evaluate.bootstrap_iterations)
