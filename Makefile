@@ -25,7 +25,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run repro test test-fast lint format push pull clean ui server schedule bench \
-	stack stack-down stack-deps browser-deps tune-ui transfer-study quality docs
+	stack stack-down stack-deps browser-deps tune-ui transfer-study quality docs gpu-check
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,9 @@ browser-deps: ## Install Debian's Chromium for the browser tests if absent (Play
 
 bench: setup ## Performance benchmarks: ratios against baselines, written to bench/results.json.
 	python -m bench.run
+
+gpu-check: setup ## Training on accelerator auto vs CPU (epochs/s, peak GPU memory, test AUC in the CPU CI); skips the GPU part without one.
+	python -m bench.gpu_check
 
 transfer-study: setup ## Scratch vs autoencoder-pretrained classifier at 5/10/25/100 % labels, 3 seeds (bench/work/transfer/).
 	dvc repro preprocess

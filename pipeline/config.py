@@ -279,7 +279,7 @@ class TrainSection(Section):
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"  # bf16-mixed / 16-mixed on CUDA, 32-true on CPU (training/hardware.py)
     num_workers: int = Field(0, ge=0)
     num_threads: int = Field(1, ge=0)
     # Training arrays up to this size are read into memory; larger ones stay memory-mapped.

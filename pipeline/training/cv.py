@@ -182,9 +182,11 @@ def fit_folds(
 
     from pipeline.tasks import get_task
     from pipeline.training.datasets import BatchAugment
+    from pipeline.training.hardware import loader_settings
     from pipeline.training.tune import fit_trial
 
     out = FoldHistory()
+    loader = loader_settings(cfg)
     masks = ("mask",) if get_task(params, cfg.loss).target_kind == "mask" else ()
     for i, fold in enumerate(folds):
         if i and stop is not None and stop.fired:
@@ -194,7 +196,8 @@ def fit_folds(
             fold,
             data_dir=data_dir,
             batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
             seed=params.base.seed,
             augment=BatchAugment.from_config(cfg.augmentation, masks),
             in_memory_limit_bytes=cfg.in_memory_limit_mb * 1024**2,

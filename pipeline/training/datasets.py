@@ -348,6 +348,7 @@ class RadDataModule(L.LightningDataModule):
         task: Task | None = None,
         label_fraction: float = 1.0,
         exclude_file: Path | None = None,
+        pin_memory: bool = False,
     ) -> None:
         from pipeline.tasks import make_task
 
@@ -357,6 +358,7 @@ class RadDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory  # on a CUDA device (pipeline.training.hardware)
         self.seed = seed
         self.augment = augment
         self.in_memory_limit_bytes = in_memory_limit_bytes
@@ -429,6 +431,7 @@ class RadDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
             collate_fn=_as_batch,
         )
 
@@ -448,12 +451,17 @@ def make_datamodule(
     exclude_file: Path | None = None,
 ) -> RadDataModule:
     """The DataModule configured from a TrainSection (batch size, workers, augmentation) for
-    ``task`` (default: classification of ``label``)."""
+    ``task`` (default: classification of ``label``); loader workers and pinned memory follow
+    the device (``hardware.loader_settings``)."""
+    from pipeline.training.hardware import loader_settings
+
+    loader = loader_settings(train_cfg)
     mask_keys = ("mask",) if task is not None and task.target_kind == "mask" else ()
     return RadDataModule(
         data_dir=data_dir,
         batch_size=train_cfg.batch_size,
-        num_workers=train_cfg.num_workers,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
         seed=seed,
         augment=BatchAugment.from_config(train_cfg.augmentation, mask_keys) if augment else None,
         in_memory_limit_bytes=train_cfg.in_memory_limit_mb * 1024**2,

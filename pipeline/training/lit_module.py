@@ -29,6 +29,7 @@ from torchmetrics import Metric
 from pipeline.models.networks import architecture, build_network
 from pipeline.training import transfer, tricks
 from pipeline.training.callbacks import EpochHistory, monitor_mode
+from pipeline.training.hardware import resolve_precision
 
 if TYPE_CHECKING:
     from pipeline.config import ModelSection, TrainSection
@@ -210,14 +211,14 @@ def make_trainer(
     No logger (``EpochHistory`` talks to MLflow), no model summary, no sanity validation,
     a progress bar only on a terminal (``EpochLog`` prints one line per epoch otherwise);
     accelerator, devices, strategy and precision come from the config, so the same code runs
-    on a CPU, a GPU or several under DDP. Determinism is requested with ``warn`` so that a
+    on a CPU, a GPU or several under DDP (``precision: auto``: ``hardware.resolve_precision``). Determinism is requested with ``warn`` so that a
     GPU op without a deterministic kernel warns instead of failing.
     """
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices if devices is None else devices,
         strategy=cfg.strategy,
-        precision=cfg.precision,  # type: ignore[arg-type]
+        precision=resolve_precision(cfg.precision, cfg.accelerator),  # type: ignore[arg-type]
         max_epochs=max_epochs,
         logger=False,
         callbacks=callbacks,

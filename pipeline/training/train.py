@@ -284,7 +284,7 @@ def run(params: Params, paths: Paths) -> TrainResult:
             "training on %s × %d (%s)",
             type(trainer.accelerator).__name__,
             trainer.num_devices,
-            cfg.precision,
+            trainer.precision,
         )
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
         if not chief:

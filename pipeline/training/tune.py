@@ -38,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 from pipeline import catalog
 from pipeline.credentials import redact_url
 from pipeline.errors import RadopsError
-from pipeline.training.parallel_tune import run_parallel, trial_tracking
+from pipeline.training.parallel_tune import run_parallel, trial_tracking, warm_up
 from pipeline.training.search import (
     active_space,
     check_space,
     make_pruner,
+    make_sampler,
     open_storage,
     suggest,
     task_space,
@@ -250,6 +251,7 @@ def run_study(
     count_running: bool = False,
     deadline: float | None = None,
     clock: Any = None,
+    worker: int = 0,
 ) -> StudyStats:
     """Create or resume the study and run ``n_trials`` minus its finished trials, within
     the time budget.
@@ -260,6 +262,7 @@ def run_study(
     trials other workers are running count towards the budget, so it is not overshot.
     ``deadline`` (absolute ``clock()`` time; default now + ``tune.budget_minutes``, capped at
     ``timeout_s`` seconds): shared by the workers of one call. ``clock``: for tests.
+    ``worker``: this process's index among ``tune.workers`` (its sampler's seed offset).
     """
     import time
 
@@ -305,9 +308,7 @@ def run_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def open_study(name: str) -> optuna.Study:
-        sampler = optuna.samplers.TPESampler(
-            seed=params.base.seed, n_startup_trials=max(1, tune.n_startup_trials)
-        )
+        sampler = make_sampler(params.base.seed, tune.n_startup_trials, worker)
         return optuna.create_study(
             storage=backend,
             sampler=sampler,
@@ -461,6 +462,8 @@ def summarize(study: optuna.Study, epochs_run: list[int], monitor: str = "value"
 
 def run(params: Params, paths: Paths) -> TuneResult:
     """Run (or resume) the study under an MLflow parent run; write ``best_params.json``."""
+    if params.tune.workers > 1:
+        warm_up()  # first: the workers' imports, once, while this process sets up the run
     import mlflow
 
     from pipeline.io import write_json

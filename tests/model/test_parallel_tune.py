@@ -7,6 +7,7 @@ tests/stack/ against the real stack.)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,60 @@ def test_sqlite_becomes_a_journal_beside_it_and_threads_split_the_cores() -> Non
     assert threads_per_worker(2, 0) >= 1
     assert threads_per_worker(64, 0) == 1
     assert threads_per_worker(1, 1) == 1
+
+
+def test_each_worker_samples_its_own_start_up_points_with_a_constant_liar() -> None:
+    """Two workers on one study, both seeded ``base.seed``, proposed the same random start-up
+    trials (the same configuration trained twice); a worker now draws from ``seed + i`` and
+    treats the other worker's running trial as a bad result (TPE's constant liar)."""
+    from pipeline.training.search import make_sampler
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    study = optuna.create_study()
+    first = [optuna.create_study(sampler=make_sampler(7, 2, worker=i)).sampler for i in range(2)]
+    proposed = []
+    for sampler in first:
+        study.sampler = sampler
+        proposed.append(study.ask(space).params["lr"])  # both RUNNING: the other worker's
+    assert proposed[0] != proposed[1]
+    alone = optuna.create_study(sampler=make_sampler(7, 2)).ask(space).params["lr"]
+    assert alone == proposed[0], "one worker samples as before: the seed itself"
+    assert all(s._constant_liar for s in first)  # type: ignore[attr-defined]
+
+
+def test_a_worker_takes_the_parents_environment_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers fork from a forkserver started earlier (perhaps by another call, in another
+    folder, before a variable was set): the worker entry applies the parent's of this call."""
+    from pipeline.training import parallel_tune
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_study(params: Any, paths: Any, **kwargs: Any) -> str:
+        seen.update(cwd=os.getcwd(), env=os.environ.get("RADOPS_PT_PROBE"), **kwargs)
+        return "stats"
+
+    monkeypatch.setattr(tune, "run_study", fake_run_study)
+    monkeypatch.chdir(Path.cwd())  # restored afterwards
+    environ = dict(os.environ) | {"RADOPS_PT_PROBE": "from-parent"}
+    try:
+        out = parallel_tune._worker(
+            None, None, "journal:///x", None, 5.0, worker=1, environ=environ, cwd=str(tmp_path)
+        )  # type: ignore[arg-type]
+    finally:
+        os.environ.pop("RADOPS_PT_PROBE", None)
+    assert out == "stats"
+    assert seen["cwd"] == str(tmp_path) and seen["env"] == "from-parent"
+    assert seen["worker"] == 1 and seen["count_running"] and seen["deadline"] == 5.0
+
+
+def test_workers_fork_from_a_preloading_forkserver() -> None:
+    from pipeline.training import parallel_tune
+
+    context = parallel_tune.mp_context()
+    assert context.get_start_method() == "forkserver"
+    assert "pipeline.training.tune" in parallel_tune.PRELOAD
 
 
 @pytest.mark.slow
