@@ -3,30 +3,13 @@ never a traceback (checked through the real command line)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def radops(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    code = "import sys; from pipeline.cli import main; sys.argv[0] = 'radops'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.security.cli import REPO, radops
 
 
 @pytest.fixture

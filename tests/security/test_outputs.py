@@ -18,8 +18,9 @@ import pytest
 
 from pipeline.errors import UnsafeOutputError
 from tests.conftest import SmallCohort
+from tests.security.cli import REPO
+from tests.security.cli import radops as _radops
 
-REPO = Path(__file__).resolve().parents[2]
 UNSAFE = UnsafeOutputError.exit_code  # 7
 
 
@@ -32,21 +33,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def radops(cwd: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""}
-    if home is not None:
-        env["HOME"] = str(home)
-    code = "import sys; from pipeline.cli import main; sys.argv[0] = 'radops'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
@@ -315,3 +301,7 @@ def test_sigkill_during_ingest_keeps_the_previous_output(project: Path) -> None:
     result = radops(project, *args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list(project.glob(".ingested.*.tmp"))
+
+
+def radops(cwd: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return _radops(cwd, *args, env={"HOME": str(home)} if home is not None else None)

@@ -8,36 +8,21 @@ test, checks that radops' own re-run still replaces its own files.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline import io
 from pipeline.errors import UnsafeOutputError
+from tests.security.cli import REPO, radops
 
-REPO = Path(__file__).resolve().parents[2]
 UNSAFE = UnsafeOutputError.exit_code
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def radops(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""}
-    code = "import sys; from pipeline.cli import main; sys.argv[0] = 'radops'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_users_file_in_a_folder_radops_created_is_not_overwritten(tmp_path: Path) -> None:
