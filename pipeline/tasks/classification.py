@@ -87,6 +87,16 @@ class ClassificationTask(Task):
     def binary(self) -> bool:
         return self.n_classes == 2
 
+    @property
+    def uses_threshold(self) -> bool:
+        return self.binary
+
+    def unscored_value(self, column: str) -> Any:
+        return -1 if column == "prediction" else np.nan
+
+    def count_positive(self, columns: dict[str, Any]) -> int:
+        return int((np.asarray(columns["prediction"]) != 0).sum())
+
     # ------------------------------------------------------------------ training
     @property
     def n_outputs(self) -> int:

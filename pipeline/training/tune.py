@@ -127,9 +127,7 @@ def _tag(key: str, value: str) -> None:
 def study_name_for(base: str, task: Task) -> str:
     """The study of a task: ``base`` for the binary ``label`` classifier (as before the task
     seam), ``<base>-<kind>-<target>`` for any other task."""
-    if task.kind == "classification" and task.target == "label":
-        return base
-    return f"{base}-{task.kind}-{task.target}"
+    return task.study_name(base)
 
 
 def study_fingerprint(
