@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.baselines.store import META_FILE, MODEL_FILE, save
 from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-exported
 from pipeline.baselines.store import load as load  # re-exported
@@ -51,7 +51,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(data_dir=cat.model_data_dir, out_dir=cat.baseline_dir)
+        return cls(data_dir=tasks.model_data_dir(params), out_dir=cat.baseline_dir)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def operating_threshold(task: Any, recorded: float | None, meta: dict[str, Any])
     """The binary decision threshold: the one the model's artifact records (``serving.json``,
     written by ``radops register``), else ``model.json``'s, else 0.5; None for tasks without
     one."""
-    if not (task.target_kind == "class_index" and task.n_outputs == 1):  # binary (+ series)
+    if not task.uses_threshold:  # binary classification (images or series)
         return None
     if recorded is not None:
         return float(recorded)
@@ -153,7 +153,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         threshold = operating_threshold(task, recorded_threshold, meta)
         if recorded_threshold is None and threshold is not None:
             log.info("no registered threshold for %s; using %.3f", label, threshold)
-        if task.kind == "series_classification":  # one row per series
+        if task.sample_unit == "series":  # one row per series
             from pipeline.serving.series_predict import run_series
 
             return run_series(params, paths, network, meta, task, threshold, label, work)
@@ -186,7 +186,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)
         columns = task.prediction_columns(predictions, threshold)
-        if task.target_kind == "mask":  # one DICOM SEG per image; counts, areas in mm²
+        if task.prediction_writer == "dicom_seg":  # one DICOM SEG per image; areas in mm²
             from pipeline.serving import seg_output
 
             columns = seg_output.write(
@@ -209,18 +209,13 @@ def run(params: Params, paths: Paths) -> PredictResult:
                 "source_file": quarantine["source_id"].map(path_of),
                 "status": "quarantined",
             }
-            | {
-                c: (-1 if c == "prediction" and task.kind == "classification" else np.nan)
-                for c in columns
-            }
+            | {c: task.unscored_value(c) for c in columns}
             | {"reason": quarantine["reason"]}
         )
         frames = [f for f in (scored, failed) if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else scored
         write_csv(paths.out_csv, table, stage="predict")
-    positive = 0
-    if task.kind == "classification":
-        positive = int((scored["prediction"] != 0).sum())
+    positive = task.count_positive({c: scored[c].to_numpy() for c in columns})
     return PredictResult(
         out_csv=paths.out_csv,
         scored=len(scored),

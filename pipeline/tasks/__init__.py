@@ -8,8 +8,10 @@ from its ``model.json``. A new kind is one module here plus one line in ``TASKS`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import ConfigError
 from pipeline.tasks.autoencoder import AutoencoderTask
 from pipeline.tasks.base import (
@@ -50,15 +52,27 @@ __all__ = [
     "candidate_targets",
     "get_task",
     "make_task",
+    "model_data_dir",
+    "task_class",
     "task_from_meta",
 ]
 
 
 def make_task(kind: str, target: str = "label", loss: str = "auto") -> Task:
     """An unfitted task by name; a ConfigError for an unknown kind or a loss it cannot use."""
+    return task_class(kind)(target=target, loss=loss)
+
+
+def task_class(kind: str) -> type[Task]:
+    """The task class registered for ``kind``; a ConfigError names the registered kinds."""
     if kind not in TASKS:
         raise ConfigError(f"unknown task.kind {kind!r}; choose one of {sorted(TASKS)}")
-    return TASKS[kind](target=target, loss=loss)
+    return TASKS[kind]
+
+
+def model_data_dir(params: Params) -> Path:
+    """What tune, train, baseline, evaluate and promote read for ``params.task.kind``."""
+    return catalog.Catalog(params).data_dir_for(task_class(params.task.kind))
 
 
 def get_task(params: Params, loss: str | None = None) -> Task:

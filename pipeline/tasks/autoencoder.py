@@ -58,6 +58,7 @@ class AutoencoderTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae")
     default_loss: ClassVar[str] = "mse"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_recon_mse",)
+    report_style: ClassVar[str] = "reconstruction"
     supports_tta: ClassVar[bool] = False
     supports_mixup: ClassVar[bool] = False
     supports_ensemble: ClassVar[bool] = False

@@ -138,6 +138,10 @@ class Task(ABC):
     # How ``radops predict`` writes results: a ``table`` (one CSV row per image) or, besides
     # it, a ``dicom_seg`` object per image.
     prediction_writer: ClassVar[Literal["table", "dicom_seg"]] = "table"
+    # The evaluate stage's report: ``classification`` (ROC, calibration, confusion),
+    # ``regression`` (scatter, Bland–Altman), ``reconstruction`` (autoencoder) or ``table``
+    # (the metrics ``report_rows`` names, no figures).
+    report_style: ClassVar[str] = "table"
 
     target: str = "label"
     loss: str = "auto"
@@ -298,6 +302,20 @@ class Task(ABC):
             return columns | {f"pred_{name}": p.argmax(axis=1)}
         return {f"prob_{name}" if self.class_probabilities else f"pred_{name}": p}
 
+    def target_columns(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """The target columns of ``predictions_<split>.parquet`` (default: one, ``target``)."""
+        return {self.target: y}
+
+    def report_rows(self, metrics: Any) -> list[tuple[str, str]]:
+        """``(key, label)`` of the test metrics a ``table`` report shows (default: every
+        ``test_*`` value without its CI bounds, as named)."""
+        first = next(iter(metrics.values()), {})
+        return [
+            (k, k.removeprefix("test_"))
+            for k in first
+            if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))
+        ]
+
     def unscored_value(self, column: str) -> Any:
         """What a prediction column holds for an image that was not scored (quarantined)."""
         return np.nan
@@ -371,7 +389,8 @@ class Task(ABC):
     def output_spec(self) -> dict[str, Any]:
         """How ``networks.predict`` maps raw outputs to predictions; saved as ``"output"``.
         ``{"transform": "sigmoid" | "softmax" | "identity", "scale": s, "shift": m}``
-        (prediction = transform(raw) · scale + shift for ``identity``)."""
+        (prediction = transform(raw) · scale + shift for ``identity``); ``"tta": False``
+        where test-time augmentation must be refused (the served model cannot ask the task)."""
 
     def meta(self) -> dict[str, Any]:
         """What ``model.json`` stores under ``"task"`` (rebuilt by ``task_from_meta``)."""

@@ -37,6 +37,7 @@ class ClassificationTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy", "focal")
     default_loss: ClassVar[str] = "cross_entropy"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_auc", "test_auc_macro")
+    report_style: ClassVar[str] = "classification"
     supports_label_smoothing: ClassVar[bool] = True
     class_probabilities: ClassVar[bool] = True
 

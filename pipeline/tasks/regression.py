@@ -34,6 +34,7 @@ class RegressionTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae", "huber")
     default_loss: ClassVar[str] = "huber"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_mae",)
+    report_style: ClassVar[str] = "regression"
 
     @property
     def svm_mode(self) -> Literal["binary", "multiclass", "regression", "multilabel"]:
