@@ -45,7 +45,7 @@ STAGE_MODULES = {
     "validate": "pipeline.data.validate",
     "split": "pipeline.data.split",
     "preprocess": "pipeline.data.preprocess",
-    "series": "pipeline.data.series_stage",
+    "series": "pipeline.tasks.series_stage",  # asks the task whether it reads series
     "tune": "pipeline.training.tune",
     "train": "pipeline.training.train",
     "baseline": "pipeline.baselines.svm",
