@@ -309,7 +309,7 @@ class Task(ABC):
     def report_rows(self, metrics: Any) -> list[tuple[str, str]]:
         """``(key, label)`` of the test metrics a ``table`` report shows (default: every
         ``test_*`` value without its CI bounds, as named)."""
-        first = next(iter(metrics.values()), {})
+        first: dict[str, Any] = next(iter(metrics.values()), {})
         return [
             (k, k.removeprefix("test_"))
             for k in first
