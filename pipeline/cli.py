@@ -104,6 +104,9 @@ def run_stage(
         k: v for k, v in (param_overrides or {}).items() if v is not None
     }
     params = load_params(params_path, overrides)
+    from pipeline.tasks import get_task
+
+    get_task(params)  # fail fast: task.kind is registered, its loss and task.* keys fit it
     module = importlib.import_module(STAGE_MODULES[stage])
     paths = module.Paths.from_params(params)
     changes = {k: v for k, v in path_overrides.items() if v is not None}

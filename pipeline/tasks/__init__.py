@@ -79,6 +79,7 @@ def get_task(params: Params, loss: str | None = None) -> Task:
     """The unfitted task of a run: ``task.kind``, ``task.target`` and ``train.loss`` (or
     ``loss``, e.g. a tuning trial's value)."""
     task = make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    task.check_options(params.task)  # extra task.* keys must be this kind's own
     return task.configure(params.task)
 
 

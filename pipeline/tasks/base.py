@@ -142,6 +142,9 @@ class Task(ABC):
     # ``regression`` (scatter, Bland–Altman), ``reconstruction`` (autoencoder) or ``table``
     # (the metrics ``report_rows`` names, no figures).
     report_style: ClassVar[str] = "table"
+    # The ``params.task`` keys of this kind beyond kind/target/segments/autoencoder (each
+    # task validates their values in ``configure``); any other extra key is a ConfigError.
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     target: str = "label"
     loss: str = "auto"
@@ -263,8 +266,20 @@ class Task(ABC):
 
     def configure(self, task_cfg: Any) -> Task:
         """The task with its kind-specific ``params.task`` keys applied (e.g. segmentation's
-        ``segments``); most kinds have none."""
+        ``segments``); most kinds have none. ``get_task`` calls ``check_options`` first."""
         return self
+
+    def check_options(self, task_cfg: Any) -> dict[str, Any]:
+        """The extra ``params.task`` keys (``option_keys``); a ConfigError names any other."""
+        extra = dict(getattr(task_cfg, "model_extra", None) or {})
+        unknown = sorted(set(extra) - set(self.option_keys))
+        if unknown:
+            allowed = ", ".join(self.option_keys) or "none"
+            raise ConfigError(
+                f"task.{unknown[0]} is not a setting of task.kind {self.kind!r} "
+                f"(its own settings: {allowed})"
+            )
+        return extra
 
     def network(self, model_cfg: Any) -> dict[str, Any]:
         """Keys added to the saved ``architecture`` (``networks.build_network`` reads them):

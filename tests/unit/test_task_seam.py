@@ -105,3 +105,18 @@ def test_the_hooks_the_stages_ask_have_working_defaults() -> None:
     assert rows == [("test_auc", "auc")]
     assert task.study_name("radops") == "radops"
     assert SegmentationTask().output_spec()["tta"] is False  # read by the served networks.py
+
+
+def test_task_kind_and_options_are_checked_against_the_registry() -> None:
+    """``task.kind`` is any registered kind (config names none); extra ``task.*`` keys are
+    the options of that kind only."""
+    from pipeline.config import load_params
+    from pipeline.errors import ConfigError
+    from pipeline.tasks import get_task
+
+    params = ROOT / "params.yaml"
+    with pytest.raises(ConfigError, match=r"unknown task\.kind 'bogus'; choose one of"):
+        get_task(load_params(params, {"task.kind": "bogus"}))
+    with pytest.raises(ConfigError, match=r"task\.findings is not a setting of task\.kind"):
+        get_task(load_params(params, {"task.findings": ["a"]}))
+    assert get_task(load_params(params)).kind == "classification"
