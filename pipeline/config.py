@@ -96,6 +96,9 @@ class ValidateSection(Section):
     target_ranges: dict[str, tuple[float | None, float | None]] = {
         "grade": (0, 2),
         "lesion_diameter_mm": (0.0, 500.0),
+        "finding_nodule": (0, 1),  # synth's 0/1 findings (multi-label classification)
+        "finding_mass": (0, 1),
+        "finding_large": (0, 1),
     }
 
 
