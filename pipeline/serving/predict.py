@@ -73,7 +73,16 @@ class PredictResult:
 
 
 def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, float | None, str]:
-    """Return (local model dir, the threshold its artifact records if any, a label).
+    """``resolve_serving`` without the record's per-task ``thresholds``."""
+    model_dir, threshold, _, label = resolve_serving(params, model_uri, workdir)
+    return model_dir, threshold, label
+
+
+def resolve_serving(
+    params: Params, model_uri: str, workdir: Path
+) -> tuple[Path, float | None, dict[str, float], str]:
+    """Return (local model dir, the threshold its artifact records if any, the per-task
+    thresholds it records (``serving.json``'s ``thresholds``, e.g. one per finding), a label).
 
     Accepts ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder
     holding ``model.safetensors`` + ``model.json``; checked by ``trust.resolve`` (the store's
@@ -84,7 +93,9 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
     resolved = resolve(params, model_uri, workdir)
     record = resolved.record or {}
     threshold = record.get("threshold")
-    return resolved.model_dir, None if threshold is None else float(threshold), resolved.label
+    thresholds = {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()}
+    cut = None if threshold is None else float(threshold)
+    return resolved.model_dir, cut, thresholds, resolved.label
 
 
 def operating_threshold(task: Any, recorded: float | None, meta: dict[str, Any]) -> float | None:
@@ -136,11 +147,11 @@ def run(params: Params, paths: Paths) -> PredictResult:
         raise InputError(f"input folder not found: {paths.input_dir}")
     with tempfile.TemporaryDirectory(prefix="radops-predict-") as tmp:
         work = Path(tmp)
-        model_dir, recorded_threshold, label = resolve_model(
+        model_dir, recorded_threshold, thresholds, label = resolve_serving(
             params, paths.model_uri, work / "model"
         )
         network, meta = load_model(model_dir)
-        task = task_from_meta(meta)
+        task = task_from_meta(meta).with_thresholds(thresholds)  # recorded by register
         tta = task.resolve_tta(params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         evaluated_tta = (meta.get("inference") or {}).get("tta")  # bound by serving.json
         if evaluated_tta is not None and tta != evaluated_tta:

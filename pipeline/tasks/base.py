@@ -307,6 +307,17 @@ class Task(ABC):
         (``model.json`` / ``serving.json``'s ``threshold``)."""
         return False
 
+    def operating_threshold_keys(self) -> list[str]:
+        """Keys of ``metrics_cnn.json`` beyond the binary ``threshold`` that hold thresholds
+        chosen on validation which serving applies (e.g. one per finding); ``radops
+        register`` requires them and records them in ``serving.json`` as ``thresholds``."""
+        return []
+
+    def with_thresholds(self, thresholds: dict[str, float]) -> Task:
+        """The task with the recorded ``thresholds`` (``operating_threshold_keys``) applied to
+        its prediction columns (default: none apply)."""
+        return self
+
     def evaluation_columns(self, name: str, predictions: np.ndarray) -> dict[str, np.ndarray]:
         """The columns of ``predictions_<split>.parquet`` for model ``name``: N×K →
         ``prob_<name>_<k>`` and the arg-max ``pred_<name>``; N class-1 probabilities →
