@@ -23,6 +23,7 @@ from pipeline.tasks.base import (
     candidate_targets,
 )
 from pipeline.tasks.classification import ClassificationTask
+from pipeline.tasks.multilabel import MultilabelTask
 from pipeline.tasks.regression import RegressionTask
 from pipeline.tasks.segmentation import SegmentationTask
 from pipeline.tasks.series import SeriesClassificationTask
@@ -36,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
     SegmentationTask.kind: SegmentationTask,
     AutoencoderTask.kind: AutoencoderTask,
     SeriesClassificationTask.kind: SeriesClassificationTask,
+    MultilabelTask.kind: MultilabelTask,
 }
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "TASK_TAG",
     "AutoencoderTask",
     "ClassificationTask",
+    "MultilabelTask",
     "PairedTest",
     "RegressionTask",
     "SegmentationTask",
