@@ -383,11 +383,11 @@ def run(params: Params, paths: Paths) -> BaselineResult:
 
     cfg, seed = params.baseline, params.base.seed
     task = get_task(params)
-    if task.baseline_kind == "pca":  # the autoencoder's: PCA reconstruction
+    if task.baseline_model == "pca":  # the autoencoder's: PCA reconstruction
         from pipeline.baselines import pca
 
         return pca.run(params, paths)
-    if task.baseline_kind == "threshold":  # segmentation: the classical segmenter instead
+    if task.baseline_model == "threshold":  # segmentation: the classical segmenter instead
         from pipeline.baselines import seg_threshold
 
         return seg_threshold.run(params, paths)  # type: ignore[return-value]

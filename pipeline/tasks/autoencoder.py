@@ -62,7 +62,7 @@ class AutoencoderTask(Task):
     supports_tta: ClassVar[bool] = False
     supports_mixup: ClassVar[bool] = False
     supports_ensemble: ClassVar[bool] = False
-    baseline_kind: ClassVar[Literal["svm", "pca", "threshold"]] = "pca"
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "pca"
 
     options: dict[str, Any] = field(default_factory=lambda: dict(OPTION_DEFAULTS))
 

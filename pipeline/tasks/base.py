@@ -131,7 +131,7 @@ class Task(ABC):
     augment_keys: ClassVar[tuple[str, ...]] = ()
     # The baseline stage's model: ``svm`` (features → SVM/SVR, ``svm_mode``), ``pca``
     # (reconstruction) or ``threshold`` (the classical segmenter).
-    baseline_kind: ClassVar[Literal["svm", "pca", "threshold"]] = "svm"
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "svm"
     # What the evaluate stage scores: per-sample ``predictions`` (the shared skeleton) or
     # per-pixel ``masks`` (segmentation's report).
     evaluation_report: ClassVar[Literal["predictions", "masks"]] = "predictions"
@@ -296,7 +296,7 @@ class Task(ABC):
 
     @property
     def svm_mode(self) -> Literal["binary", "multiclass", "regression", "multilabel"]:
-        """What the SVM baseline fits (``baseline_kind: svm``): one class-1 probability
+        """What the SVM baseline fits (``baseline_model: svm``): one class-1 probability
         (``binary``), K one-vs-rest class probabilities (``multiclass``), a value
         (``regression``) or K independent 0/1 findings (``multilabel``)."""
         return "binary" if self.n_outputs == 1 else "multiclass"

@@ -49,7 +49,7 @@ class SegmentationTask(Task):
     supports_mixup: ClassVar[bool] = False
     supports_ensemble: ClassVar[bool] = False
     augment_keys: ClassVar[tuple[str, ...]] = ("mask",)
-    baseline_kind: ClassVar[Literal["svm", "pca", "threshold"]] = "threshold"
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "threshold"
     evaluation_report: ClassVar[Literal["predictions", "masks"]] = "masks"
     prediction_writer: ClassVar[Literal["table", "dicom_seg"]] = "dicom_seg"
 

@@ -90,7 +90,7 @@ def test_the_hooks_the_stages_ask_have_working_defaults() -> None:
     task = Minimal(state={"n_classes": 2, "class_counts": [3, 4]})
     for name in ("sample_spec", "evaluation_columns", "target_columns", "report_rows"):
         assert getattr(Task, name) is not None
-    assert Task.sample_unit == "image" and Task.baseline_kind == "svm"
+    assert Task.sample_unit == "image" and Task.baseline_model == "svm"
     assert Task.evaluation_report == "predictions" and Task.prediction_writer == "table"
     assert Task.report_style == "table" and Task.augment_keys == ()
     assert Task.sample_spec(task) == {"image_target": False}
