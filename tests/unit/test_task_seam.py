@@ -120,3 +120,25 @@ def test_task_kind_and_options_are_checked_against_the_registry() -> None:
     with pytest.raises(ConfigError, match=r"task\.findings is not a setting of task\.kind"):
         get_task(load_params(params, {"task.findings": ["a"]}))
     assert get_task(load_params(params)).kind == "classification"
+
+
+def test_the_series_stage_and_data_dirs_follow_the_tasks_sample_unit(tmp_path: Path) -> None:
+    """The series stage builds volumes only for a task whose samples are series, and the
+    model stages read the series stage's output only then (no kind test in data/catalog)."""
+    import json
+
+    from pipeline import tasks
+    from pipeline.catalog import Catalog
+    from pipeline.config import load_params
+    from pipeline.tasks import series_stage
+
+    inputs = tmp_path / "in"
+    overrides = {"series.out_dir": str(tmp_path / "series"), "series.dicom_dir": str(inputs)}
+    params = load_params(ROOT / "params.yaml", overrides)
+    out = tmp_path / "series"
+    result = series_stage.run(params, series_stage.Paths(inputs, inputs / "x.csv", out))
+    assert "reads no series" in json.loads((out / "summary.json").read_text())["skipped"]
+    assert "skipped" in result.summary()
+    assert tasks.model_data_dir(params) == Catalog(params).preprocess_dir
+    series = load_params(ROOT / "params.yaml", overrides | {"task.kind": "series_classification"})
+    assert tasks.model_data_dir(series) == Catalog(series).series_data_dir
