@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.config import Params
@@ -251,11 +251,11 @@ class Catalog:
     def series_data_dir(self) -> Path:
         return self.series_dir / SERIES_DATA_DIR
 
-    @property
-    def model_data_dir(self) -> Path:
-        """What tune, train, baseline, evaluate and promote read: the series volumes for
-        ``task.kind: series_classification``, else the preprocessed images."""
-        if self.params.task.kind == "series_classification":
+    def data_dir_for(self, task: Any) -> Path:
+        """What tune, train, baseline, evaluate and promote read for ``task`` (a
+        ``pipeline.tasks.Task``): the series volumes where its ``sample_unit`` is a series,
+        else the preprocessed images."""
+        if task.sample_unit == "series":
             return self.series_data_dir
         return self.preprocess_dir
 

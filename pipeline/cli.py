@@ -46,7 +46,7 @@ STAGE_MODULES = {
     "split": "pipeline.data.split",
     "plan": "pipeline.data.plan",
     "preprocess": "pipeline.data.preprocess",
-    "series": "pipeline.data.series_stage",
+    "series": "pipeline.tasks.series_stage",  # asks the task whether it reads series
     "tune": "pipeline.training.tune",
     "train": "pipeline.training.train",
     "baseline": "pipeline.baselines.svm",
@@ -105,6 +105,9 @@ def run_stage(
         k: v for k, v in (param_overrides or {}).items() if v is not None
     }
     params = load_params(params_path, overrides)
+    from pipeline.tasks import get_task
+
+    get_task(params)  # fail fast: task.kind is registered, its loss and task.* keys fit it
     module = importlib.import_module(STAGE_MODULES[stage])
     paths = module.Paths.from_params(params)
     changes = {k: v for k, v in path_overrides.items() if v is not None}

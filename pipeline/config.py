@@ -106,6 +106,9 @@ class ValidateSection(Section):
     target_ranges: dict[str, tuple[float | None, float | None]] = {
         "grade": (0, 2),
         "lesion_diameter_mm": (0.0, 500.0),
+        "finding_nodule": (0, 1),  # synth's 0/1 findings (multi-label classification)
+        "finding_mass": (0, 1),
+        "finding_large": (0, 1),
     }
 
 
@@ -192,11 +195,15 @@ class AutoencoderSection(Section):
 
 class TaskSection(Section):
     """What is learned: ``kind`` picks ``pipeline/tasks/<kind>.py``; ``target`` is the
-    labels-file column (carried through ingest and preprocess) that holds the target."""
+    labels-file column (carried through ingest and preprocess) that holds the target.
 
-    kind: Literal[
-        "classification", "regression", "segmentation", "autoencoder", "series_classification"
-    ] = "classification"
+    ``kind`` is checked against the task registry (``pipeline.tasks.TASKS``) when the task
+    is built; keys beyond those below are the options of that kind (``Task.option_keys``,
+    e.g. multilabel's ``targets``), validated by its ``configure``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field("classification", min_length=1)
     target: str = Field("label", min_length=1)
     # segmentation: the SEG segment label(s) learned, one output channel each (case-insensitive)
     segments: list[str] = Field(default_factory=lambda: ["lesion"], min_length=1)

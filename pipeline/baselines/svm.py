@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.baselines.store import META_FILE, MODEL_FILE, save
 from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-exported
 from pipeline.baselines.store import load as load  # re-exported
@@ -51,7 +51,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(data_dir=cat.model_data_dir, out_dir=cat.baseline_dir)
+        return cls(data_dir=tasks.model_data_dir(params), out_dir=cat.baseline_dir)
 
 
 @dataclass(frozen=True)
@@ -127,11 +127,16 @@ def task_of(meta: dict[str, Any]) -> Task:
 
 
 def _regression(task: Task | None) -> bool:
-    return task is not None and task.kind == "regression"
+    return task is not None and task.svm_mode == "regression"
 
 
 def _multiclass(task: Task | None) -> bool:
-    return task is not None and task.target_kind == "class_index" and task.n_outputs > 1
+    return task is not None and task.svm_mode == "multiclass"
+
+
+def _multilabel(task: Task | None) -> bool:
+    """K independent 0/1 findings: one binary pipeline per finding (one-vs-rest)."""
+    return task is not None and task.svm_mode == "multilabel"
 
 
 def build_pipeline(
@@ -186,7 +191,10 @@ def build_pipeline(
             svm = OneVsRestClassifier(svm)
         if calibration_cv is not None:
             svm = CalibratedClassifierCV(svm, method="sigmoid", ensemble=False, cv=calibration_cv)
-    return Pipeline([("scale", StandardScaler()), ("select", selector), ("svm", svm)])
+    pipe = Pipeline([("scale", StandardScaler()), ("select", selector), ("svm", svm)])
+    if _multilabel(task):  # each finding its own scaler → selector → SVM, fitted on its column
+        return OneVsRestClassifier(pipe)  # type: ignore[return-value]
+    return pipe
 
 
 def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[Any]:
@@ -198,7 +206,9 @@ def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[A
     if n < 2:
         raise InputError("the training split needs at least two patients for cross-validation")
     strata = y
-    if np.issubdtype(np.asarray(y).dtype, np.floating):
+    if np.ndim(y) == 2:  # K findings: stratify by the combination of findings
+        strata = np.asarray(y, dtype=np.int64) @ (2 ** np.arange(np.shape(y)[1]))
+    elif np.issubdtype(np.asarray(y).dtype, np.floating):
         edges = np.quantile(y, [0.2, 0.4, 0.6, 0.8])
         strata = np.searchsorted(edges, y, side="right")
     splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
@@ -215,6 +225,20 @@ def _macro_ovr_auc(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
         roc_auc_score(y == c, scores[:, i])
         for i, c in enumerate(classes)
         if 0 < (y == c).sum() < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+def _macro_multilabel_auc(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """CV score of a K-finding baseline: mean over findings of each finding's AUC."""
+    from pipeline.metrics import stats
+
+    scores = np.asarray(estimator.decision_function(x)).reshape(len(y), -1)
+    y = np.asarray(y).reshape(len(y), -1)
+    aucs = [
+        stats.roc_auc(y[:, k], scores[:, k])
+        for k in range(y.shape[1])
+        if 0 < y[:, k].sum() < len(y)
     ]
     return float(np.mean(aucs)) if aucs else math.nan
 
@@ -248,6 +272,8 @@ def search(
     from sklearn.model_selection import GridSearchCV
 
     prefix = "svm__estimator__" if _multiclass(task) else "svm__"
+    if _multilabel(task):
+        prefix = "estimator__svm__"
     grid: dict[str, list[Any]] = {f"{prefix}C": list(cfg.C_grid)}
     if cfg.kernel != "linear":
         grid[f"{prefix}gamma"] = list(cfg.gamma_grid)
@@ -256,9 +282,12 @@ def search(
         scoring = "neg_mean_absolute_error"
     elif _multiclass(task):
         scoring = _macro_ovr_auc
+    elif _multilabel(task):
+        scoring = _macro_multilabel_auc
     with tempfile.TemporaryDirectory(prefix="radops-baseline-cache-") as cache:
         pipe = build_pipeline(cfg, x.shape[1], seed, task=task)
-        pipe.set_params(memory=Memory(cache, verbose=0))
+        memory = "estimator__memory" if _multilabel(task) else "memory"
+        pipe.set_params(**{memory: Memory(cache, verbose=0)})
         gs = GridSearchCV(pipe, grid, scoring=scoring, cv=_folds(y, groups, cfg.cv_folds, seed))
         gs.fit(x, _targets_for(task, y))
     best = {k.removeprefix(prefix): v for k, v in gs.best_params_.items()}
@@ -310,7 +339,16 @@ def outputs(pipe: Pipeline, feats: np.ndarray, task: Task) -> np.ndarray:
         scaled = np.asarray(pipe.predict(feats), dtype=np.float64)
         return scaled * float(task.state["std"]) + float(task.state["mean"])
     probs = np.asarray(pipe.predict_proba(feats), dtype=np.float64)
-    return probs if _multiclass(task) else probs[:, 1]
+    return probs if _multiclass(task) or _multilabel(task) else probs[:, 1]
+
+
+def selected_features(pipe: Any, names: list[str]) -> list[str]:
+    """The features the selector kept (for K findings: kept for any finding)."""
+    pipes = list(pipe.estimators_) if hasattr(pipe, "estimators_") else [pipe]
+    keep = np.zeros(len(names), dtype=bool)
+    for one in pipes:
+        keep |= np.asarray(one.named_steps["select"].get_support(), dtype=bool)
+    return [n for n, k in zip(names, keep, strict=True) if k]
 
 
 def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -329,6 +367,8 @@ def _score(task: Task, y: np.ndarray, pred: np.ndarray) -> float:
         return regression_stats.errors(y, pred)["mae"]
     if _multiclass(task):
         return multiclass_stats.macro_auc(y, pred)
+    if _multilabel(task):  # macro AUC over the findings
+        return float(np.mean([stats.roc_auc(y[:, k], pred[:, k]) for k in range(y.shape[1])]))
     return stats.roc_auc(y, pred)
 
 
@@ -341,13 +381,13 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     from pipeline.tasks import get_task
     from pipeline.tracking import log_params_flat, tracked_run
 
-    if params.task.kind == "autoencoder":  # its baseline is PCA reconstruction
+    cfg, seed = params.baseline, params.base.seed
+    task = get_task(params)
+    if task.baseline_model == "pca":  # the autoencoder's: PCA reconstruction
         from pipeline.baselines import pca
 
         return pca.run(params, paths)
-    cfg, seed = params.baseline, params.base.seed
-    task = get_task(params)
-    if task.target_kind == "mask":  # segmentation: the classical segmenter instead
+    if task.baseline_model == "threshold":  # segmentation: the classical segmenter instead
         from pipeline.baselines import seg_threshold
 
         return seg_threshold.run(params, paths)  # type: ignore[return-value]
@@ -355,14 +395,23 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     task = task.fit(task.read_targets(paths.data_dir, "train"))
     x_val, y_val, _, _ = task_split(task, paths.data_dir, "val")
     task.check(task.read_targets(paths.data_dir, "val"))
-    if task.target_kind == "class_index":  # classification, series classification
+    if task.svm_mode in ("binary", "multiclass"):  # classification, series classification
         for name, labels in (("train", y_train), ("val", y_val)):
             if np.unique(labels).size < 2:
                 raise InputError(f"the {name} split has one class only; a classifier needs both")
+    if _multilabel(task):
+        for name, labels in (("train", y_train), ("val", y_val)):
+            single = [k for k in range(labels.shape[1]) if np.unique(labels[:, k]).size < 2]
+            if single:
+                raise InputError(
+                    f"the {name} split has one value only of finding(s) {single}; "
+                    "each finding needs positives and negatives"
+                )
     spec = fit_spec(x_train, cfg.histogram_bins)
     feats_train, names = extract_features(x_train, spec)
     groups = idx_train["patient_id"].to_numpy()
-    score = ("auc_macro" if _multiclass(task) else "auc") if not _regression(task) else "mae"
+    score = "auc_macro" if _multiclass(task) or _multilabel(task) else "auc"
+    score = "mae" if _regression(task) else score
 
     model_name = "baseline-svr" if _regression(task) else "baseline-svm"
     with tracked_run(params, "baseline", run_name=model_name, tags=task.tags()) as active:
@@ -376,11 +425,7 @@ def run(params: Params, paths: Paths) -> BaselineResult:
         val_pred = outputs(pipe, _features(partial, x_val), task)
         val_score = _score(task, y_val, val_pred)
         train_score = _score(task, y_train, outputs(pipe, feats_train, task))
-        selected = [
-            n
-            for n, keep in zip(names, pipe.named_steps["select"].get_support(), strict=True)
-            if keep
-        ]
+        selected = selected_features(pipe, names)
         meta = {
             "feature_names": names,
             "feature_spec": meta_spec,

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from pipeline.config import Params
 
 log = logging.getLogger(__name__)
-KIND = "series_classification"
 
 
 @dataclass(frozen=True)
@@ -139,15 +138,16 @@ def series_volume(
     return out
 
 
-def run(params: Params, paths: Paths) -> SeriesResult:
-    """Build ``<series.out_dir>`` (see the module docstring)."""
+def run(params: Params, paths: Paths, *, wanted: bool = True) -> SeriesResult:
+    """Build ``<series.out_dir>`` (see the module docstring); ``wanted=False`` (the task
+    reads no series, ``pipeline.tasks.series_stage``) writes the marked empty folder."""
     from pipeline.io import atomic_path, check_outputs, write_json
 
     check_outputs([paths.out_dir], [paths.input_dir, paths.labels_csv])
-    if params.task.kind != KIND:
+    if not wanted:
         with atomic_path(paths.out_dir, stage="series") as staged:
             staged.mkdir(parents=True)
-            doc = {"skipped": f"task.kind is {params.task.kind}, not {KIND}"}
+            doc = {"skipped": f"task.kind {params.task.kind} reads no series"}
             write_json(staged / catalog.SUMMARY_FILE, doc)
         return SeriesResult(paths.out_dir, doc)
     start = time.perf_counter()

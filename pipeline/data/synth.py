@@ -18,7 +18,9 @@ lung would be invisible to every model.
 ``labels.csv`` carries three targets per image: ``label`` (lesion or not), ``grade`` (0 none,
 1 diameter < ``GRADE_LARGE_MM``, 2 larger; about half the lesions each) and
 ``lesion_diameter_mm`` (the drawn lesion's diameter in pixels × the PixelSpacing written in the
-header; empty without a lesion). The radius range is wide so that size is learnable from the
+header; empty without a lesion), and three 0/1 findings for multi-label classification
+(``FINDINGS``: ``finding_nodule`` a lung nodule, ``finding_mass`` a pleural-based mass,
+``finding_large`` a lesion of grade 2, with either). The radius range is wide so that size is learnable from the
 pixels (at 64×64 the lesion is 3.5–14 px across) while the small lesions keep detection hard.
 Measured on the default cohort (preprocessed to 64×64, soft-tissue window, a 70/15/15 patient
 split, test ~140 images of which ~77 with a lesion), with the pipeline's CNN architecture (depth
@@ -59,7 +61,12 @@ LESION_RADIUS_PX = (3.5, 14.0)
 # Chosen near the median diameter of the default cohort's lesions, so grades 1 and 2 are about
 # equally frequent.
 GRADE_LARGE_MM = 45.0
-LABELS_HEADER = ("sop_instance_uid", "patient_id", "label", "grade", "lesion_diameter_mm")
+# Multi-label findings (``task.kind: multilabel``), each 0/1 and read off the drawn lesion:
+# a lung nodule, a pleural-based mass, a large lesion (≥ GRADE_LARGE_MM; with either kind).
+FINDINGS = ("finding_nodule", "finding_mass", "finding_large")
+LABELS_HEADER = (
+    "sop_instance_uid", "patient_id", "label", "grade", "lesion_diameter_mm", *FINDINGS,
+)  # fmt: skip
 
 
 class Site(NamedTuple):
@@ -173,9 +180,9 @@ def run(params: Params, paths: Paths) -> SynthResult:
                     )  # fmt: skip
                     studies += len({w.study for w in written})
                     for w in written:
-                        writer.writerow(
-                            [w.sop, w.patient_id, w.label, grade(w.diameter_mm), _mm(w.diameter_mm)]
-                        )
+                        size_mm = w.diameter_mm
+                        row = [w.sop, w.patient_id, w.label, grade(size_mm), _mm(size_mm)]
+                        writer.writerow([*row, *findings(w)])
                         images += 1
                         positives += w.label
             segs.finish()
@@ -205,6 +212,7 @@ class Written(NamedTuple):
     patient_id: str
     label: int
     diameter_mm: float | None  # the drawn lesion's diameter; None without a lesion
+    in_lung: bool = False  # the patient's lesion is a lung nodule (else a pleural mass)
 
 
 def _radius(rng: np.random.Generator) -> float:
@@ -212,6 +220,13 @@ def _radius(rng: np.random.Generator) -> float:
     detect lesions stay as common as before while large ones make size learnable."""
     lo, hi = LESION_RADIUS_PX
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def findings(w: Written) -> list[int]:
+    """The ``FINDINGS`` columns of one image: nodule, mass, large (0/1 each)."""
+    positive = bool(w.label)
+    large = positive and grade(w.diameter_mm) == 2
+    return [int(positive and w.in_lung), int(positive and not w.in_lung), int(large)]
 
 
 def grade(diameter_mm: float | None) -> int:
@@ -297,7 +312,9 @@ def _write_patient(
             ds.save_as(target, enforce_file_format=True)
             if positive and segs is not None:
                 segs.add(rel, index, ds, masks)
-            out.append(Written(s, sop, patient["PatientID"], int(positive), diameter))
+            out.append(
+                Written(s, sop, patient["PatientID"], int(positive), diameter, lesion.in_lung)
+            )
     return out
 
 

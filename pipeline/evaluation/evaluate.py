@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.errors import InputError
 from pipeline.evaluation import finishing
 from pipeline.evaluation.flags import FLAG_METRICS, fit_flags
@@ -45,18 +45,18 @@ PREDICTION_COLUMNS = ["image_id", "patient_id", "label", "site", "manufacturer"]
 
 
 def reporter(task: Task) -> Callable[[ReportInput], ReportOutput]:
-    """The ``report`` function of the evaluation module for ``task.kind``."""
-    from pipeline.evaluation import autoencoder, classification, regression
+    """The ``report`` function for ``task.report_style``."""
+    from pipeline.evaluation import autoencoder, classification, regression, table_report
 
     reporters: dict[str, Callable[[ReportInput], ReportOutput]] = {
-        "classification": classification.report,
+        "classification": classification.report,  # also series classification: one row each
         "regression": regression.report,
-        "autoencoder": autoencoder.report,
-        "series_classification": classification.report,  # one row per series
+        "reconstruction": autoencoder.report,
+        "table": table_report.report,
     }
-    if task.kind not in reporters:
-        raise InputError(f"no evaluation for task.kind {task.kind!r}")
-    return reporters[task.kind]
+    if task.report_style not in reporters:
+        raise InputError(f"no evaluation report {task.report_style!r} for {task.describe()}")
+    return reporters[task.report_style]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         return cls(
-            data_dir=catalog.Catalog(params).model_data_dir,
+            data_dir=tasks.model_data_dir(params),
             cnn_dir=params.train.out_dir,
             baseline_dir=params.baseline.out_dir,
             out_dir=params.evaluate.out_dir,
@@ -275,19 +275,10 @@ def prediction_frame(
     (binary ``prob_<model>``; K classes ``prob_<model>_<k>`` and ``pred_<model>``; regression
     ``pred_<model>``)."""
     frame = index.reindex(columns=PREDICTION_COLUMNS)
-    frame = frame.assign(**{task.target: y})
+    frame = frame.assign(**task.target_columns(y))
     columns: dict[str, np.ndarray] = {}
     for name, p in preds.items():
-        p = np.asarray(p)
-        if task.target_kind == "image":  # autoencoder: named per-image quality columns
-            columns |= {f"{k}_{name}": v for k, v in task.prediction_columns(p).items()}
-        elif p.ndim == 2:
-            columns |= {f"prob_{name}_{k}": p[:, k] for k in range(p.shape[1])}
-            columns[f"pred_{name}"] = p.argmax(axis=1)
-        elif task.target_kind == "class_index":  # classification, series classification
-            columns[f"prob_{name}"] = p
-        else:
-            columns[f"pred_{name}"] = p
+        columns |= task.evaluation_columns(name, np.asarray(p))
     return frame.assign(**columns)
 
 
@@ -305,7 +296,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
     cfg = cfg.model_copy(update={"tta": task.resolve_tta(cfg.tta)})  # auto → flips/none
     calibrated = finishing.is_calibrated(meta)  # also report the CNN before calibration
     uncalibrated: dict[str, np.ndarray] = {}
-    if task.target_kind == "mask":  # segmentation: its own metrics, figures and baseline
+    if task.evaluation_report == "masks":  # segmentation: its own metrics, figures, baseline
         from pipeline.evaluation import segmentation
 
         return segmentation.run_stage(params, paths, net, meta, task)  # type: ignore[no-any-return]
@@ -397,7 +388,7 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
             out / catalog.FIGURES_DIR / catalog.CALIBRATION_BEFORE_AFTER_PLOT,
         )
         made.shared.append(figure)
-    if task.target_kind == "class_index":
+    if task.class_probabilities:  # classification, series classification
         shown = figure.relative_to(out) if figure is not None else None
         section = finishing.markdown(metrics, meta, cfg, shown)
         made = dataclasses.replace(made, markdown=made.markdown + section)

@@ -373,8 +373,8 @@ def predict(
         if tta != "none":
             raise ValueError("test-time augmentation does not apply to an autoencoder")
         return reconstruction_quality(network, x, batch_size)
-    if tta != "none" and (meta.get("task") or {}).get("target_kind") == "mask":
-        raise ValueError("test-time augmentation is not supported for segmentation")
+    if tta != "none" and not (meta.get("output") or OUTPUT_DEFAULT).get("tta", True):
+        raise ValueError("test-time augmentation is not supported for this model's task")
     raw = raw_outputs(network, x, batch_size, tta=tta, transform=str(transform))
     return apply_output(raw, meta.get("output"))
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.errors import InputError
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(registration=cat.registration, data_dir=cat.model_data_dir)
+        return cls(registration=cat.registration, data_dir=tasks.model_data_dir(params))
 
 
 @dataclass(frozen=True)

@@ -112,9 +112,9 @@ def required_metrics(task: Any) -> list[str]:
     """The metrics a version of ``task`` must have: its promotion metric (+ the threshold
     for a binary classifier, which ``radops predict`` applies)."""
     keys = [task.promotion_metric]
-    if task.promotion_metric == "test_auc":
+    if task.uses_threshold:
         keys.append("threshold")
-    return keys
+    return keys + task.operating_threshold_keys()
 
 
 def check_run_finished(client: MlflowClient, run_id: str) -> None:
@@ -169,8 +169,11 @@ def run(params: Params, paths: Paths) -> RegisterResult:
     key = task.promotion_metric
     value = float(metrics[key])
     threshold = float(metrics["threshold"]) if "threshold" in required_metrics(task) else None
+    thresholds = {k: float(metrics[k]) for k in task.operating_threshold_keys()}
     # what the version serves is written into its own artifact first (trust.py); tags display it
-    record = trust.record_for_registration(params, client, model_uri, paths.cnn_dir, threshold)
+    record = trust.record_for_registration(
+        params, client, model_uri, paths.cnn_dir, threshold, thresholds
+    )
     trust.attach_record(client, model_uri, record)
     version = register_version(client, model_uri, name, run_id)
     info: dict[str, Any] = {
@@ -180,6 +183,7 @@ def run(params: Params, paths: Paths) -> RegisterResult:
     }
     if threshold is not None:
         info["threshold"] = threshold
+    info |= thresholds
     info |= {
         "data_version": data_version(),
         "git_commit": git_commit(),

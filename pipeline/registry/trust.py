@@ -53,7 +53,9 @@ def file_sha256(path: Path | str) -> str:
     return weights_sha256(path)
 
 
-def serving_record(model_dir: Path, threshold: float | None) -> dict[str, Any]:
+def serving_record(
+    model_dir: Path, threshold: float | None, thresholds: Mapping[str, float] | None = None
+) -> dict[str, Any]:
     """``serving.json`` for the saved model in ``model_dir`` (``model.json`` + weights)."""
     from pipeline.io import read_json
     from pipeline.models.networks import META_FILE, WEIGHTS_DIGEST_KEY, WEIGHTS_FILE
@@ -65,7 +67,8 @@ def serving_record(model_dir: Path, threshold: float | None) -> dict[str, Any]:
             f"{model_dir / WEIGHTS_FILE} is not the file {META_FILE} was saved with; "
             "refusing to register it"
         )
-    return {
+    extra = {"thresholds": {k: float(v) for k, v in thresholds.items()}} if thresholds else {}
+    return extra | {
         "format": RECORD_FORMAT,
         "threshold": None if threshold is None else float(threshold),
         "weights_sha256": weights,
@@ -207,7 +210,12 @@ def checked_location(params: Params, client: MlflowClient, model_uri: str) -> st
 
 # --------------------------------------------------------------------------- register
 def record_for_registration(
-    params: Params, client: MlflowClient, model_uri: str, local_dir: Path, threshold: float | None
+    params: Params,
+    client: MlflowClient,
+    model_uri: str,
+    local_dir: Path,
+    threshold: float | None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The ``serving.json`` of the logged model ``model_uri`` (computed from its artifact as
     stored), refused when that is not the model saved in ``local_dir``."""
@@ -221,7 +229,7 @@ def record_for_registration(
     with tempfile.TemporaryDirectory(prefix="radops-register-") as tmp:
         stored = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp)
         model_dir = find_model_dir(stored)
-        record = serving_record(model_dir, threshold)
+        record = serving_record(model_dir, threshold, thresholds)
         logged = read_json(model_dir / META_FILE).get(WEIGHTS_DIGEST_KEY)
     local = read_json(Path(local_dir) / META_FILE).get(WEIGHTS_DIGEST_KEY)
     if logged and local and logged != local:

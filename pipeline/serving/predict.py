@@ -73,7 +73,16 @@ class PredictResult:
 
 
 def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, float | None, str]:
-    """Return (local model dir, the threshold its artifact records if any, a label).
+    """``resolve_serving`` without the record's per-task ``thresholds``."""
+    model_dir, threshold, _, label = resolve_serving(params, model_uri, workdir)
+    return model_dir, threshold, label
+
+
+def resolve_serving(
+    params: Params, model_uri: str, workdir: Path
+) -> tuple[Path, float | None, dict[str, float], str]:
+    """Return (local model dir, the threshold its artifact records if any, the per-task
+    thresholds it records (``serving.json``'s ``thresholds``, e.g. one per finding), a label).
 
     Accepts ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a local folder
     holding ``model.safetensors`` + ``model.json``; checked by ``trust.resolve`` (the store's
@@ -84,14 +93,16 @@ def resolve_model(params: Params, model_uri: str, workdir: Path) -> tuple[Path, 
     resolved = resolve(params, model_uri, workdir)
     record = resolved.record or {}
     threshold = record.get("threshold")
-    return resolved.model_dir, None if threshold is None else float(threshold), resolved.label
+    thresholds = {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()}
+    cut = None if threshold is None else float(threshold)
+    return resolved.model_dir, cut, thresholds, resolved.label
 
 
 def operating_threshold(task: Any, recorded: float | None, meta: dict[str, Any]) -> float | None:
     """The binary decision threshold: the one the model's artifact records (``serving.json``,
     written by ``radops register``), else ``model.json``'s, else 0.5; None for tasks without
     one."""
-    if not (task.target_kind == "class_index" and task.n_outputs == 1):  # binary (+ series)
+    if not task.uses_threshold:  # binary classification (images or series)
         return None
     if recorded is not None:
         return float(recorded)
@@ -136,11 +147,11 @@ def run(params: Params, paths: Paths) -> PredictResult:
         raise InputError(f"input folder not found: {paths.input_dir}")
     with tempfile.TemporaryDirectory(prefix="radops-predict-") as tmp:
         work = Path(tmp)
-        model_dir, recorded_threshold, label = resolve_model(
+        model_dir, recorded_threshold, thresholds, label = resolve_serving(
             params, paths.model_uri, work / "model"
         )
         network, meta = load_model(model_dir)
-        task = task_from_meta(meta)
+        task = task_from_meta(meta).with_thresholds(thresholds)  # recorded by register
         tta = task.resolve_tta(params.evaluate.tta)  # evaluate.tta (`--tta`): as evaluate scored it
         evaluated_tta = (meta.get("inference") or {}).get("tta")  # bound by serving.json
         if evaluated_tta is not None and tta != evaluated_tta:
@@ -153,7 +164,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
         threshold = operating_threshold(task, recorded_threshold, meta)
         if recorded_threshold is None and threshold is not None:
             log.info("no registered threshold for %s; using %.3f", label, threshold)
-        if task.kind == "series_classification":  # one row per series
+        if task.sample_unit == "series":  # one row per series
             from pipeline.serving.series_predict import run_series
 
             return run_series(params, paths, network, meta, task, threshold, label, work)
@@ -186,7 +197,7 @@ def run(params: Params, paths: Paths) -> PredictResult:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)
         columns = task.prediction_columns(predictions, threshold)
-        if task.target_kind == "mask":  # one DICOM SEG per image; counts, areas in mm²
+        if task.prediction_writer == "dicom_seg":  # one DICOM SEG per image; areas in mm²
             from pipeline.serving import seg_output
 
             columns = seg_output.write(
@@ -209,18 +220,13 @@ def run(params: Params, paths: Paths) -> PredictResult:
                 "source_file": quarantine["source_id"].map(path_of),
                 "status": "quarantined",
             }
-            | {
-                c: (-1 if c == "prediction" and task.kind == "classification" else np.nan)
-                for c in columns
-            }
+            | {c: task.unscored_value(c) for c in columns}
             | {"reason": quarantine["reason"]}
         )
         frames = [f for f in (scored, failed) if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else scored
         write_csv(paths.out_csv, table, stage="predict")
-    positive = 0
-    if task.kind == "classification":
-        positive = int((scored["prediction"] != 0).sum())
+    positive = task.count_positive({c: scored[c].to_numpy() for c in columns})
     return PredictResult(
         out_csv=paths.out_csv,
         scored=len(scored),

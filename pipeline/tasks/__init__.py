@@ -8,8 +8,10 @@ from its ``model.json``. A new kind is one module here plus one line in ``TASKS`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import catalog
 from pipeline.errors import ConfigError
 from pipeline.tasks.autoencoder import AutoencoderTask
 from pipeline.tasks.base import (
@@ -21,6 +23,7 @@ from pipeline.tasks.base import (
     candidate_targets,
 )
 from pipeline.tasks.classification import ClassificationTask
+from pipeline.tasks.multilabel import MultilabelTask
 from pipeline.tasks.regression import RegressionTask
 from pipeline.tasks.segmentation import SegmentationTask
 from pipeline.tasks.series import SeriesClassificationTask
@@ -34,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
     SegmentationTask.kind: SegmentationTask,
     AutoencoderTask.kind: AutoencoderTask,
     SeriesClassificationTask.kind: SeriesClassificationTask,
+    MultilabelTask.kind: MultilabelTask,
 }
 
 __all__ = [
@@ -42,6 +46,7 @@ __all__ = [
     "TASK_TAG",
     "AutoencoderTask",
     "ClassificationTask",
+    "MultilabelTask",
     "PairedTest",
     "RegressionTask",
     "SegmentationTask",
@@ -50,21 +55,34 @@ __all__ = [
     "candidate_targets",
     "get_task",
     "make_task",
+    "model_data_dir",
+    "task_class",
     "task_from_meta",
 ]
 
 
 def make_task(kind: str, target: str = "label", loss: str = "auto") -> Task:
     """An unfitted task by name; a ConfigError for an unknown kind or a loss it cannot use."""
+    return task_class(kind)(target=target, loss=loss)
+
+
+def task_class(kind: str) -> type[Task]:
+    """The task class registered for ``kind``; a ConfigError names the registered kinds."""
     if kind not in TASKS:
         raise ConfigError(f"unknown task.kind {kind!r}; choose one of {sorted(TASKS)}")
-    return TASKS[kind](target=target, loss=loss)
+    return TASKS[kind]
+
+
+def model_data_dir(params: Params) -> Path:
+    """What tune, train, baseline, evaluate and promote read for ``params.task.kind``."""
+    return catalog.Catalog(params).data_dir_for(task_class(params.task.kind))
 
 
 def get_task(params: Params, loss: str | None = None) -> Task:
     """The unfitted task of a run: ``task.kind``, ``task.target`` and ``train.loss`` (or
     ``loss``, e.g. a tuning trial's value)."""
     task = make_task(params.task.kind, params.task.target, loss or params.train.loss)
+    task.check_options(params.task)  # extra task.* keys must be this kind's own
     return task.configure(params.task)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -58,9 +58,11 @@ class AutoencoderTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae")
     default_loss: ClassVar[str] = "mse"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_recon_mse",)
+    report_style: ClassVar[str] = "reconstruction"
     supports_tta: ClassVar[bool] = False
     supports_mixup: ClassVar[bool] = False
     supports_ensemble: ClassVar[bool] = False
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "pca"
 
     options: dict[str, Any] = field(default_factory=lambda: dict(OPTION_DEFAULTS))
 
@@ -140,6 +142,14 @@ class AutoencoderTask(Task):
         if self.ae_mode != "denoising" or float(self.options["noise_level"]) <= 0:
             return None
         return Corruption(str(self.options["noise"]), float(self.options["noise_level"]))
+
+    def sample_spec(self) -> dict[str, Any]:
+        """The target is the (clean) image itself; denoising corrupts the input."""
+        return {"image_target": True, "corrupt": self.corruption()}
+
+    def evaluation_columns(self, name: str, predictions: np.ndarray) -> dict[str, np.ndarray]:
+        """Named per-image quality columns, ``<quality>_<name>``."""
+        return {f"{k}_{name}": v for k, v in self.prediction_columns(predictions).items()}
 
     @property
     def monitor(self) -> str:

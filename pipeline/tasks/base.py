@@ -124,6 +124,27 @@ class Task(ABC):
     supports_ensemble: ClassVar[bool] = True  # train.ensemble_size > 1
     supports_label_smoothing: ClassVar[bool] = False  # train.label_smoothing
     class_probabilities: ClassVar[bool] = False  # calibration, ECE/NLL, prevalence figures
+    # What one sample is: an ``image`` (the preprocessed images) or a ``series`` (the series
+    # stage's volumes, ``catalog.Catalog.data_dir_for``); serving scores one row per sample.
+    sample_unit: ClassVar[Literal["image", "series"]] = "image"
+    # Batch keys the augmentation moves with the image (segmentation: its ``mask``).
+    augment_keys: ClassVar[tuple[str, ...]] = ()
+    # The baseline stage's model: ``svm`` (features → SVM/SVR, ``svm_mode``), ``pca``
+    # (reconstruction) or ``threshold`` (the classical segmenter).
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "svm"
+    # What the evaluate stage scores: per-sample ``predictions`` (the shared skeleton) or
+    # per-pixel ``masks`` (segmentation's report).
+    evaluation_report: ClassVar[Literal["predictions", "masks"]] = "predictions"
+    # How ``radops predict`` writes results: a ``table`` (one CSV row per image) or, besides
+    # it, a ``dicom_seg`` object per image.
+    prediction_writer: ClassVar[Literal["table", "dicom_seg"]] = "table"
+    # The evaluate stage's report: ``classification`` (ROC, calibration, confusion),
+    # ``regression`` (scatter, Bland–Altman), ``reconstruction`` (autoencoder) or ``table``
+    # (the metrics ``report_rows`` names, no figures).
+    report_style: ClassVar[str] = "table"
+    # The ``params.task`` keys of this kind beyond kind/target/segments/autoencoder (each
+    # task validates their values in ``configure``); any other extra key is a ConfigError.
+    option_keys: ClassVar[tuple[str, ...]] = ()
 
     target: str = "label"
     loss: str = "auto"
@@ -152,10 +173,21 @@ class Task(ABC):
         ``base_name`` (``base.registered_model_name``, ``radops-classifier`` by default); any
         other is ``radops-<kind>-<target>`` (``<base_name>-<kind>-<target>`` when the base
         name was changed)."""
-        if self.kind == "classification" and self.target == "label":
+        if self.is_original_task:
             return base_name
         prefix = "radops" if base_name == DEFAULT_REGISTERED_NAME else base_name
         return f"{prefix}-{self.kind}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.target)}"
+
+    @property
+    def is_original_task(self) -> bool:
+        """The task radops began with (binary ``label`` classification), whose registered
+        model and tuning study keep their original names."""
+        return self.kind == "classification" and self.target == "label"
+
+    def study_name(self, base: str) -> str:
+        """The tuning study of this task: ``base`` for the original task, else
+        ``<base>-<kind>-<target>``."""
+        return base if self.is_original_task else f"{base}-{self.kind}-{self.target}"
 
     def tags(self) -> dict[str, str]:
         """MLflow run / model-version tags, so runs can be filtered by task in the UI."""
@@ -234,8 +266,20 @@ class Task(ABC):
 
     def configure(self, task_cfg: Any) -> Task:
         """The task with its kind-specific ``params.task`` keys applied (e.g. segmentation's
-        ``segments``); most kinds have none."""
+        ``segments``); most kinds have none. ``get_task`` calls ``check_options`` first."""
         return self
+
+    def check_options(self, task_cfg: Any) -> dict[str, Any]:
+        """The extra ``params.task`` keys (``option_keys``); a ConfigError names any other."""
+        extra = dict(getattr(task_cfg, "model_extra", None) or {})
+        unknown = sorted(set(extra) - set(self.option_keys))
+        if unknown:
+            allowed = ", ".join(self.option_keys) or "none"
+            raise ConfigError(
+                f"task.{unknown[0]} is not a setting of task.kind {self.kind!r} "
+                f"(its own settings: {allowed})"
+            )
+        return extra
 
     def network(self, model_cfg: Any) -> dict[str, Any]:
         """Keys added to the saved ``architecture`` (``networks.build_network`` reads them):
@@ -243,6 +287,68 @@ class Task(ABC):
         ``{"network": "autoencoder", ...}`` the autoencoder, ``{"name": "cnn_rnn" | "cnn3d",
         ...}`` a series model."""
         return {}
+
+    def sample_spec(self) -> dict[str, Any]:
+        """Keyword arguments of the training ``ArrayDataset`` for this task's samples:
+        ``image_target`` (the target is the image itself, e.g. an autoencoder) and its
+        ``corrupt`` (the input corruption of a denoising model)."""
+        return {"image_target": False}
+
+    @property
+    def svm_mode(self) -> Literal["binary", "multiclass", "regression", "multilabel"]:
+        """What the SVM baseline fits (``baseline_model: svm``): one class-1 probability
+        (``binary``), K one-vs-rest class probabilities (``multiclass``), a value
+        (``regression``) or K independent 0/1 findings (``multilabel``)."""
+        return "binary" if self.n_outputs == 1 else "multiclass"
+
+    @property
+    def uses_threshold(self) -> bool:
+        """Whether predictions are called by one operating threshold chosen on validation
+        (``model.json`` / ``serving.json``'s ``threshold``)."""
+        return False
+
+    def operating_threshold_keys(self) -> list[str]:
+        """Keys of ``metrics_cnn.json`` beyond the binary ``threshold`` that hold thresholds
+        chosen on validation which serving applies (e.g. one per finding); ``radops
+        register`` requires them and records them in ``serving.json`` as ``thresholds``."""
+        return []
+
+    def with_thresholds(self, thresholds: dict[str, float]) -> Task:
+        """The task with the recorded ``thresholds`` (``operating_threshold_keys``) applied to
+        its prediction columns (default: none apply)."""
+        return self
+
+    def evaluation_columns(self, name: str, predictions: np.ndarray) -> dict[str, np.ndarray]:
+        """The columns of ``predictions_<split>.parquet`` for model ``name``: N×K →
+        ``prob_<name>_<k>`` and the arg-max ``pred_<name>``; N class-1 probabilities →
+        ``prob_<name>``; N values → ``pred_<name>``."""
+        p = np.asarray(predictions)
+        if p.ndim == 2:
+            columns = {f"prob_{name}_{k}": p[:, k] for k in range(p.shape[1])}
+            return columns | {f"pred_{name}": p.argmax(axis=1)}
+        return {f"prob_{name}" if self.class_probabilities else f"pred_{name}": p}
+
+    def target_columns(self, y: np.ndarray) -> dict[str, np.ndarray]:
+        """The target columns of ``predictions_<split>.parquet`` (default: one, ``target``)."""
+        return {self.target: y}
+
+    def report_rows(self, metrics: Any) -> list[tuple[str, str]]:
+        """``(key, label)`` of the test metrics a ``table`` report shows (default: every
+        ``test_*`` value without its CI bounds, as named)."""
+        first: dict[str, Any] = next(iter(metrics.values()), {})
+        return [
+            (k, k.removeprefix("test_"))
+            for k in first
+            if k.startswith("test_") and not k.endswith(("_ci_low", "_ci_high"))
+        ]
+
+    def unscored_value(self, column: str) -> Any:
+        """What a prediction column holds for an image that was not scored (quarantined)."""
+        return np.nan
+
+    def count_positive(self, columns: dict[str, Any]) -> int:
+        """How many scored images ``radops predict`` reports as positive (0: no such notion)."""
+        return 0
 
     def require_fitted(self) -> None:
         if not self.fitted:
@@ -309,7 +415,8 @@ class Task(ABC):
     def output_spec(self) -> dict[str, Any]:
         """How ``networks.predict`` maps raw outputs to predictions; saved as ``"output"``.
         ``{"transform": "sigmoid" | "softmax" | "identity", "scale": s, "shift": m}``
-        (prediction = transform(raw) · scale + shift for ``identity``)."""
+        (prediction = transform(raw) · scale + shift for ``identity``); ``"tta": False``
+        where test-time augmentation must be refused (the served model cannot ask the task)."""
 
     def meta(self) -> dict[str, Any]:
         """What ``model.json`` stores under ``"task"`` (rebuilt by ``task_from_meta``)."""

@@ -37,6 +37,7 @@ class ClassificationTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("cross_entropy", "focal")
     default_loss: ClassVar[str] = "cross_entropy"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_auc", "test_auc_macro")
+    report_style: ClassVar[str] = "classification"
     supports_label_smoothing: ClassVar[bool] = True
     class_probabilities: ClassVar[bool] = True
 
@@ -86,6 +87,16 @@ class ClassificationTask(Task):
     @property
     def binary(self) -> bool:
         return self.n_classes == 2
+
+    @property
+    def uses_threshold(self) -> bool:
+        return self.binary
+
+    def unscored_value(self, column: str) -> Any:
+        return -1 if column == "prediction" else np.nan
+
+    def count_positive(self, columns: dict[str, Any]) -> int:
+        return int((np.asarray(columns["prediction"]) != 0).sum())
 
     # ------------------------------------------------------------------ training
     @property

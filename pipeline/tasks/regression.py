@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -34,6 +34,11 @@ class RegressionTask(Task):
     losses: ClassVar[tuple[str, ...]] = ("mse", "mae", "huber")
     default_loss: ClassVar[str] = "huber"
     headline_metrics: ClassVar[tuple[str, ...]] = ("test_mae",)
+    report_style: ClassVar[str] = "regression"
+
+    @property
+    def svm_mode(self) -> Literal["binary", "multiclass", "regression", "multilabel"]:
+        return "regression"
 
     def clean(self, values: np.ndarray, where: str) -> np.ndarray:
         return values.astype(np.float32)

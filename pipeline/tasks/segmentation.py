@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -48,6 +48,10 @@ class SegmentationTask(Task):
     supports_tta: ClassVar[bool] = False
     supports_mixup: ClassVar[bool] = False
     supports_ensemble: ClassVar[bool] = False
+    augment_keys: ClassVar[tuple[str, ...]] = ("mask",)
+    baseline_model: ClassVar[Literal["svm", "pca", "threshold"]] = "threshold"
+    evaluation_report: ClassVar[Literal["predictions", "masks"]] = "masks"
+    prediction_writer: ClassVar[Literal["table", "dicom_seg"]] = "dicom_seg"
 
     segments: tuple[str, ...] = ("lesion",)
 
@@ -153,7 +157,8 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ serving / evaluation
     def output_spec(self) -> dict[str, Any]:
-        return {"transform": "sigmoid", "threshold": THRESHOLD}
+        # "tta": False tells networks.predict (which cannot import this package) to refuse TTA
+        return {"transform": "sigmoid", "threshold": THRESHOLD, "tta": False}
 
     @property
     def promotion_metric(self) -> str:

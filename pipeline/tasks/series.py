@@ -18,7 +18,7 @@ classifier.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class _Named:
 class SeriesClassificationTask(ClassificationTask):
     kind: ClassVar[str] = "series_classification"
     supports_tta: ClassVar[bool] = False  # the flips are 2-D; a series is a stack of slices
+    sample_unit: ClassVar[Literal["image", "series"]] = "series"
 
     def fit(self, train: SplitTargets) -> SeriesClassificationTask:
         fitted = super().fit(train)

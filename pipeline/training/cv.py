@@ -141,9 +141,7 @@ class FoldDataModule(RadDataModule):
         task.check(targets[1])
         self._task = task
         self.notes = [f"cv fold: {len(tr)} train / {len(va)} val images"]
-        image: dict[str, Any] = {"image_target": task.target_kind == "image"}
-        if image["image_target"]:
-            image["corrupt"] = getattr(task, "corruption", lambda: None)()
+        image = task.sample_spec()
         limit = self.in_memory_limit_bytes
         x = self.pool.x
         self.train_set = ArrayDataset(
@@ -187,7 +185,7 @@ def fit_folds(
 
     out = FoldHistory()
     loader = loader_settings(cfg)
-    masks = ("mask",) if get_task(params, cfg.loss).target_kind == "mask" else ()
+    masks = get_task(params, cfg.loss).augment_keys
     for i, fold in enumerate(folds):
         if i and stop is not None and stop.fired:
             break

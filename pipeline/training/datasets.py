@@ -397,9 +397,7 @@ class RadDataModule(L.LightningDataModule):
             + ([qa_note] if qa_note else [])
         )
         limit = self.in_memory_limit_bytes
-        image: dict[str, Any] = {"image_target": task.target_kind == "image"}
-        if image["image_target"]:
-            image["corrupt"] = getattr(task, "corruption", lambda: None)()
+        image = task.sample_spec()
         self.train_set = ArrayDataset(
             x, train.values, self.augment, self.seed, limit, train.rows, **image
         )
@@ -456,7 +454,7 @@ def make_datamodule(
     from pipeline.training.hardware import loader_settings
 
     loader = loader_settings(train_cfg)
-    mask_keys = ("mask",) if task is not None and task.target_kind == "mask" else ()
+    mask_keys = task.augment_keys if task is not None else ()
     return RadDataModule(
         data_dir=data_dir,
         batch_size=train_cfg.batch_size,

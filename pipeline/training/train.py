@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.errors import ConfigError
 from pipeline.training import finishing
 from pipeline.training.checkpoints import (
@@ -68,7 +68,7 @@ class Paths:
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
         return cls(
-            data_dir=cat.model_data_dir,
+            data_dir=tasks.model_data_dir(params),
             best_params=cat.best_params,
             out_dir=cat.train_dir,
             checkpoint_dir=cat.checkpoint_dir,

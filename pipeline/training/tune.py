@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import catalog
+from pipeline import catalog, tasks
 from pipeline.credentials import redact_url
 from pipeline.errors import RadopsError
 from pipeline.training.parallel_tune import run_parallel, trial_tracking, warm_up
@@ -73,7 +73,7 @@ class Paths:
     @classmethod
     def from_params(cls, params: Params) -> Paths:
         cat = catalog.Catalog(params)
-        return cls(data_dir=cat.model_data_dir, out_dir=cat.tune_dir)
+        return cls(data_dir=tasks.model_data_dir(params), out_dir=cat.tune_dir)
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,7 @@ def _tag(key: str, value: str) -> None:
 def study_name_for(base: str, task: Task) -> str:
     """The study of a task: ``base`` for the binary ``label`` classifier (as before the task
     seam), ``<base>-<kind>-<target>`` for any other task."""
-    if task.kind == "classification" and task.target == "label":
-        return base
-    return f"{base}-{task.kind}-{task.target}"
+    return task.study_name(base)
 
 
 def study_fingerprint(

@@ -144,7 +144,8 @@ def test_manifest_follows_the_contract(small_cohort: SmallCohort, tmp_path: Path
     _ingest(small_cohort.dicom_dir, out, small_cohort.labels_csv)
     m = pd.read_parquet(out / "manifest.parquet")
     # the contract's columns, then the labels file's extra (candidate target) columns
-    assert tuple(m.columns) == (*MANIFEST_COLUMNS, "grade", "lesion_diameter_mm")
+    extra = ("grade", "lesion_diameter_mm", "finding_nodule", "finding_mass", "finding_large")
+    assert tuple(m.columns) == (*MANIFEST_COLUMNS, *extra)
     assert m["grade"].dtype == "float64" and m["lesion_diameter_mm"].isna().any()
     positions = (ingest._ROWS, ingest._COLUMNS, ingest._PIXEL_PATH, ingest._PIXEL_OFFSET)
     assert [dicom_io.ROW_FIELDS[i] for i in positions] == [

@@ -106,6 +106,7 @@ def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
             "label",
             "grade",
             "lesion_diameter_mm",
+            *synth.FINDINGS,
         ]
         rows = list(reader)
     by_uid = {r["sop_instance_uid"]: r for r in rows}
@@ -116,9 +117,13 @@ def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
         assert row["patient_id"] == ds.PatientID
         assert row["label"] in ("0", "1")
         # grade and diameter agree with the label and with each other
+        nodule, mass, large = (row[f] for f in synth.FINDINGS)
         if row["label"] == "0":
             assert (row["grade"], row["lesion_diameter_mm"]) == ("0", "")
+            assert (nodule, mass, large) == ("0", "0", "0")  # no lesion, no finding
         else:
+            assert {nodule, mass} == {"0", "1"}  # a nodule or a mass, never both
+            assert large == ("1" if row["grade"] == "2" else "0")
             diameter = float(row["lesion_diameter_mm"])
             assert 5.0 < diameter < 150.0
             assert row["grade"] == ("1" if diameter < synth.GRADE_LARGE_MM else "2")
@@ -126,6 +131,8 @@ def test_labels_file_matches_the_images(small_cohort: SmallCohort) -> None:
             assert diameter / float(ds.PixelSpacing[0]) > 2 * 1.5
     assert not by_uid
     assert {r["label"] for r in rows} == {"0", "1"}
+    for f in synth.FINDINGS:  # each finding present and absent in the cohort
+        assert {r[f] for r in rows} == {"0", "1"}, f
     assert sum(r["label"] == "1" for r in rows) == small_cohort.result.positives
 
 

@@ -24,7 +24,7 @@ def test_ensemble_calibration_tta_end_to_end(tmp_path: Path, prefect_harness: No
     import torch
 
     from flows.pipeline_flow import pipeline_flow
-    from pipeline import catalog
+    from pipeline import catalog, tasks
     from pipeline.cli import run_stage
     from pipeline.config import load_params
     from pipeline.models.networks import load_model, predict
@@ -43,11 +43,7 @@ def test_ensemble_calibration_tta_end_to_end(tmp_path: Path, prefect_harness: No
 
     with contextlib.chdir(root):
         params = load_params(Path("params.yaml"))
-        x = np.load(
-            catalog.split_file(
-                catalog.Catalog(params).model_data_dir, "test", catalog.IMAGES_SUFFIX
-            )
-        )
+        x = np.load(catalog.split_file(tasks.model_data_dir(params), "test", catalog.IMAGES_SUFFIX))
         uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)

@@ -136,15 +136,9 @@ def test_train_ensemble_member_zero_is_the_single_model(make_params: Any, tmp_pa
 
 
 def test_ensemble_refused_for_segmentation(make_params: Any) -> None:
+    from pipeline.tasks import SegmentationTask
     from pipeline.training.finishing import check_supported
 
     params = make_params(ensemble_size=2)
-
-    class Seg:
-        kind, target_kind = "segmentation", "mask"
-
-        def output_spec(self) -> dict[str, str]:
-            return {"transform": "softmax"}
-
     with pytest.raises(ConfigError, match="ensemble_size > 1 is not supported for segmentation"):
-        check_supported(params.train, params.model, Seg())  # type: ignore[arg-type]
+        check_supported(params.train, params.model, SegmentationTask())

@@ -55,8 +55,11 @@ def test_flips_average_the_flipped_probabilities(net: torch.nn.Module) -> None:
 def test_tta_refusals(net: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="unknown TTA"):
         tta_views("rotations")
-    meta = {"output": {"transform": "sigmoid"}, "task": {"target_kind": "mask"}}
-    with pytest.raises(ValueError, match="segmentation"):
+    # the served model reads the refusal from the output spec the task wrote (segmentation)
+    from pipeline.tasks import SegmentationTask
+
+    meta = {"output": SegmentationTask().output_spec()}
+    with pytest.raises(ValueError, match="not supported"):
         predict(net, meta, _x(), tta="flips")
 
 
