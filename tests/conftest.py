@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -200,6 +202,15 @@ def tree_digest(root: Path) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _radops_on_path() -> None:
+    """DVC stages call `radops` and `dvc`: make sure this interpreter's are found, whichever
+    test a pytest-xdist worker runs first."""
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -9,7 +9,6 @@ in the project's mlruns/, DVC for real.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,6 @@ SMALLEST_TRAINING: dict[str, Any] = {
 def make_project(root: Path, overrides: dict[str, Any] | None = None) -> Path:
     """A tiny project: the repository's pipeline with the TINY parameters (plus overrides)."""
     return bench_project.make_project(root, TINY | (overrides or {}))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _radops_on_path() -> None:
-    """DVC stages call `radops`; make sure the one of this interpreter is found."""
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ["PATH"].split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ["PATH"]
 
 
 def _forget_mlflow_uri() -> None:
