@@ -196,13 +196,14 @@ def run(params: Params, paths: Paths) -> PredictResult:
         else:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)
-        columns = task.prediction_columns(predictions, threshold)
         if task.prediction_writer == "dicom_seg":  # one DICOM SEG per image; areas in mm²
             from pipeline.serving import seg_output
 
             columns = seg_output.write(
                 paths.out_csv, paths.input_dir, manifest, predictions, stats, task, path_of
             )
+        else:
+            columns = task.prediction_columns(predictions, threshold)
         scored = pd.DataFrame(
             {
                 "sop_uid": manifest["sop_uid"],
