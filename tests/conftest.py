@@ -196,11 +196,14 @@ def write_dicom(
     return ds
 
 
-def tree_digest(root: Path) -> str:
-    """SHA-256 over every file under ``root`` (relative path and bytes, in path order)."""
+def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
+    """SHA-256 over every file under ``root`` (relative path and bytes, in path order), the
+    relative paths in ``skip`` left out."""
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        relative = path.relative_to(root).as_posix()
+        if relative not in skip:
+            h.update(relative.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

@@ -4,6 +4,7 @@ and their defaults leave the cohort byte for byte as before."""
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,13 @@ from pipeline.data.synth_variants import HELD_OUT_SITE, WINDOW_FLOOR_HU
 from pipeline.errors import ConfigError
 from tests.conftest import build_params, tree_digest
 
-# sha256 over every file (relative path + bytes) of the cohort below, computed with the code
-# before these params existed (main at 3aa9cb6).
-GOLDEN = "676ee5075d5611f3d2b968b9dda5dc3eacb475db78c195c3b473b484b74284f7"
+# sha256 over every file (relative path + bytes) of the cohort below but labels.csv and
+# radops' ownership marker, computed with main at d4603d9, where the digest of every file still
+# equalled the one of the code before these params existed (main at 3aa9cb6); and of labels.csv
+# without the finding_* columns added later for task.kind multilabel (same commit).
+SKIPPED = ("labels.csv", ".radops-output")
+GOLDEN = "5779a9d4eea1a44dfc63e5dd063af32acf61c58b5dd423daa37012437e721181"
+GOLDEN_LABELS = "b33886e160f1199eb9c492cdab99db9f7586375b3690ceaf86b5e4addbcb714e"
 GOLDEN_SYNTH = {"patients": 6, "image_size": 32, "seed": 11, "series_patients": 1,
                 "series_image_size": 32}  # fmt: skip
 
@@ -47,13 +52,23 @@ def _hu(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array.astype(np.float64) - 1024.0
 
 
+def _labels_without_findings(path: Path) -> str:
+    rows = list(csv.reader(path.read_text().splitlines()))
+    keep = [i for i, name in enumerate(rows[0]) if not name.startswith("finding_")]
+    return hashlib.sha256(
+        "\n".join(",".join(r[i] for i in keep) for r in rows).encode()
+    ).hexdigest()
+
+
 def test_defaults_keep_the_cohort_byte_identical(tmp_path: Path) -> None:
     implicit = _cohort(tmp_path, "implicit", **GOLDEN_SYNTH)
     explicit = _cohort(
         tmp_path, "explicit", **GOLDEN_SYNTH, lesion_contrast=1.0, noise_scale=1.0,
         test_scanner_shift=False,
     )  # fmt: skip
-    assert tree_digest(implicit) == tree_digest(explicit) == GOLDEN
+    assert tree_digest(implicit, SKIPPED) == tree_digest(explicit, SKIPPED) == GOLDEN
+    for cohort in (implicit, explicit):
+        assert _labels_without_findings(cohort / "labels.csv") == GOLDEN_LABELS
     assert "split" not in (implicit / "labels.csv").read_text().splitlines()[0]
 
 
