@@ -85,32 +85,17 @@ class EvaluateResult:
     level: float = 0.95
     extra: dict[str, Any] = field(default_factory=dict)
     headline: str = "test_auc"  # the task's promotion metric
+    extras: tuple[tuple[str, str, str], ...] = ()  # Task.summary_extras: shown after it
     notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         lines = [f"evaluate: test split, {self.metrics['cnn'].get('n_test')} images"]
         lines += [f"  {note}" for note in self.notes]
+        key = self.headline
         for name, m in self.metrics.items():
-            if self.headline == "test_auc":
-                lines.append(
-                    f"  {name:<8} AUC {m['test_auc']:.3f} ({self.level:.0%} CI "
-                    f"{m['test_auc_ci_low']:.3f}–{m['test_auc_ci_high']:.3f}), "
-                    f"sens {m['test_sensitivity']:.3f}, spec {m['test_specificity']:.3f} "
-                    f"at threshold {m['threshold']:.3f}"
-                )
-                continue
-            key = self.headline
-            extra = (
-                f", accuracy {m['test_accuracy']:.3f}, macro F1 {m['test_f1_macro']:.3f}"
-                if key == "test_auc_macro"
-                else f", RMSE {m['test_rmse']:.3f}, R² {m['test_r2']:.3f}"
-                if key == "test_mae"
-                else f", SSIM {m['test_ssim']:.3f}, PSNR {m['test_psnr']:.1f} dB"
-                if key == "test_recon_mse"
-                else ""
-            )
+            extra = "".join(f", {label} {m[k]:{spec}}" for k, label, spec in self.extras if k in m)
             lines.append(
-                f"  {name:<8} {key.removeprefix('test_')} {m[key]:.3f} ({self.level:.0%} CI "
+                f"  {name:<8} {key.removeprefix('test_').replace('auc', 'AUC')} {m[key]:.3f} ({self.level:.0%} CI "
                 f"{m[key + '_ci_low']:.3f}–{m[key + '_ci_high']:.3f}){extra}"
             )
         for flag in ("overfitting", "underfitting"):
@@ -417,5 +402,6 @@ def run(params: Params, paths: Paths) -> EvaluateResult:
         out_dir=out,
         level=cfg.ci_level,
         headline=task.promotion_metric,
+        extras=task.summary_extras(),
         notes=notes,
     )

@@ -187,6 +187,9 @@ class AutoencoderTask(Task):
     def promotion_metric(self) -> str:
         return "test_recon_mse"
 
+    def summary_extras(self) -> tuple[tuple[str, str, str], ...]:
+        return (("test_ssim", "SSIM", ".3f"), ("test_psnr", "PSNR (dB)", ".1f"))
+
     def evaluation_summary(
         self,
         y_true: np.ndarray,

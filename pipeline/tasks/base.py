@@ -208,6 +208,11 @@ class Task(ABC):
             )
         return tta
 
+    def summary_extras(self) -> tuple[tuple[str, str, str], ...]:
+        """The metrics the evaluate stage's closing lines show after the headline and its CI:
+        ``(key in metrics_<model>.json, label, format spec)``; keys a file lacks are left out."""
+        return ()
+
     def headline(self, metrics: dict[str, Any]) -> str | None:
         """The headline metric present in ``metrics`` (an evaluate stage's JSON), or None when
         the stage did not evaluate this task's headline (e.g. another task's file)."""

@@ -164,6 +164,15 @@ class ClassificationTask(Task):
     def promotion_metric(self) -> str:
         return "test_auc" if self.binary else "test_auc_macro"
 
+    def summary_extras(self) -> tuple[tuple[str, str, str], ...]:
+        if self.binary:
+            return (
+                ("test_sensitivity", "sens", ".3f"),
+                ("test_specificity", "spec", ".3f"),
+                ("threshold", "at threshold", ".3f"),
+            )
+        return (("test_accuracy", "accuracy", ".3f"), ("test_f1_macro", "macro F1", ".3f"))
+
     def evaluation_summary(
         self,
         y_true: np.ndarray,

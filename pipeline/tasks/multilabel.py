@@ -238,6 +238,9 @@ class MultilabelTask(Task):
     def promotion_metric(self) -> str:
         return "test_auc_macro"
 
+    def summary_extras(self) -> tuple[tuple[str, str, str], ...]:
+        return (("test_auc_micro", "micro AUC", ".3f"), ("test_map", "mean AP", ".3f"))
+
     def evaluation_summary(
         self,
         y_true: np.ndarray,

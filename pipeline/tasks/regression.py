@@ -117,6 +117,9 @@ class RegressionTask(Task):
     def promotion_metric(self) -> str:
         return "test_mae"
 
+    def summary_extras(self) -> tuple[tuple[str, str, str], ...]:
+        return (("test_rmse", "RMSE", ".3f"), ("test_r2", "R²", ".3f"))
+
     def evaluation_summary(
         self,
         y_true: np.ndarray,

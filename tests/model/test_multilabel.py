@@ -60,8 +60,15 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         save_cnn(train_tiny_cnn(data, steps=40, task=task), root / "cnn", task=task)
         log_training_run(params, root / "cnn")
         base = baseline.run(params, baseline.Paths.from_params(params))
-        evaluate.run(params, evaluate.Paths.from_params(params))
-        yield {"root": root, "data": data, "task": task, "params": params, "base": base}
+        result = evaluate.run(params, evaluate.Paths.from_params(params))
+        yield {
+            "root": root,
+            "data": data,
+            "task": task,
+            "params": params,
+            "base": base,
+            "result": result,
+        }
 
 
 def test_the_kind_is_registered_and_owns_its_targets_option(tmp_path: Path) -> None:
@@ -150,6 +157,12 @@ def test_the_closing_summary_shows_macro_auc() -> None:
     summary = RunSummary("v", metrics, {}, None, None, {}, task=make_task("multilabel"))
     line = next(x for x in summary.format().splitlines() if "CNN test" in x)
     assert line.split(maxsplit=2)[2] == "auc_macro 0.900 (95% CI 0.800–0.950)"
+
+
+def test_the_evaluate_summary_shows_macro_and_micro_auc(evaluated: dict[str, Any]) -> None:
+    text = evaluated["result"].summary()
+    assert text.count("AUC_macro") == 2 and text.count("micro AUC") == 2  # cnn and baseline
+    assert "mean AP" in text
 
 
 def test_evaluation_metrics_match_sklearn(evaluated: dict[str, Any]) -> None:
