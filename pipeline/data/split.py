@@ -177,21 +177,101 @@ def patient_order_keys(labelled: pd.DataFrame, seed: int) -> pd.Series:
 def assign_patients(labelled: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
     """Split label for each row: patients (positive if any image is), per class ordered by
     :func:`patient_order_keys` and dealt out in the given ratios, at least one per split and
-    class when possible. Needs the ``pixel_sha256`` column; never reads the pseudonyms' values
-    except to group rows by patient.
+    class when possible. Within a class, the patients holding a value of a discrete target
+    (:func:`strata_flags`: each 0/1 finding, each class of a grade) are dealt first, rarest
+    first, so that every split gets some of each where the cohort allows (iterative
+    stratification, Sechidis et al. 2011); the others fill what is left in key order. Needs the
+    ``pixel_sha256`` column; never reads the pseudonyms' values except to group rows by
+    patient.
     """
     patient_label = labelled.groupby("patient_id", sort=True)["label"].max()
     order = patient_order_keys(labelled, seed)
+    flags = strata_flags(labelled)
     split_of: dict[str, str] = {}
     for cls in (0, 1):
         members = patient_label.index[patient_label == cls]
         patients = sorted(members, key=lambda p: order[p])
         counts = _allocate(len(patients), [ratios[s] for s in SPLIT_NAMES])
-        start = 0
-        for name, count in zip(SPLIT_NAMES, counts, strict=True):
-            split_of.update(dict.fromkeys(patients[start : start + count], name))
-            start += count
+        if flags.empty:
+            start = 0
+            for name, count in zip(SPLIT_NAMES, counts, strict=True):
+                split_of.update(dict.fromkeys(patients[start : start + count], name))
+                start += count
+            continue
+        dealt = _deal_rarest_first(patients, flags.loc[patients], counts, ratios)
+        split_of.update(dealt)
     return labelled["patient_id"].map(split_of)
+
+
+# A target with at most this many integer values is a set of classes to spread over the splits.
+MAX_STRATA_VALUES = 10
+
+
+def strata_flags(labelled: pd.DataFrame) -> pd.DataFrame:
+    """Per patient, one 0/1 column per non-zero value of each discrete target column (integer
+    values, at most ``MAX_STRATA_VALUES`` of them: findings, grades), 1 where any of the
+    patient's images has it. Continuous targets (a diameter) are not strata."""
+    import numpy as np
+    import pandas as pd
+
+    columns = {}
+    for name in target_columns(labelled):
+        values = pd.to_numeric(labelled[name], errors="coerce")
+        present = values.dropna()
+        if present.empty or not np.allclose(present, present.round()):
+            continue
+        distinct = sorted(set(present.astype(int)))
+        if len(distinct) > MAX_STRATA_VALUES:
+            continue
+        for value in distinct:
+            if value != 0:
+                columns[f"{name}={value}"] = (values == value).astype(int)
+    if not columns:
+        return pd.DataFrame(index=pd.Index([], name="patient_id"))
+    frame = pd.DataFrame(columns).assign(patient_id=labelled["patient_id"].to_numpy())
+    return frame.groupby("patient_id", sort=True).max()
+
+
+def _deal_rarest_first(
+    patients: list[str], flags: pd.DataFrame, counts: list[int], ratios: dict[str, float]
+) -> dict[str, str]:
+    """Assign ``patients`` (in key order) to splits holding exactly ``counts`` of them: the
+    holders of the rarest stratum first, each to a split still without one of that stratum,
+    else to the split that wants most of it (its ratio of the stratum's holders, less those it
+    got), ties by the split with most room left; the patients holding none fill the room left
+    in key order."""
+    import numpy as np
+
+    held = flags.to_numpy(dtype=bool)  # patients x strata, rows in ``patients`` order
+    names = list(SPLIT_NAMES)
+    capacity = np.array(counts)
+    wanted = np.array([[ratios[s] * held[:, c].sum() for c in range(held.shape[1])] for s in names])
+    holds = np.zeros_like(wanted)
+    left = np.ones(len(patients), dtype=bool)
+    out: dict[str, str] = {}
+
+    def give(row: int, split_index: int) -> None:
+        out[patients[row]] = names[split_index]
+        capacity[split_index] -= 1
+        wanted[split_index] -= held[row]
+        holds[split_index] += held[row]
+        left[row] = False
+
+    while True:
+        remaining = held[left].sum(axis=0)
+        if not remaining.any():
+            break
+        rarest = int(np.argmin(np.where(remaining > 0, remaining, np.iinfo(np.int64).max)))
+        for row in np.flatnonzero(left & held[:, rarest]):
+            open_splits = [i for i in range(len(names)) if capacity[i] > 0]
+            best = max(
+                open_splits,
+                key=lambda i: (holds[i, rarest] == 0, wanted[i, rarest], capacity[i]),
+            )
+            give(int(row), best)
+    for row in np.flatnonzero(left):
+        give(int(row), next(i for i in range(len(names)) if capacity[i] > 0))
+    return out
 
 
 def _allocate(n: int, ratios: list[float]) -> list[int]:

@@ -122,3 +122,59 @@ def test_bad_official_split_value(
     _, params = fake_params()
     with pytest.raises(InputError, match="holdout"):
         split.run(params, split.Paths.from_params(params))
+
+
+def _with_findings(manifest: pd.DataFrame, tmp_path: Path, rare: int, seed: int) -> pd.DataFrame:
+    """Two findings on the positive patients: a common one (every other positive patient) and
+    a rare one, and a 0/1/2 grade. The rare finding's holders are the first ``rare`` positive
+    patients in the split's own patient order, the worst case for a split stratified on the
+    label alone (it deals them all to train)."""
+    labelled = manifest[manifest["label"] >= 0]
+    order = split.patient_order_keys(labelled, seed)
+    positives = sorted(labelled.loc[labelled["label"] == 1, "patient_id"].unique(), key=order.get)
+    common = set(positives[::2])
+    scarce = set(positives[:rare])
+    manifest["finding_common"] = manifest["patient_id"].isin(common).astype(int)
+    manifest["finding_rare"] = manifest["patient_id"].isin(scarce).astype(int)
+    manifest["grade"] = manifest["label"].clip(lower=0) + manifest["finding_rare"]
+    manifest.loc[manifest["label"] < 0, ["finding_common", "finding_rare", "grade"]] = pd.NA
+    manifest.to_parquet(tmp_path / "ingested" / "manifest.parquet", index=False)
+    return manifest
+
+
+def test_every_split_gets_each_finding_and_class_where_the_cohort_allows(
+    fake_ingest: Callable, fake_params: Callable, tmp_path: Path
+) -> None:
+    """Multi-label and multi-class targets: a finding held by 3 patients of 60 lands in each
+    split (a split stratified on the label alone put all 3 in train), the patient ratios and the
+    label stratification stay as they were."""
+    manifest = fake_ingest(n_patients=60, unlabelled=0)
+    _, params = fake_params(split={"use_labels_split": False})
+    _with_findings(manifest, tmp_path, rare=3, seed=params.base.seed)
+    frame, _ = run_split(params)
+    per_patient = frame.groupby("patient_id").first()
+    for name in ("train", "val", "test"):
+        part = per_patient[per_patient["split"] == name]
+        assert part["finding_rare"].sum() >= 1, name
+        assert part["finding_common"].sum() >= 1, name
+        assert set(part["grade"]) == {0, 1, 2}, name
+        assert set(part["label"]) == {0, 1}, name
+    patients = per_patient["split"].value_counts()
+    assert abs(patients["train"] / len(per_patient) - 0.7) <= 0.04
+    assert frame.groupby("patient_id")["split"].nunique().max() == 1
+
+
+def test_a_continuous_target_is_not_a_stratum(
+    fake_ingest: Callable, fake_params: Callable, tmp_path: Path
+) -> None:
+    manifest = fake_ingest(n_patients=40, unlabelled=0)
+    manifest["lesion_diameter_mm"] = manifest.index.to_numpy() * 0.37
+    manifest.to_parquet(tmp_path / "ingested" / "manifest.parquet", index=False)
+    assert split.strata_flags(manifest).empty
+    _, params = fake_params(split={"use_labels_split": False})
+    with_diameter, _ = run_split(params)
+    manifest.drop(columns="lesion_diameter_mm").to_parquet(
+        tmp_path / "ingested" / "manifest.parquet", index=False
+    )
+    without, _ = run_split(params)
+    assert with_diameter["split"].tolist() == without["split"].tolist()
