@@ -211,8 +211,22 @@ def _folds(y: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> list[A
     elif np.issubdtype(np.asarray(y).dtype, np.floating):
         edges = np.quantile(y, [0.2, 0.4, 0.6, 0.8])
         strata = np.searchsorted(edges, y, side="right")
-    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), strata, groups))
+    columns = np.asarray(y).reshape(len(y), -1)
+    for folds in range(n, 1, -1):  # fewer folds where a rare finding leaves a fold one class
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        split = list(splitter.split(np.zeros(len(y)), strata, groups))
+        if np.ndim(y) < 2 or all(
+            len(np.unique(columns[train, k])) == 2
+            for train, _ in split
+            for k in range(columns.shape[1])
+        ):
+            return split
+    patients = [len(np.unique(groups[columns[:, k] > 0])) for k in range(columns.shape[1])]
+    raise InputError(
+        "the baseline's cross-validation needs positives and negatives of every finding in "
+        "each fold's training part; the training split's positive patients per finding are "
+        f"{patients}: add patients or drop the rarest finding"
+    )
 
 
 def _macro_ovr_auc(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
