@@ -92,10 +92,11 @@ class EvaluateResult:
         lines = [f"evaluate: test split, {self.metrics['cnn'].get('n_test')} images"]
         lines += [f"  {note}" for note in self.notes]
         key = self.headline
+        label = key.removeprefix("test_").replace("_", " ").replace("auc", "AUC")
         for name, m in self.metrics.items():
             extra = "".join(f", {label} {m[k]:{spec}}" for k, label, spec in self.extras if k in m)
             lines.append(
-                f"  {name:<8} {key.removeprefix('test_').replace('auc', 'AUC')} {m[key]:.3f} ({self.level:.0%} CI "
+                f"  {name:<8} {label} {m[key]:.3f} ({self.level:.0%} CI "
                 f"{m[key + '_ci_low']:.3f}–{m[key + '_ci_high']:.3f}){extra}"
             )
         for flag in ("overfitting", "underfitting"):

@@ -213,6 +213,15 @@ class Task(ABC):
         ``(key in metrics_<model>.json, label, format spec)``; keys a file lacks are left out."""
         return ()
 
+    def report_curves(
+        self, y: np.ndarray, predictions: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """ROC curves the ``table`` report draws for one model's test predictions, one figure
+        per model: ``label -> (FPR, TPR)``; the first is also written as the model's DVC plot
+        file (``plots/roc_<model>.csv``). None by default (a task with ``report_style`` other
+        than ``table`` draws its own figures)."""
+        return {}
+
     def headline(self, metrics: dict[str, Any]) -> str | None:
         """The headline metric present in ``metrics`` (an evaluate stage's JSON), or None when
         the stage did not evaluate this task's headline (e.g. another task's file)."""

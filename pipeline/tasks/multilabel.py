@@ -373,6 +373,20 @@ class MultilabelTask(Task):
         y = np.asarray(y).reshape(-1, len(self.findings))
         return {t: y[:, c] for c, t in enumerate(self.findings)}
 
+    def report_curves(
+        self, y: np.ndarray, predictions: np.ndarray
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The micro-average ROC (all image-finding pairs pooled, as ``test_auc_micro``), then
+        one curve per finding that has positives and negatives in the test split."""
+        y, probs = np.asarray(y), np.asarray(predictions)
+        curves = {"micro-average": stats.roc_points(y.ravel(), probs.ravel())}
+        curves.update(
+            (t, stats.roc_points(y[:, k], probs[:, k]))
+            for k, t in enumerate(self.findings)
+            if len(np.unique(y[:, k])) == 2
+        )
+        return curves
+
     def report_rows(self, metrics: Any) -> list[tuple[str, str]]:
         rows = [
             ("test_auc_macro", "Macro ROC AUC"),

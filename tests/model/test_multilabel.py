@@ -161,8 +161,24 @@ def test_the_closing_summary_shows_macro_auc() -> None:
 
 def test_the_evaluate_summary_shows_macro_and_micro_auc(evaluated: dict[str, Any]) -> None:
     text = evaluated["result"].summary()
-    assert text.count("AUC_macro") == 2 and text.count("micro AUC") == 2  # cnn and baseline
+    assert text.count("AUC macro") == 2 and text.count("micro AUC") == 2  # cnn and baseline
     assert "mean AP" in text
+
+
+def test_the_report_shows_a_roc_curve_per_finding(evaluated: dict[str, Any]) -> None:
+    reports = evaluated["params"].evaluate.out_dir
+    report = (reports / "evaluation.md").read_text()
+    for model in ("cnn", "baseline"):
+        figure = reports / "figures" / f"roc_{model}.png"
+        assert figure.stat().st_size > 1000 and f"figures/roc_{model}.png" in report
+    task = evaluated["task"]
+    y = np.array([[0, 1], [1, 0], [0, 1], [1, 1]])
+    curves = task.report_curves(y, np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]))
+    assert list(curves) == ["micro-average", *FINDINGS]
+    one_value = task.report_curves(np.array([[0, 1], [1, 1]]), np.ones((2, 2)) / 2)
+    assert list(one_value) == ["micro-average", "finding_any"]  # no curve for finding_large
+    plot = pd.read_csv(reports / "plots" / "roc_cnn.csv")
+    assert list(plot.columns) == ["fpr", "tpr"] and plot["tpr"].is_monotonic_increasing
 
 
 def test_evaluation_metrics_match_sklearn(evaluated: dict[str, Any]) -> None:
