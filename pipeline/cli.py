@@ -49,7 +49,7 @@ STAGE_MODULES = {
     "series": "pipeline.tasks.series_stage",  # asks the task whether it reads series
     "tune": "pipeline.training.tune",
     "train": "pipeline.training.train",
-    "baseline": "pipeline.baselines.svm",
+    "baseline": "pipeline.baselines.stage",  # asks the task for its baseline model
     "evaluate": "pipeline.evaluation.evaluate",
     "register": "pipeline.registry.register",
     "promote": "pipeline.registry.promote",

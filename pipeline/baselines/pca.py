@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import catalog
+from pipeline.baselines.common import BaselineResult, task_split
 
 if TYPE_CHECKING:
-    from pipeline.baselines.svm import BaselineResult, Paths
+    from pipeline.baselines.stage import Paths
     from pipeline.config import Params
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,6 @@ def run(params: Params, paths: Paths) -> BaselineResult:
     from sklearn.decomposition import PCA
 
     from pipeline.baselines.store import save
-    from pipeline.baselines.svm import BaselineResult, task_split
     from pipeline.io import write_json
     from pipeline.tasks import get_task
     from pipeline.tracking import tracked_run

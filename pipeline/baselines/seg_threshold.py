@@ -26,7 +26,7 @@ from pipeline.errors import InputError
 from pipeline.metrics import seg_stats
 
 if TYPE_CHECKING:
-    from pipeline.baselines.svm import Paths
+    from pipeline.baselines.stage import Paths
     from pipeline.config import Params
 
 log = logging.getLogger(__name__)

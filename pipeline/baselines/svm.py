@@ -1,7 +1,8 @@
-"""``radops baseline``: hand-crafted features, feature selection and a kernel SVM / SVR.
+"""The SVM baseline: hand-crafted features, feature selection and a kernel SVM / SVR.
 
-The baseline is the yardstick for the CNN: if a radiomics-style model on a few dozen
-features does as well, the CNN is not worth its cost. It follows the task (``task.kind``,
+The baseline of the tasks whose ``Task.baseline_model`` is ``svm`` (run by the stage,
+``pipeline.baselines.stage``): a radiomics-style model on a few dozen features. It follows
+the task (``task.kind``,
 ``task.target``; images without the target are left out): a binary label gets a calibrated
 SVM as before; K > 2 classes a one-vs-rest SVM (one calibrated SVM per class, probabilities
 normalised); a continuous value a support-vector regressor on the standardised target. The
@@ -16,24 +17,20 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import catalog, tasks
+from pipeline import catalog
+from pipeline.baselines.common import BaselineResult, task_split
 from pipeline.baselines.store import META_FILE, MODEL_FILE, save
-from pipeline.baselines.store import TRUSTED_TYPES as TRUSTED_TYPES  # re-exported
-from pipeline.baselines.store import load as load  # re-exported
-from pipeline.baselines.store import load_pipeline as load_pipeline  # re-exported
 from pipeline.errors import InputError
 from pipeline.metrics import multiclass_stats, regression_stats, stats
 
 if TYPE_CHECKING:
-    import pandas as pd
     from sklearn.pipeline import Pipeline
 
+    from pipeline.baselines.stage import Paths
     from pipeline.config import BaselineSection, Params
     from pipeline.tasks import Task
 
@@ -41,89 +38,6 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = catalog.RUN_FILE
 RFE_STEP = 0.1
-
-
-@dataclass(frozen=True)
-class Paths:
-    data_dir: Path
-    out_dir: Path
-
-    @classmethod
-    def from_params(cls, params: Params) -> Paths:
-        cat = catalog.Catalog(params)
-        return cls(data_dir=tasks.model_data_dir(params), out_dir=cat.baseline_dir)
-
-
-@dataclass(frozen=True)
-class BaselineResult:
-    val_auc: float  # the task's validation score: AUC, macro AUC or MAE (see ``score``)
-    cv_auc: float  # its grouped-CV value (NaN without a search)
-    kernel: str
-    best_params: dict[str, Any]
-    selected_features: list[str]
-    n_train: int
-    n_val: int
-    run_id: str
-    out_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
-    score: str = "auc"
-
-    def summary(self) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in sorted(self.best_params.items()))
-        name = {"auc": "AUC", "auc_macro": "macro AUC", "mae": "MAE"}.get(self.score, self.score)
-        model = {"mae": "SVR", "recon_mse": "baseline"}.get(self.score, "SVM")
-        cv = "" if math.isnan(self.cv_auc) else f", grouped-CV {name} {self.cv_auc:.3f}"
-        return (
-            f"baseline: {self.kernel} {model} ({params}) on {len(self.selected_features)} "
-            f"selected features; trained on {self.n_train} images, validation {name} "
-            f"{self.val_auc:.3f} on {self.n_val}{cv}; written to {self.out_dir} "
-            f"(MLflow run {self.run_id})"
-        )
-
-
-def load_split(data_dir: Path | str, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """``(x, y, index)`` of one preprocessed split; ``x`` is memory-mapped, not read; ``y`` is
-    the binary ``label`` (``task_split`` reads a task's target instead)."""
-    import pandas as pd
-
-    data_dir = Path(data_dir)
-    parts = (catalog.IMAGES_SUFFIX, catalog.LABELS_SUFFIX, catalog.INDEX_SUFFIX)
-    files = [catalog.split_file(data_dir, split, part) for part in parts]
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        raise InputError(f"preprocessed {split} split is incomplete, missing: {missing}")
-    x = np.load(files[0], mmap_mode="r")
-    y = np.asarray(np.load(files[1]), dtype=np.int64)
-    index = pd.read_parquet(files[2])
-    if not len(x) == len(y) == len(index):
-        raise InputError(
-            f"{split} split: {len(x)} images, {len(y)} labels, {len(index)} index rows"
-        )
-    return x, y, index
-
-
-def task_split(
-    task: Task, data_dir: Path | str, split: str
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, int]:
-    """``(x, targets, index, n_missing)``: the images of ``split`` that have the task's target."""
-    x, _, index = load_split(data_dir, split)
-    targets = task.read_targets(data_dir, split)
-    if targets.n_missing:
-        log.info("baseline: %s", targets.note(task.target))
-        return (
-            np.asarray(x[targets.rows]),
-            targets.values,
-            index.iloc[targets.rows].reset_index(drop=True),
-            targets.n_missing,
-        )
-    return x, targets.values, index, 0
-
-
-def task_of(meta: dict[str, Any]) -> Task:
-    """The task a saved baseline was fitted for (older baselines: the binary ``label``)."""
-    from pipeline.tasks import task_from_meta
-
-    return task_from_meta(meta)
 
 
 def _regression(task: Task | None) -> bool:
@@ -368,11 +282,9 @@ def selected_features(pipe: Any, names: list[str]) -> list[str]:
 def predict(pipe: Pipeline, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """The baseline's predictions for N×1×S×S images: N probabilities of class 1 (binary),
     N×K class probabilities, or N values in the target's units."""
-    if meta.get("kind") == "pca":  # the autoencoder's baseline
-        from pipeline.baselines import pca
+    from pipeline.tasks import task_from_meta
 
-        return pca.predict(pipe, meta, x)
-    return outputs(pipe, _features(meta, x), task_of(meta))
+    return outputs(pipe, _features(meta, x), task_from_meta(meta))
 
 
 def _score(task: Task, y: np.ndarray, pred: np.ndarray) -> float:
@@ -397,14 +309,6 @@ def run(params: Params, paths: Paths) -> BaselineResult:
 
     cfg, seed = params.baseline, params.base.seed
     task = get_task(params)
-    if task.baseline_model == "pca":  # the autoencoder's: PCA reconstruction
-        from pipeline.baselines import pca
-
-        return pca.run(params, paths)
-    if task.baseline_model == "threshold":  # segmentation: the classical segmenter instead
-        from pipeline.baselines import seg_threshold
-
-        return seg_threshold.run(params, paths)  # type: ignore[return-value]
     x_train, y_train, idx_train, _ = task_split(task, paths.data_dir, "train")
     task = task.fit(task.read_targets(paths.data_dir, "train"))
     x_val, y_val, _, _ = task_split(task, paths.data_dir, "val")

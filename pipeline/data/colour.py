@@ -1,7 +1,7 @@
 """Colour DICOM images for ingest: RGB, YBR_* and PALETTE COLOR decoded to RGB with pydicom.
 
-Imported by ``pipeline.data.dicom_io`` inside its functions (not at import time: this module
-imports from it). pydicom does the colour work: its decoders return the samples (planar
+Imported by ``pipeline.data.dicom_io``; both read the header through
+``pipeline.data.dicom_header``. pydicom does the colour work: its decoders return the samples (planar
 configuration undone), ``convert_color_space`` turns YBR_FULL / YBR_FULL_422 into RGB (JPEG 2000
 decoders already undo YBR_ICT / YBR_RCT and say so), ``apply_color_lut`` looks up palette
 indices. Colour images carry no modality LUT (PS3.3 C.7.6.3.1.1: rescale applies to
@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from pipeline.data.dicom_io import PIXEL_TAGS, TRUNCATED, Unusable, _first, value
+from pipeline.data.dicom_header import PIXEL_TAGS, TRUNCATED, Unusable, _first, value
 
 PALETTE = "PALETTE COLOR"
 # Photometric interpretations ingest converts to RGB, with their Samples per Pixel.

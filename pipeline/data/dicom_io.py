@@ -21,56 +21,31 @@ checked against ``ingest.max_megapixels`` from the header, before the pixel data
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import re
 import struct
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydicom import config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
-from pydicom.valuerep import MAX_VALUE_LEN, VALIDATORS, VR_REGEXES
 
 from pipeline.data import safe_read
 from pipeline.data.deid import Pseudonymizer
+from pipeline.data.dicom_header import PIXEL_TAGS, TRUNCATED, Unusable, _first, value
 from pipeline.data.geometry import GEOMETRY_FIELDS, frame_geometry
 from pipeline.data.pixels import ShardWriter
 from pipeline.data.seg_io import PENDING as SEG_PENDING
 from pipeline.data.seg_io import is_segmentation
 
-# keyword -> (tag, VR) of every attribute ingest reads.
-TAGS: dict[str, tuple[BaseTag, str]] = {
-    k: (BaseTag(t), vr)
-    for k, t, vr in (
-        ("PatientName", 0x00100010, "PN"), ("PatientID", 0x00100020, "LO"),
-        ("PatientBirthDate", 0x00100030, "DA"), ("AccessionNumber", 0x00080050, "SH"),
-        ("InstitutionName", 0x00080080, "LO"), ("StudyDate", 0x00080020, "DA"),
-        ("Manufacturer", 0x00080070, "LO"), ("Modality", 0x00080060, "CS"),
-        ("SOPClassUID", 0x00080016, "UI"), ("SOPInstanceUID", 0x00080018, "UI"),
-        ("StudyInstanceUID", 0x0020000D, "UI"), ("SeriesInstanceUID", 0x0020000E, "UI"),
-        ("PixelSpacing", 0x00280030, "DS"), ("ImagerPixelSpacing", 0x00181164, "DS"),
-        ("SamplesPerPixel", 0x00280002, "US"), ("PhotometricInterpretation", 0x00280004, "CS"),
-        ("NumberOfFrames", 0x00280008, "IS"), ("Rows", 0x00280010, "US"),
-        ("Columns", 0x00280011, "US"), ("BitsAllocated", 0x00280100, "US"),
-        ("BitsStored", 0x00280101, "US"), ("PixelRepresentation", 0x00280103, "US"),
-        ("BurnedInAnnotation", 0x00280301, "CS"), ("RescaleIntercept", 0x00281052, "DS"),
-        ("RescaleSlope", 0x00281053, "DS"), ("TransferSyntaxUID", 0x00020010, "UI"),
-        ("MediaStorageSOPClassUID", 0x00020002, "UI"),
-    )
-}  # fmt: skip
 # Read strictly: what the manifest is computed from.
 STRICT = ("PatientID", "InstitutionName", "Manufacturer", "Modality", "SOPInstanceUID",
           "StudyInstanceUID", "SeriesInstanceUID", "PixelSpacing", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns",
           "BitsAllocated", "BitsStored", "PixelRepresentation", "BurnedInAnnotation",
           "RescaleIntercept", "RescaleSlope")  # fmt: skip
-PIXEL_TAGS = (BaseTag(0x7FE00010), BaseTag(0x7FE00008), BaseTag(0x7FE00009))
 MODALITY_LUT_SEQUENCE = BaseTag(0x00283000)
 GREY = ("MONOCHROME1", "MONOCHROME2")
 KNOWN_COLOUR = frozenset(
@@ -78,7 +53,6 @@ KNOWN_COLOUR = frozenset(
      "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_RCT")
 )  # fmt: skip
 BURNED_IN = "burned-in annotation: may show identifiers"
-TRUNCATED = "truncated DICOM file: data ends early"
 Limits = safe_read.Limits
 # Row layout produced here; ingest adds ``label`` and ``official_split`` (docs/stages.md).
 ROW_FIELDS: tuple[str, ...] = (
@@ -90,14 +64,6 @@ ROW_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class Unusable(Exception):
-    """The file cannot be ingested; ``reason`` is for people and names no identifier."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Outcome(NamedTuple):
     """What one file gave: image rows, or a quarantine reason (never both)."""
 
@@ -106,68 +72,6 @@ class Outcome(NamedTuple):
     rows: list[tuple[Any, ...]]
     reason: str | None
     sop_uid: str | None  # remapped, when the header could be read (duplicates, labels)
-
-
-def value(ds: Dataset, keyword: str, strict: bool = True) -> Any:
-    """A header value: ``str`` or ``list[str]`` for text VRs, ``int`` for US, or None.
-
-    ``strict``: validate with pydicom's VR rules; a bad value raises ``Unusable``.
-    """
-    tag, vr = TAGS[keyword]
-    elem = ds.get_item(tag)
-    if elem is None:
-        return None
-    if not isinstance(elem, RawDataElement):  # converted (and validated) by pydicom already
-        return _normalised(elem.value, vr)
-    raw = elem.value
-    if not isinstance(raw, bytes) or not raw.isascii() or b"\x1b" in raw:
-        return _converted(ds, tag, keyword, vr, strict)  # character sets: pydicom decodes
-    if not raw:
-        return None
-    if vr == "US":
-        if len(raw) != 2:
-            raise Unusable(f"invalid {keyword} in header (VR US)")
-        return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
-    items = [v.strip(" \x00") for v in raw.decode("ascii").split("\\")]
-    if strict and not all(map(_checker(vr), items)):
-        raise Unusable(f"invalid {keyword} in header (VR {vr})")
-    return items[0] if len(items) == 1 else items
-
-
-@functools.cache
-def _checker(vr: str) -> Callable[[str], bool]:
-    """pydicom's VR rules (length, regex) as one precompiled test (RAISE-mode strictness)."""
-    regex, limit = VR_REGEXES.get(vr), MAX_VALUE_LEN.get(vr)
-    if regex is not None:
-        match = re.compile(regex).match
-        return lambda s: not s or ((limit is None or len(s) <= limit) and match(s) is not None)
-    validator = VALIDATORS.get(vr)
-    return (lambda s: validator(vr, s)[0]) if validator else (lambda s: True)
-
-
-def _converted(ds: Dataset, tag: BaseTag, keyword: str, vr: str, strict: bool) -> Any:
-    try:
-        with config.strict_reading() if strict else config.disable_value_validation():
-            return _normalised(ds[tag].value, vr)
-    except Exception:
-        if not strict:
-            return None
-        raise Unusable(f"invalid {keyword} in header (VR {vr})") from None
-
-
-def _normalised(val: Any, vr: str) -> Any:
-    if val is None or val == "":
-        return None
-    if isinstance(val, list | tuple) or type(val).__name__ == "MultiValue":
-        if vr == "US":
-            return int(val[0])
-        items = [str(v) for v in val]
-        return items[0] if len(items) == 1 else items
-    return int(val) if vr == "US" else str(val)
-
-
-def _first(val: Any) -> Any:
-    return (val[0] if val else None) if isinstance(val, list) else val
 
 
 def header(ds: Dataset) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
     from scipy.ndimage import gaussian_filter
 
     from pipeline import catalog
-    from pipeline.data import synth
+    from pipeline.data import synth_images
 
     size = cfg.series_image_size
     grid = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -78,23 +78,23 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
         writer.writerow(SERIES_LABELS_HEADER)
         for p in range(cfg.series_patients):
             rng = np.random.default_rng([cfg.seed, 5113, p])
-            site_index = int(rng.integers(len(synth.SITES)))
-            site = synth.SITES[site_index]
+            site_index = int(rng.integers(len(synth_images.SITES)))
+            site = synth_images.SITES[site_index]
             patient = {
-                "PatientName": f"{rng.choice(synth.LAST_NAMES)}^{rng.choice(synth.FIRST_NAMES)}",
+                "PatientName": f"{rng.choice(synth_images.LAST_NAMES)}^{rng.choice(synth_images.FIRST_NAMES)}",
                 "PatientID": str(int(rng.integers(10_000_000, 100_000_000))),
                 "PatientSex": str(rng.choice(["F", "M"])),
                 "PatientBirthDate": f"{int(rng.integers(1935, 2000))}0{int(rng.integers(1, 10))}15",
             }
             study = {
-                "StudyInstanceUID": synth._uid(rng),
+                "StudyInstanceUID": synth_images._uid(rng),
                 "AccessionNumber": str(int(rng.integers(10**9, 10**10))),
                 "StudyID": str(int(rng.integers(1000, 100_000))),
                 "StudyDate": f"202{int(rng.integers(0, 5))}0{int(rng.integers(1, 10))}1{int(rng.integers(0, 9))}",
                 "StudyTime": f"{int(rng.integers(7, 19)):02d}3000",
                 "PatientAge": f"{int(rng.integers(25, 85)):03d}Y",
-                "ReferringPhysicianName": str(rng.choice(synth.PHYSICIANS)),
-                "FrameOfReferenceUID": synth._uid(rng),
+                "ReferringPhysicianName": str(rng.choice(synth_images.PHYSICIANS)),
+                "FrameOfReferenceUID": synth_images._uid(rng),
             }
             n = int(rng.integers(SLICES[0], SLICES[1] + 1))
             spacing = SERIES_SPACING_MM[site_index]
@@ -104,7 +104,7 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
             origin = [-pixel * size / 2, -pixel * size / 2, float(rng.uniform(-200, -100))]
             positions, orientation = geometry(n, spacing, tilt, direction, origin)
             in_lung = bool(rng.random() < 0.7)
-            lesion = synth.Lesion(
+            lesion = synth_images.Lesion(
                 in_lung=in_lung,
                 side=int(rng.choice([-1, 1])),
                 rho=float(rng.uniform(0.0, 0.6)),
@@ -117,7 +117,7 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
             centre = int(rng.integers(half + 1, n - half - 1))
             anatomy = int(rng.integers(2**32))
             enhanced = bool(rng.random() < 0.5)
-            series_uid, series_no = synth._uid(rng), int(rng.integers(2, 9))
+            series_uid, series_no = synth_images._uid(rng), int(rng.integers(2, 9))
             names = rng.permutation(10**6)[:n]  # shuffled file names
             folder = dicom_dir / f"PA{p + 1:06d}" / "ST000001" / f"SE{series_no:06d}"
             folder.mkdir(parents=True)
@@ -130,7 +130,7 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
                     radius_px=lesion.radius_px * math.sqrt(max(0.0, 1 - (d / (half + 1)) ** 2))
                 )
                 if here or base is None:  # the lesion-free slice is rendered once
-                    hu, _ = synth.render_image(
+                    hu, _ = synth_images.render_image(
                         np.random.default_rng(anatomy),
                         size,
                         grid,
@@ -143,9 +143,9 @@ def write_cohort(cfg: SynthSection, out_dir: Path) -> SeriesCounts:
                 hu = hu if here or base is None else base
                 noise = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.6)
                 hu = hu + noise * (float(rng.uniform(*site.noise)) / max(float(noise.std()), 1e-6))
-                sop = synth._uid(rng)
+                sop = synth_images._uid(rng)
                 if ds is None:  # one header per series; each slice changes what differs
-                    ds = synth._dataset(rng, site, patient, study, 0, sop, hu, size)
+                    ds = synth_images._dataset(rng, site, patient, study, 0, sop, hu, size)
                     ds.SeriesInstanceUID = series_uid
                     ds.SeriesNumber = series_no
                     ds.ImageOrientationPatient = [_ds(v) for v in orientation]

@@ -24,13 +24,13 @@ from pipeline import catalog
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.data.synth import Site
+    from pipeline.data.synth_images import Site
 
 BAD_KINDS = ("wrong_rescale", "flipped", "blank", "body_part", "noise")
 
 
 def new_site() -> Site:
-    from pipeline.data.synth import Site
+    from pipeline.data.synth_images import Site
 
     return Site(
         "Eastgate Imaging Centre", "3 Quarry Lane, Leeds LS1 4AB", "FUJIFILM", "FCT Supria",

@@ -31,10 +31,10 @@ from pipeline import catalog
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.data.synth import Lesion, Site
+    from pipeline.data.synth_images import Lesion, Site
 
 WINDOW_FLOOR_HU = -160.0  # lower edge of the default preprocessing window (40 - 400/2)
-HELD_OUT_SITE = 3  # index in synth.SITES whose patients move to the new scanner
+HELD_OUT_SITE = 3  # index in synth_images.SITES whose patients move to the new scanner
 # train : val among the other scanners' patients (the split stage's default 0.70 : 0.15).
 VAL_SHARE = 0.15 / 0.85
 

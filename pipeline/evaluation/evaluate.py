@@ -270,7 +270,7 @@ def prediction_frame(
 
 def run(params: Params, paths: Paths) -> EvaluateResult:
     """Predict val and test with both models, compute, write, plot and log everything."""
-    from pipeline.baselines import svm as baseline
+    from pipeline.baselines import stage as baseline
     from pipeline.evaluation.report import ReportInput
     from pipeline.io import read_json, write_csv, write_json, write_parquet, write_text
     from pipeline.tasks import task_from_meta

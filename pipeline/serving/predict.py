@@ -8,6 +8,9 @@ threshold recorded in the model's own artifact by ``radops register``, ``serving
 else ``model.json``'s, else 0.5; registry tags are display only, see
 ``pipeline.registry.trust``); K classes:
 the most probable class and every class probability; a regression: the predicted value.
+One skeleton for every task: what a sample is (an image, or a whole series for a series
+model) is the task's ``sample_unit`` (``pipeline.serving.samples`` reads them), and how the
+results are written its ``prediction_writer`` (a table, or besides it a DICOM SEG per image).
 """
 
 from __future__ import annotations
@@ -16,16 +19,15 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pipeline import catalog
 from pipeline.config import Params
 from pipeline.errors import InputError
-
-if TYPE_CHECKING:
-    import pandas as pd
+from pipeline.serving import samples
+from pipeline.serving.samples import without_spacing as without_spacing  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -109,34 +111,13 @@ def operating_threshold(task: Any, recorded: float | None, meta: dict[str, Any])
     return float(meta.get("threshold", 0.5))
 
 
-def without_spacing(
-    manifest: pd.DataFrame, quarantine: pd.DataFrame, stats: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A model trained at a common pixel spacing (``preprocess.spacing_mm`` > 0) needs each
-    image's spacing: images without one are reported as quarantined, not scored."""
-    import pandas as pd
-
-    mm = float(stats.get("spacing_mm", 0.0) or 0.0)
-    if mm <= 0 or not len(manifest):
-        return manifest, quarantine
-    ok = (manifest["pixel_spacing_row"] > 0) & (manifest["pixel_spacing_col"] > 0)  # NaN: no
-    if ok.all():
-        return manifest, quarantine
-    missing = pd.DataFrame(
-        {
-            "source_id": manifest.loc[~ok, "source_id"].drop_duplicates(),
-            "reason": f"no pixel spacing (the model resamples to {mm:g} mm per pixel)",
-        }
-    )
-    return manifest[ok].reset_index(drop=True), pd.concat([quarantine, missing], ignore_index=True)
-
-
 def run(params: Params, paths: Paths) -> PredictResult:
+    """Ingest the input folder, read its samples as the task's ``sample_unit`` says (images
+    or series, ``pipeline.serving.samples``), score them and write one row per sample (and per
+    file or sample not scored) with the task's writer."""
     import pandas as pd
 
     from pipeline.data import ingest
-    from pipeline.data.pixels import PixelStore
-    from pipeline.data.preprocess import transform_image
     from pipeline.io import check_outputs, check_replaceable, read_csv, write_csv
     from pipeline.models.networks import load_model, predict
     from pipeline.tasks import task_from_meta
@@ -164,10 +145,6 @@ def run(params: Params, paths: Paths) -> PredictResult:
         threshold = operating_threshold(task, recorded_threshold, meta)
         if recorded_threshold is None and threshold is not None:
             log.info("no registered threshold for %s; using %.3f", label, threshold)
-        if task.sample_unit == "series":  # one row per series
-            from pipeline.serving.series_predict import run_series
-
-            return run_series(params, paths, network, meta, task, threshold, label, work)
         ingested = work / "ingested"
         ingested_result = ingest.run(
             params, ingest.Paths(input_dir=paths.input_dir, labels_csv=None, out_dir=ingested)
@@ -176,23 +153,10 @@ def run(params: Params, paths: Paths) -> PredictResult:
         manifest = pd.read_parquet(ingested / catalog.MANIFEST_FILE)
         quarantine = read_csv(ingested / catalog.QUARANTINE_FILE)
         stats: dict[str, Any] = meta["preprocessing"]
-        manifest, quarantine = without_spacing(manifest, quarantine, stats)
-        if len(manifest):
-            with PixelStore(ingested) as store:
-                batch = np.stack(
-                    [
-                        transform_image(
-                            store.load(row),
-                            stats,
-                            spacing=(
-                                float(row.pixel_spacing_row),  # type: ignore[arg-type]
-                                float(row.pixel_spacing_col),  # type: ignore[arg-type]
-                            ),
-                        )
-                        for row in manifest.itertuples()
-                    ]
-                ).astype(np.float32)
-            predictions = predict(network, meta, batch, tta=tta)
+        read = samples.READERS[task.sample_unit]  # one row per image, or per series
+        found = read(params, ingested, manifest, quarantine, stats, path_of)
+        if len(found.x):
+            predictions = predict(network, meta, found.x, batch_size=found.batch_size, tta=tta)
         else:
             shape = (0, task.n_outputs) if task.n_outputs > 1 else (0,)
             predictions = np.zeros(shape, dtype=np.float32)
@@ -200,30 +164,15 @@ def run(params: Params, paths: Paths) -> PredictResult:
             from pipeline.serving import seg_output
 
             columns = seg_output.write(
-                paths.out_csv, paths.input_dir, manifest, predictions, stats, task, path_of
+                paths.out_csv, paths.input_dir, found.manifest, predictions, stats, task, path_of
             )
         else:
             columns = task.prediction_columns(predictions, threshold)
-        scored = pd.DataFrame(
-            {
-                "sop_uid": manifest["sop_uid"],
-                "frame": manifest["frame"],
-                "source_file": manifest["source_id"].map(path_of),
-                "status": "scored",
-            }
-            | columns
-            | {"reason": ""}
-        )
-        failed = pd.DataFrame(
-            {
-                "sop_uid": "",
-                "frame": -1,
-                "source_file": quarantine["source_id"].map(path_of),
-                "status": "quarantined",
-            }
-            | {c: task.unscored_value(c) for c in columns}
-            | {"reason": quarantine["reason"]}
-        )
+        scored = found.ids.assign(status="scored", **columns, **found.extra(network), reason="")
+        failed = found.failed.drop(columns="reason").assign(status="quarantined")
+        if found.fill_unscored:
+            failed = failed.assign(**{c: task.unscored_value(c) for c in columns})
+        failed = failed.assign(reason=found.failed["reason"].to_numpy())
         frames = [f for f in (scored, failed) if len(f)]
         table = pd.concat(frames, ignore_index=True) if frames else scored
         write_csv(paths.out_csv, table, stage="predict")

@@ -144,14 +144,14 @@ def test_train_baseline_and_evaluate_an_anomaly_autoencoder(
     (metrics with CIs, figures, DVC plot data, per-image prediction columns)."""
     import pandas as pd
 
-    from pipeline.baselines import svm
+    from pipeline.baselines import stage as baseline
     from pipeline.evaluation import evaluate
     from pipeline.training import train
 
     task = {"kind": "autoencoder", "autoencoder": {"mode": "anomaly"}}
     params = tiny_params(tmp_path, smooth, mlflow_uri, task=task, max_epochs=4)
     train.run(params, train.Paths.from_params(params))
-    base = svm.run(params, svm.Paths.from_params(params))
+    base = baseline.run(params, baseline.Paths.from_params(params))
     assert base.score == "recon_mse" and "PCA" in base.summary()
     result = evaluate.run(params, evaluate.Paths.from_params(params))
     for model in ("cnn", "baseline"):

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.baselines import svm as baseline
+from pipeline.baselines import stage as baseline
+from pipeline.baselines import store, svm
+from pipeline.baselines.common import task_split
 from pipeline.baselines.features import extract_features, feature_names, fit_spec
 from pipeline.config import BaselineSection
 from pipeline.errors import InputError
@@ -58,10 +60,10 @@ def test_features_shape_names_and_finiteness(data: Path) -> None:
 def test_selection_picks_k(train_features: Any, selection: str) -> None:
     feats, y, _, _ = train_features
     cfg = BaselineSection(selection=selection, k_features=5, kernel="linear")
-    pipe = baseline.build_pipeline(cfg, feats.shape[1], seed=0).fit(feats, y)
+    pipe = svm.build_pipeline(cfg, feats.shape[1], seed=0).fit(feats, y)
     assert pipe.named_steps["select"].get_support().sum() == 5
     too_many = BaselineSection(selection=selection, k_features=10_000, kernel="linear")
-    capped = baseline.build_pipeline(too_many, feats.shape[1], 0).fit(feats, y)
+    capped = svm.build_pipeline(too_many, feats.shape[1], 0).fit(feats, y)
     assert capped.named_steps["select"].get_support().sum() == feats.shape[1]
 
 
@@ -76,7 +78,7 @@ def test_each_kernel_trains_with_probabilities(train_features: Any, kernel: str)
         C_grid=[0.1, 1.0],
         gamma_grid=["scale", 0.01],
     )
-    pipe, best, cv_auc = baseline.fit(cfg, feats, y, groups, seed=0)
+    pipe, best, cv_auc = svm.fit(cfg, feats, y, groups, seed=0)
     prob = pipe.predict_proba(feats)[:, 1]
     assert ((prob >= 0) & (prob <= 1)).all()
     assert roc_auc_score(y, prob) > 0.7
@@ -88,7 +90,7 @@ def test_each_kernel_trains_with_probabilities(train_features: Any, kernel: str)
 def test_scaler_is_fitted_on_training_features_only(train_features: Any) -> None:
     feats, y, groups, _ = train_features
     cfg = BaselineSection(k_features=6, cv_folds=3, search=False)
-    pipe, _, _ = baseline.fit(cfg, feats, y, groups, seed=0)
+    pipe, _, _ = svm.fit(cfg, feats, y, groups, seed=0)
     np.testing.assert_allclose(pipe.named_steps["scale"].mean_, feats.mean(axis=0))
     np.testing.assert_allclose(
         pipe.named_steps["scale"].scale_[feats.std(axis=0) > 0],
@@ -106,20 +108,20 @@ def test_skops_round_trip_and_untrusted_types_refused(train_features: Any, tmp_p
     from sklearn.svm import SVC
 
     feats, y, groups, _ = train_features
-    pipe, _, _ = baseline.fit(
+    pipe, _, _ = svm.fit(
         BaselineSection(k_features=6, cv_folds=3, search=False), feats, y, groups, 0
     )
-    path = baseline.save(pipe, tmp_path / "model.skops")
+    path = store.save(pipe, tmp_path / "model.skops")
     assert not path.read_bytes().startswith(b"\x80")  # a zip archive, not a pickle stream
-    loaded = baseline.load_pipeline(path)
+    loaded = store.load_pipeline(path)
     np.testing.assert_array_equal(loaded.predict_proba(feats), pipe.predict_proba(feats))
 
     evil = make_pipeline(FunctionTransformer(_custom), SVC()).fit(feats, y)
-    bad = baseline.save(evil, tmp_path / "evil.skops")
+    bad = store.save(evil, tmp_path / "evil.skops")
     with pytest.raises(InputError, match="untrusted"):
-        baseline.load_pipeline(bad)
+        store.load_pipeline(bad)
     with pytest.raises(InputError):
-        baseline.load_pipeline(tmp_path / "missing.skops")
+        store.load_pipeline(tmp_path / "missing.skops")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +181,7 @@ def _task_features(data: Path, kind: str, target: str) -> tuple[Any, Any, Any, A
     from tests.model.eval_fixtures import tiny_task
 
     task = tiny_task(data, kind, target)
-    x, y, index, _ = baseline.task_split(task, data, "train")
+    x, y, index, _ = task_split(task, data, "train")
     feats, _ = extract_features(x, fit_spec(x, 8))
     return task, feats, y, index["patient_id"].to_numpy(), x
 
@@ -189,8 +191,8 @@ def test_three_class_svm_is_one_vs_rest_with_probabilities(graded_data: Path) ->
 
     task, feats, y, groups, _ = _task_features(graded_data, "classification", "grade")
     cfg = BaselineSection(k_features=8, cv_folds=3, C_grid=[0.1, 1.0], gamma_grid=["scale"])
-    pipe, best, cv_auc = baseline.fit(cfg, feats, y, groups, seed=0, task=task)
-    probs = baseline.outputs(pipe, feats, task)
+    pipe, best, cv_auc = svm.fit(cfg, feats, y, groups, seed=0, task=task)
+    probs = svm.outputs(pipe, feats, task)
     assert probs.shape == (len(y), 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert isinstance(pipe.named_steps["svm"].estimator, OneVsRestClassifier)
@@ -208,8 +210,8 @@ def test_svr_for_a_continuous_target(graded_data: Path, kernel: str) -> None:
     cfg = BaselineSection(
         kernel=kernel, k_features=8, cv_folds=3, C_grid=[0.1, 1.0], gamma_grid=["scale"]
     )
-    pipe, best, cv_mae = baseline.fit(cfg, feats, y, groups, seed=0, task=task)
-    pred = baseline.outputs(pipe, feats, task)
+    pipe, best, cv_mae = svm.fit(cfg, feats, y, groups, seed=0, task=task)
+    pred = svm.outputs(pipe, feats, task)
     assert pred.shape == (len(y),) and isinstance(pipe.named_steps["svm"], SVR)
     assert pipe.named_steps["svm"].kernel == kernel and best["C"] in (0.1, 1.0)
     # in the target's units (mm), and better than predicting the training mean

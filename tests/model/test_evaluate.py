@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
 
-from pipeline.baselines import svm as baseline
+from pipeline.baselines import stage as baseline
 from pipeline.config import EvaluateSection
 from pipeline.errors import InputError
 from pipeline.evaluation import evaluate

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.baselines import svm as baseline
+from pipeline.baselines import stage as baseline
 from pipeline.errors import ConfigError
 from pipeline.evaluation import evaluate
 from pipeline.metrics import stats

@@ -42,7 +42,7 @@ def test_ece() -> None:
 
 
 def test_evaluate_with_tta_and_calibration(tmp_path: Path) -> None:
-    from pipeline.baselines import svm as baseline
+    from pipeline.baselines import stage as baseline
     from pipeline.evaluation import evaluate
     from pipeline.metrics import stats
     from pipeline.models.networks import load_model, predict, uncalibrated

@@ -21,7 +21,7 @@ def test_segmentation_train_evaluate_predict(small_cohort: Any, tmp_path: Path) 
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    from pipeline.baselines import svm
+    from pipeline.baselines import stage as baseline
     from pipeline.data import ingest, preprocess, split, validate
     from pipeline.data.preprocess import transform_image
     from pipeline.data.seg_masks import to_source
@@ -51,7 +51,7 @@ def test_segmentation_train_evaluate_predict(small_cohort: Any, tmp_path: Path) 
     assert masks.shape[1:] == (2, 32, 32) and set(np.unique(masks)) <= {0, 1}
     result = train.run(params, train.Paths.from_params(params))
     assert result.monitor == "val_dice"
-    svm.run(params, svm.Paths.from_params(params))
+    baseline.run(params, baseline.Paths.from_params(params))
     ev = evaluate.run(params, evaluate.Paths.from_params(params))
     for model in ("cnn", "baseline"):
         m = ev.metrics[model]

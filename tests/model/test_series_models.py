@@ -76,7 +76,7 @@ def test_series_task_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     shuffled."""
     import yaml
 
-    from pipeline.baselines import svm
+    from pipeline.baselines import stage as baseline
     from pipeline.config import load_params
     from pipeline.data import series_stage, synth_series
     from pipeline.evaluation import evaluate
@@ -117,7 +117,7 @@ def test_series_task_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     patients = [set(i["patient_id"]) for i in index.values()]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
     train.run(params, train.Paths.from_params(params))
-    svm.run(params, svm.Paths.from_params(params))
+    baseline.run(params, baseline.Paths.from_params(params))
     result = evaluate.run(params, evaluate.Paths.from_params(params))
     metrics = result.metrics["cnn"]
     assert {
